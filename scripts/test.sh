@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The one command that runs every check of the project on a fresh clone:
+# it installs what the tests need (a Python venv with moto), then formats, lints and tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/moto-venv.sh
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked

@@ -1,0 +1,496 @@
+//! The eviction loop: list the node's pods, decide per pod ([`classify`], pure), evict through
+//! the Eviction API with bounded concurrency, retry PDB refusals (429) and transient errors
+//! until one deadline, then wait until the evicted pods are gone or replaced.
+//!
+//! The whole drain answers within `DrainSettings::timeout` of its start (plus at most one
+//! short check whether the last evicted pods are gone): every request is cut at that deadline,
+//! so a budget that never relents cannot hold the agent past a spot notice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::Eviction;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta};
+use kube::api::{Api, ListParams, PostParams};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::node::is_transient;
+
+mod classify;
+
+pub use classify::{MIRROR_POD_ANNOTATION, PodDisposition, RefuseReason, SkipReason, classify};
+
+/// How long the one check for gone pods may run past the deadline.
+const FINAL_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainSettings {
+    /// IGNORE_DAEMON_SETS: leave DaemonSet pods alone (their controller would recreate them).
+    pub ignore_daemon_sets: bool,
+    /// DELETE_LOCAL_DATA: evict pods with emptyDir volumes, losing that data.
+    pub delete_local_data: bool,
+    /// POD_TERMINATION_GRACE_PERIOD; `None` (config -1) keeps each pod's own.
+    pub pod_termination_grace_period: Option<i64>,
+    /// NODE_TERMINATION_GRACE_PERIOD: the whole drain ends this long after it starts.
+    pub timeout: Duration,
+    pub max_concurrent_evictions: usize,
+    /// Pause between rounds of evictions refused by a PDB or failed.
+    pub eviction_retry_interval: Duration,
+    /// Pause between checks whether evicted pods are gone.
+    pub poll_interval: Duration,
+}
+
+impl Default for DrainSettings {
+    /// NTH's defaults. Concurrency 16: a node holds at most ~110 pods, so a full node takes
+    /// about seven quick rounds, while many nodes draining at once (a spot pool shortage hits
+    /// many) each add at most 16 in-flight requests to the API server's mutating budget.
+    fn default() -> Self {
+        DrainSettings {
+            ignore_daemon_sets: true,
+            delete_local_data: true,
+            pod_termination_grace_period: None,
+            timeout: Duration::from_secs(120),
+            max_concurrent_evictions: 16,
+            eviction_retry_interval: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A pod by namespace and name, shown as `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodRef {
+    pub fn of(pod: &Pod) -> PodRef {
+        PodRef {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl fmt::Display for PodRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    pub dry_run: bool,
+    /// Pods whose eviction the API server accepted (in dry run: would have been evicted).
+    pub evicted: Vec<PodRef>,
+    pub skipped: Vec<(PodRef, SkipReason)>,
+    pub refused: Vec<(PodRef, RefuseReason)>,
+    /// Still refused by a PodDisruptionBudget at the deadline.
+    pub blocked_by_pdb: Vec<PodRef>,
+    /// Evictions that kept failing for another reason until the deadline, with the last error.
+    pub eviction_failed: Vec<(PodRef, String)>,
+    /// Evicted, but still on the node at the deadline.
+    pub not_terminated: Vec<PodRef>,
+}
+
+impl DrainReport {
+    /// Every pod that had to leave the node has left.
+    pub fn is_complete(&self) -> bool {
+        self.refused.is_empty()
+            && self.blocked_by_pdb.is_empty()
+            && self.eviction_failed.is_empty()
+            && self.not_terminated.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error(
+        "listing the pods on node {node} to drain it (until the {timeout:?} deadline): {source}"
+    )]
+    ListPods {
+        node: String,
+        timeout: Duration,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "listing the pods on node {node} to drain it: no answer before the {timeout:?} deadline"
+    )]
+    ListTimedOut { node: String, timeout: Duration },
+}
+
+/// Evicts every pod that [`classify`] says to evict from `node_name`, and waits for them to go.
+pub async fn drain(
+    client: &kube::Client,
+    node_name: &str,
+    settings: &DrainSettings,
+    dry_run: bool,
+) -> Result<DrainReport, DrainError> {
+    let deadline = Instant::now() + settings.timeout;
+    let pods = list_pods_until(client, node_name, settings, deadline).await?;
+    let mut report = DrainReport {
+        dry_run,
+        ..DrainReport::default()
+    };
+    let mut to_evict = Vec::new();
+    for pod in pods {
+        let pod_ref = PodRef::of(&pod);
+        match classify(&pod, settings) {
+            PodDisposition::Evict => to_evict.push((pod_ref, pod.metadata.uid.clone())),
+            PodDisposition::Skip { reason } => report.skipped.push((pod_ref, reason)),
+            PodDisposition::Refuse { reason } => {
+                error!(node = node_name, pod = %pod_ref, "Not evicting pod {pod_ref}: {}", refusal_text(reason));
+                report.refused.push((pod_ref, reason));
+            }
+        }
+    }
+    info!(
+        node = node_name,
+        "Draining node {node_name}: {} pods to evict, {} skipped, {} refused",
+        to_evict.len(),
+        report.skipped.len(),
+        report.refused.len()
+    );
+    if dry_run {
+        for (pod_ref, _) in &to_evict {
+            info!(node = node_name, pod = %pod_ref, "DRY RUN: would evict pod {pod_ref}");
+        }
+        report.evicted = to_evict.into_iter().map(|(pod_ref, _)| pod_ref).collect();
+        return Ok(report);
+    }
+    let evicted = evict_all(client, node_name, settings, deadline, to_evict, &mut report).await;
+    report.not_terminated = wait_until_gone(client, node_name, settings, deadline, evicted).await;
+    log_summary(node_name, settings, &report);
+    Ok(report)
+}
+
+fn refusal_text(reason: RefuseReason) -> &'static str {
+    match reason {
+        RefuseReason::LocalStorage => {
+            "it uses emptyDir local storage and DELETE_LOCAL_DATA is false"
+        }
+        RefuseReason::DaemonSetNotIgnored => {
+            "it belongs to a DaemonSet and IGNORE_DAEMON_SETS is false"
+        }
+    }
+}
+
+fn pods_on_node(node_name: &str) -> ListParams {
+    ListParams::default().fields(&format!("spec.nodeName={node_name}"))
+}
+
+/// Lists the node's pods, retrying transient errors until the deadline.
+async fn list_pods_until(
+    client: &kube::Client,
+    node_name: &str,
+    settings: &DrainSettings,
+    deadline: Instant,
+) -> Result<Vec<Pod>, DrainError> {
+    let api: Api<Pod> = Api::all(client.clone());
+    loop {
+        let result = tokio::time::timeout_at(deadline, api.list(&pods_on_node(node_name))).await;
+        match result {
+            Ok(Ok(list)) => return Ok(list.items),
+            Ok(Err(source)) if !is_transient(&source) || Instant::now() >= deadline => {
+                return Err(DrainError::ListPods {
+                    node: node_name.to_owned(),
+                    timeout: settings.timeout,
+                    source,
+                });
+            }
+            Ok(Err(error)) => {
+                warn!(
+                    node = node_name,
+                    "Listing pods on node {node_name} failed, retrying: {error}"
+                );
+                sleep_until_before(deadline, settings.eviction_retry_interval).await;
+            }
+            Err(_) => {
+                return Err(DrainError::ListTimedOut {
+                    node: node_name.to_owned(),
+                    timeout: settings.timeout,
+                });
+            }
+        }
+    }
+}
+
+async fn sleep_until_before(deadline: Instant, pause: Duration) {
+    tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
+}
+
+enum Attempt {
+    Evicted,
+    AlreadyGone,
+    BlockedByPdb(String),
+    Failed(String),
+    /// Cut at the deadline: says nothing new about why the pod is still there.
+    TimedOut,
+}
+
+/// The eviction as the API server reads it: `deleteOptions.gracePeriodSeconds`, camelCase.
+fn eviction_for(pod_ref: &PodRef, grace_period_seconds: Option<i64>) -> Eviction {
+    Eviction {
+        metadata: ObjectMeta {
+            name: Some(pod_ref.name.clone()),
+            namespace: Some(pod_ref.namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        delete_options: grace_period_seconds.map(|seconds| DeleteOptions {
+            grace_period_seconds: Some(seconds),
+            ..DeleteOptions::default()
+        }),
+    }
+}
+
+async fn evict_once(
+    client: &kube::Client,
+    pod_ref: &PodRef,
+    grace_period_seconds: Option<i64>,
+    deadline: Instant,
+) -> Attempt {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &pod_ref.namespace);
+    let eviction = eviction_for(pod_ref, grace_period_seconds);
+    let params = PostParams::default();
+    let request = api.create_subresource::<_, serde_json::Value>(
+        "eviction",
+        &pod_ref.name,
+        &params,
+        &eviction,
+    );
+    match tokio::time::timeout_at(deadline, request).await {
+        Ok(Ok(_)) => Attempt::Evicted,
+        Ok(Err(kube::Error::Api(status))) if status.code == 404 => Attempt::AlreadyGone,
+        Ok(Err(kube::Error::Api(status))) if status.code == 429 => {
+            let causes: Vec<&str> = status
+                .details
+                .iter()
+                .flat_map(|details| &details.causes)
+                .map(|cause| cause.message.as_str())
+                .filter(|message| !message.is_empty())
+                .collect();
+            let why = if causes.is_empty() {
+                status.message.clone()
+            } else {
+                causes.join("; ")
+            };
+            Attempt::BlockedByPdb(why)
+        }
+        Ok(Err(error)) => Attempt::Failed(error.to_string()),
+        Err(_) => Attempt::TimedOut,
+    }
+}
+
+/// Rounds of evictions until every pod was accepted or the deadline passed: a pod blocked by a
+/// PDB never holds a concurrency slot while others wait. Returns the evicted pods with uids.
+async fn evict_all(
+    client: &kube::Client,
+    node_name: &str,
+    settings: &DrainSettings,
+    deadline: Instant,
+    mut pending: Vec<(PodRef, Option<String>)>,
+    report: &mut DrainReport,
+) -> Vec<(PodRef, Option<String>)> {
+    let mut evicted = Vec::new();
+    let mut announced_pdb_wait = BTreeSet::new();
+    // Why each pending pod is still pending: `None` for a PDB, else the last error.
+    let mut blockers: BTreeMap<PodRef, Option<String>> = BTreeMap::new();
+    let concurrency = settings.max_concurrent_evictions.max(1);
+    loop {
+        let grace = settings.pod_termination_grace_period;
+        let attempts: Vec<((PodRef, Option<String>), Attempt)> = stream::iter(pending)
+            .map(|(pod_ref, uid)| async move {
+                let attempt = evict_once(client, &pod_ref, grace, deadline).await;
+                ((pod_ref, uid), attempt)
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        pending = Vec::new();
+        for ((pod_ref, uid), attempt) in attempts {
+            match attempt {
+                Attempt::Evicted => {
+                    info!(node = node_name, pod = %pod_ref, "Evicted pod {pod_ref}");
+                    evicted.push((pod_ref, uid));
+                }
+                Attempt::AlreadyGone => {
+                    info!(node = node_name, pod = %pod_ref, "Pod {pod_ref} was already gone");
+                }
+                Attempt::BlockedByPdb(why) => {
+                    if announced_pdb_wait.insert(pod_ref.clone()) {
+                        warn!(node = node_name, pod = %pod_ref,
+                            "Pod {pod_ref} is protected by a PodDisruptionBudget ({why}); retrying every {:?}",
+                            settings.eviction_retry_interval);
+                    }
+                    blockers.insert(pod_ref.clone(), None);
+                    pending.push((pod_ref, uid));
+                }
+                Attempt::Failed(why) => {
+                    warn!(node = node_name, pod = %pod_ref, "Evicting pod {pod_ref} failed, will retry: {why}");
+                    blockers.insert(pod_ref.clone(), Some(why));
+                    pending.push((pod_ref, uid));
+                }
+                Attempt::TimedOut => {
+                    blockers
+                        .entry(pod_ref.clone())
+                        .or_insert_with(|| Some("no answer before the drain deadline".to_owned()));
+                    pending.push((pod_ref, uid));
+                }
+            }
+        }
+        if pending.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        sleep_until_before(deadline, settings.eviction_retry_interval).await;
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    for (pod_ref, _) in pending {
+        match blockers.remove(&pod_ref).flatten() {
+            Some(why) => report.eviction_failed.push((pod_ref, why)),
+            None => report.blocked_by_pdb.push(pod_ref),
+        }
+    }
+    report.evicted = evicted.iter().map(|(pod_ref, _)| pod_ref.clone()).collect();
+    evicted
+}
+
+/// Polls the node's pods until none of `evicted` is left (a pod with the same name and a new
+/// uid is a replacement and counts as gone); returns those still there at the deadline.
+async fn wait_until_gone(
+    client: &kube::Client,
+    node_name: &str,
+    settings: &DrainSettings,
+    deadline: Instant,
+    mut remaining: Vec<(PodRef, Option<String>)>,
+) -> Vec<PodRef> {
+    let api: Api<Pod> = Api::all(client.clone());
+    // PDB waits may have used up the deadline: one check is still owed to the pods evicted last.
+    let mut request_deadline = deadline.max(Instant::now() + FINAL_CHECK_TIMEOUT);
+    while !remaining.is_empty() {
+        let params = pods_on_node(node_name);
+        let answer = tokio::time::timeout_at(request_deadline, api.list(&params)).await;
+        request_deadline = deadline;
+        match answer {
+            Ok(Ok(list)) => {
+                let present: BTreeSet<(PodRef, Option<String>)> = list
+                    .items
+                    .iter()
+                    .map(|pod| (PodRef::of(pod), pod.metadata.uid.clone()))
+                    .collect();
+                remaining.retain(|entry| present.contains(entry));
+            }
+            Ok(Err(error)) => {
+                warn!(
+                    node = node_name,
+                    "Checking which evicted pods are gone failed, retrying: {error}"
+                );
+            }
+            Err(_) => break,
+        }
+        if remaining.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        sleep_until_before(deadline, settings.poll_interval).await;
+    }
+    remaining.into_iter().map(|(pod_ref, _)| pod_ref).collect()
+}
+
+fn names(pods: impl IntoIterator<Item = impl fmt::Display>) -> String {
+    pods.into_iter()
+        .map(|pod| pod.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn log_summary(node_name: &str, settings: &DrainSettings, report: &DrainReport) {
+    info!(
+        node = node_name,
+        "Drain of node {node_name} finished: {} evicted, {} skipped (DaemonSet, mirror or completed), \
+         {} refused, {} blocked by PodDisruptionBudget, {} failed, {} not terminated",
+        report.evicted.len(),
+        report.skipped.len(),
+        report.refused.len(),
+        report.blocked_by_pdb.len(),
+        report.eviction_failed.len(),
+        report.not_terminated.len()
+    );
+    if report.is_complete() {
+        return;
+    }
+    let mut problems = Vec::new();
+    if !report.blocked_by_pdb.is_empty() {
+        problems.push(format!(
+            "blocked by PodDisruptionBudget: {}",
+            names(&report.blocked_by_pdb)
+        ));
+    }
+    if !report.not_terminated.is_empty() {
+        problems.push(format!(
+            "evicted but not terminated: {}",
+            names(&report.not_terminated)
+        ));
+    }
+    if !report.eviction_failed.is_empty() {
+        let failed = report
+            .eviction_failed
+            .iter()
+            .map(|(pod_ref, why)| format!("{pod_ref} ({why})"));
+        problems.push(format!("eviction failed: {}", names(failed)));
+    }
+    if !report.refused.is_empty() {
+        problems.push(format!(
+            "refused: {}",
+            names(report.refused.iter().map(|(pod_ref, _)| pod_ref))
+        ));
+    }
+    error!(
+        node = node_name,
+        "Drain of node {node_name} incomplete after {:?}: {}",
+        settings.timeout,
+        problems.join("; ")
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eviction_body_carries_grace_period_in_camel_case() -> Result<(), serde_json::Error> {
+        let pod_ref = PodRef {
+            namespace: "ns".to_owned(),
+            name: "p".to_owned(),
+        };
+        let body = serde_json::to_value(eviction_for(&pod_ref, Some(7)))?;
+        assert_eq!(
+            body.pointer("/deleteOptions/gracePeriodSeconds"),
+            Some(&serde_json::json!(7))
+        );
+        assert_eq!(
+            body.pointer("/apiVersion"),
+            Some(&serde_json::json!("policy/v1"))
+        );
+        let body = serde_json::to_value(eviction_for(&pod_ref, None))?;
+        assert_eq!(body.get("deleteOptions"), None);
+        Ok(())
+    }
+
+    #[test]
+    fn report_is_incomplete_while_a_pod_is_blocked() {
+        let mut report = DrainReport::default();
+        assert!(report.is_complete());
+        report.blocked_by_pdb.push(PodRef {
+            namespace: "ns".to_owned(),
+            name: "p".to_owned(),
+        });
+        assert!(!report.is_complete());
+    }
+}

@@ -1,0 +1,20 @@
+//! spot-guard: a node-local agent for EC2 spot nodes of a Kubernetes cluster.
+//!
+//! The pipeline: IMDS notices ([`imds`], [`monitor`]) → decisions ([`flow`]) →
+//! replacement capacity ([`spot_guard`] over [`asg`], implemented by [`aws`]) →
+//! node actions ([`node`], [`drain`]), tied together by [`agent`].
+//! [`sim`] holds the in-process simulators used by `spot-guard simulate` and the tests.
+
+pub mod agent;
+pub mod asg;
+pub mod aws;
+pub mod config;
+pub mod drain;
+pub mod flow;
+pub mod imds;
+pub mod logging;
+pub mod monitor;
+pub mod node;
+pub mod run;
+pub mod sim;
+pub mod spot_guard;

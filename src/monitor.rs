@@ -1,0 +1,300 @@
+//! The IMDS polling loop: reads the notice paths every interval and sends each distinct
+//! notice once on a channel. IMDS trouble is logged and polled through, never fatal.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::imds::{
+    ImdsClient, ImdsError, InstanceAction, REBALANCE_RECOMMENDATION_PATH, RebalanceRecommendation,
+    SPOT_INSTANCE_ACTION_PATH,
+};
+
+/// NTH's IMDS poll interval.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// While IMDS fails, the wait between polls doubles up to this many intervals.
+const MAX_BACKOFF_INTERVALS: u32 = 8;
+
+/// A notice read from IMDS, identified as NTH identifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    RebalanceRecommendation {
+        event_id: String,
+        notice_time: String,
+    },
+    SpotInterruption {
+        event_id: String,
+        action: String,
+        time: String,
+    },
+}
+
+impl Notice {
+    pub fn event_id(&self) -> &str {
+        match self {
+            Notice::RebalanceRecommendation { event_id, .. }
+            | Notice::SpotInterruption { event_id, .. } => event_id,
+        }
+    }
+
+    pub fn rebalance(recommendation: &RebalanceRecommendation) -> Self {
+        Notice::RebalanceRecommendation {
+            event_id: rebalance_event_id(recommendation),
+            notice_time: recommendation.notice_time.clone(),
+        }
+    }
+
+    pub fn spot_interruption(action: &InstanceAction) -> Self {
+        Notice::SpotInterruption {
+            event_id: spot_itn_event_id(action),
+            action: action.action.clone(),
+            time: action.time.clone(),
+        }
+    }
+}
+
+/// NTH's id: sha256 over Go's `%v` of a pointer to the decoded struct, i.e. `&{<noticeTime>}`.
+pub fn rebalance_event_id(recommendation: &RebalanceRecommendation) -> String {
+    format!(
+        "rebalance-recommendation-{}",
+        sha256_hex(&format!("&{{{}}}", recommendation.notice_time))
+    )
+}
+
+/// NTH's id: sha256 over Go's `%v` of a pointer to the decoded struct, i.e. `&{<action> <time>}`.
+pub fn spot_itn_event_id(action: &InstanceAction) -> String {
+    format!(
+        "spot-itn-{}",
+        sha256_hex(&format!("&{{{} {}}}", action.action, action.time))
+    )
+}
+
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
+}
+
+#[derive(Debug, Clone)]
+pub struct MonitorSettings {
+    pub interval: Duration,
+    pub rebalance: bool,
+    pub spot_interruption: bool,
+}
+
+impl Default for MonitorSettings {
+    fn default() -> Self {
+        Self {
+            interval: DEFAULT_POLL_INTERVAL,
+            rebalance: true,
+            spot_interruption: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("IMDS poll interval must be above zero")]
+    ZeroInterval,
+}
+
+/// When the loop last finished a poll, for a liveness probe; cheap to clone and read.
+#[derive(Debug, Clone, Default)]
+pub struct Liveness(Arc<AtomicU64>);
+
+impl Liveness {
+    /// The end of the last completed poll (successful or not); None before the first one.
+    pub fn last_poll(&self) -> Option<SystemTime> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            millis => Some(UNIX_EPOCH + Duration::from_millis(millis)),
+        }
+    }
+
+    fn record_poll(&self) {
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.0.store(millis.max(1), Ordering::Relaxed);
+    }
+}
+
+/// Polls IMDS until `shutdown` is cancelled or the receiver of `notices` is gone.
+pub async fn run(
+    imds: ImdsClient,
+    settings: MonitorSettings,
+    notices: mpsc::Sender<Notice>,
+    shutdown: CancellationToken,
+) -> Result<(), MonitorError> {
+    run_with_liveness(imds, settings, notices, shutdown, Liveness::default()).await
+}
+
+/// [`run`], recording every completed poll in `liveness`.
+pub async fn run_with_liveness(
+    imds: ImdsClient,
+    settings: MonitorSettings,
+    notices: mpsc::Sender<Notice>,
+    shutdown: CancellationToken,
+    liveness: Liveness,
+) -> Result<(), MonitorError> {
+    if settings.interval.is_zero() {
+        return Err(MonitorError::ZeroInterval);
+    }
+    info!(
+        interval = ?settings.interval,
+        rebalance = settings.rebalance,
+        spot_interruption = settings.spot_interruption,
+        imds = imds.base_url(),
+        "Watching IMDS for notices"
+    );
+    let mut sent: HashSet<String> = HashSet::new();
+    let mut failed_polls: u32 = 0;
+    loop {
+        let poll = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            poll = poll_once(&imds, &settings) => poll,
+        };
+        liveness.record_poll();
+        failed_polls = if poll.failed {
+            failed_polls.saturating_add(1)
+        } else {
+            0
+        };
+        for notice in poll.notices {
+            if sent.contains(notice.event_id()) {
+                continue;
+            }
+            log_new_notice(&notice);
+            let event_id = notice.event_id().to_string();
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                outcome = notices.send(notice) => {
+                    if outcome.is_err() {
+                        info!("Notice receiver is gone; stopping the IMDS monitor");
+                        return Ok(());
+                    }
+                }
+            }
+            sent.insert(event_id);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = notices.closed() => {
+                info!("Notice receiver is gone; stopping the IMDS monitor");
+                return Ok(());
+            }
+            () = tokio::time::sleep(next_wait(settings.interval, failed_polls)) => {}
+        }
+    }
+}
+
+/// The interval, doubled for each consecutive failed poll, capped at MAX_BACKOFF_INTERVALS.
+fn next_wait(interval: Duration, failed_polls: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(failed_polls.min(31))
+        .unwrap_or(u32::MAX)
+        .min(MAX_BACKOFF_INTERVALS);
+    interval.saturating_mul(factor)
+}
+
+struct Poll {
+    /// Most urgent first: a spot interruption before a rebalance recommendation.
+    notices: Vec<Notice>,
+    failed: bool,
+}
+
+async fn poll_once(imds: &ImdsClient, settings: &MonitorSettings) -> Poll {
+    let mut poll = Poll {
+        notices: Vec::new(),
+        failed: false,
+    };
+    if settings.spot_interruption {
+        match imds.spot_instance_action().await {
+            Ok(action) => poll
+                .notices
+                .extend(action.as_ref().map(Notice::spot_interruption)),
+            Err(error) => poll.record_failure(SPOT_INSTANCE_ACTION_PATH, &error),
+        }
+    }
+    if settings.rebalance {
+        match imds.rebalance_recommendation().await {
+            Ok(recommendation) => poll
+                .notices
+                .extend(recommendation.as_ref().map(Notice::rebalance)),
+            Err(error) => poll.record_failure(REBALANCE_RECOMMENDATION_PATH, &error),
+        }
+    }
+    poll
+}
+
+impl Poll {
+    fn record_failure(&mut self, path: &str, error: &ImdsError) {
+        warn!(path, "Polling IMDS failed, will poll again: {error}");
+        self.failed = true;
+    }
+}
+
+fn log_new_notice(notice: &Notice) {
+    match notice {
+        Notice::RebalanceRecommendation {
+            event_id,
+            notice_time,
+        } => info!(
+            event_id,
+            "Rebalance recommendation received: noticeTime={notice_time}"
+        ),
+        Notice::SpotInterruption {
+            event_id,
+            action,
+            time,
+        } => info!(
+            event_id,
+            "Spot interruption notice received: action={action} time={time}"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_hash_the_payload_as_nth_formats_it() {
+        // Expected values: `printf '&{…}' | sha256sum`, the bytes NTH's Fprintf("%v", &struct) hashes.
+        let rebalance = RebalanceRecommendation {
+            notice_time: "2020-10-27T08:22:00Z".to_string(),
+        };
+        assert_eq!(
+            rebalance_event_id(&rebalance),
+            "rebalance-recommendation-ec1be3373b11adcde417bd7778350fbddba81ef5bffed1426b407e667d05bca9"
+        );
+        let action = InstanceAction {
+            action: "terminate".to_string(),
+            time: "2017-09-18T08:22:00Z".to_string(),
+        };
+        assert_eq!(
+            spot_itn_event_id(&action),
+            "spot-itn-2d5c4796e9a951cc259e996a2694d27d16a7b5ed45a33434f30ceeaaa84d5893"
+        );
+    }
+
+    #[test]
+    fn failed_polls_stretch_the_wait_up_to_a_cap() {
+        let interval = Duration::from_secs(2);
+        assert_eq!(next_wait(interval, 0), interval);
+        assert_eq!(next_wait(interval, 1), interval * 2);
+        assert_eq!(next_wait(interval, 2), interval * 4);
+        assert_eq!(next_wait(interval, 3), interval * 8);
+        assert_eq!(next_wait(interval, 40), interval * 8);
+    }
+}

@@ -1,0 +1,503 @@
+//! The simulated groups: sizes, instances and scaling activities.
+//!
+//! Launches settle lazily: every call first moves instances and activities whose
+//! launch delay has passed to their final state, so no background task is needed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::asg::ScalingActivity;
+
+/// What happens to the instances a group launches from now on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Instances start `Pending` and turn `InService` after the launch delay.
+    Healthy,
+    /// No instance starts; the activity ends `Failed` with EC2's capacity message.
+    InsufficientCapacity,
+    /// Instances stay `Pending` and their activity `InProgress` forever.
+    NeverInService,
+    /// No instance starts; the activity ends `Cancelled`.
+    Cancelled,
+}
+
+/// A group to create with [`super::AsgSim::add_group`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSpec {
+    pub min: i32,
+    pub max: i32,
+    /// Also the number of `InService` instances the group starts with.
+    pub desired: i32,
+    pub behaviour: Behaviour,
+    pub launch_delay: Duration,
+    pub capacity_rebalance: bool,
+}
+
+impl Default for GroupSpec {
+    fn default() -> Self {
+        GroupSpec {
+            min: 0,
+            max: 10,
+            desired: 0,
+            behaviour: Behaviour::Healthy,
+            launch_delay: Duration::from_millis(100),
+            capacity_rebalance: false,
+        }
+    }
+}
+
+/// A group as the simulator holds it now, for assertions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSnapshot {
+    pub name: String,
+    pub min: i32,
+    pub max: i32,
+    pub desired: i32,
+    pub in_service: i32,
+    pub pending: i32,
+    /// Instance ids in launch order, oldest first.
+    pub instance_ids: Vec<String>,
+    pub behaviour: Behaviour,
+    pub capacity_rebalance: bool,
+    pub activities: usize,
+}
+
+/// An answer AWS would give instead of a result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ApiError {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn validation(message: impl Into<String>) -> Self {
+        ApiError {
+            status: 400,
+            code: "ValidationError".to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+pub(super) const ZONE: &str = "us-east-1a";
+pub(super) const INSTANCE_TYPE: &str = "m5.large";
+
+/// EC2's wording for a spot launch without capacity, as seen in real activities.
+const NO_CAPACITY: &str = "Could not launch Spot Instances. InsufficientInstanceCapacity - \
+    There is no Spot capacity available that matches your request. Launching EC2 instance failed.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LifecycleState {
+    Pending,
+    InService,
+}
+
+impl LifecycleState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LifecycleState::Pending => "Pending",
+            LifecycleState::InService => "InService",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Instance {
+    pub id: String,
+    pub state: LifecycleState,
+    /// `None`: never turns InService.
+    in_service_at: Option<Instant>,
+}
+
+/// How an `InProgress` activity ends, and when.
+#[derive(Debug, Clone)]
+struct Outcome {
+    at: Instant,
+    end_time: SystemTime,
+    status: &'static str,
+    message: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Activity {
+    pub id: String,
+    pub description: String,
+    pub cause: String,
+    pub start_time: SystemTime,
+    pub end_time: Option<SystemTime>,
+    pub status: String,
+    pub message: Option<String>,
+    outcome: Option<Outcome>,
+}
+
+impl Activity {
+    pub fn progress(&self) -> u8 {
+        if self.end_time.is_some() { 100 } else { 30 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Group {
+    pub name: String,
+    pub min: i32,
+    pub max: i32,
+    pub desired: i32,
+    pub behaviour: Behaviour,
+    pub launch_delay: Duration,
+    pub capacity_rebalance: bool,
+    pub created: SystemTime,
+    pub instances: Vec<Instance>,
+    pub activities: Vec<Activity>,
+}
+
+pub(super) fn group_arn(name: &str) -> String {
+    format!(
+        "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:00000000-0000-4000-8000-000000000000:autoScalingGroupName/{name}"
+    )
+}
+
+impl Group {
+    fn count(&self, state: LifecycleState) -> i32 {
+        let count = self.instances.iter().filter(|i| i.state == state).count();
+        i32::try_from(count).unwrap_or(i32::MAX)
+    }
+
+    fn snapshot(&self) -> GroupSnapshot {
+        GroupSnapshot {
+            name: self.name.clone(),
+            min: self.min,
+            max: self.max,
+            desired: self.desired,
+            in_service: self.count(LifecycleState::InService),
+            pending: self.count(LifecycleState::Pending),
+            instance_ids: self.instances.iter().map(|i| i.id.clone()).collect(),
+            behaviour: self.behaviour,
+            capacity_rebalance: self.capacity_rebalance,
+            activities: self.activities.len(),
+        }
+    }
+
+    fn settle(&mut self, now: Instant) {
+        for instance in &mut self.instances {
+            if instance.in_service_at.is_some_and(|at| at <= now) {
+                instance.state = LifecycleState::InService;
+                instance.in_service_at = None;
+            }
+        }
+        for activity in &mut self.activities {
+            if let Some(outcome) = activity.outcome.take_if(|o| o.at <= now) {
+                activity.status = outcome.status.to_string();
+                activity.message = outcome.message;
+                activity.end_time = Some(outcome.end_time);
+            }
+        }
+    }
+}
+
+/// The clock of one call: monotonic for delays, wall time for what AWS reports.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Now {
+    pub instant: Instant,
+    pub wall: SystemTime,
+}
+
+impl Now {
+    pub fn read() -> Self {
+        Now {
+            instant: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct World {
+    groups: BTreeMap<String, Group>,
+    next_id: u64,
+}
+
+impl World {
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn instance_id(&mut self) -> String {
+        format!("i-0abc{:013x}", self.next_id())
+    }
+
+    fn activity_id(&mut self) -> String {
+        format!("5e3f0b1c-0000-4000-8000-{:012x}", self.next_id())
+    }
+
+    pub fn settle(&mut self, now: Instant) {
+        for group in self.groups.values_mut() {
+            group.settle(now);
+        }
+    }
+
+    pub fn add_group(&mut self, name: &str, spec: GroupSpec, now: Now) {
+        let count = usize::try_from(spec.desired).unwrap_or(0);
+        let instances = (0..count)
+            .map(|_| Instance {
+                id: self.instance_id(),
+                state: LifecycleState::InService,
+                in_service_at: None,
+            })
+            .collect();
+        let group = Group {
+            name: name.to_string(),
+            min: spec.min,
+            max: spec.max,
+            desired: spec.desired,
+            behaviour: spec.behaviour,
+            launch_delay: spec.launch_delay,
+            capacity_rebalance: spec.capacity_rebalance,
+            created: now.wall,
+            instances,
+            activities: Vec::new(),
+        };
+        self.groups.insert(name.to_string(), group);
+    }
+
+    pub fn add_activity(&mut self, name: &str, seed: ScalingActivity, now: Now) -> bool {
+        let Some(group) = self.groups.get_mut(name) else {
+            return false;
+        };
+        let start_time = seed.start_time.unwrap_or(now.wall);
+        let finished = !matches!(seed.status_code.as_str(), "InProgress" | "PreInService");
+        group.activities.push(Activity {
+            id: seed.activity_id,
+            description: seed.description.unwrap_or_default(),
+            cause: String::new(),
+            start_time,
+            end_time: finished.then_some(start_time),
+            status: seed.status_code,
+            message: seed.status_message,
+            outcome: None,
+        });
+        true
+    }
+
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.get(name)
+    }
+
+    pub fn group_mut(&mut self, name: &str) -> Option<&mut Group> {
+        self.groups.get_mut(name)
+    }
+
+    pub fn snapshot(&self, name: &str) -> Option<GroupSnapshot> {
+        self.groups.get(name).map(Group::snapshot)
+    }
+
+    /// Groups in `names` order, unknown names left out; all groups when `names` is empty.
+    pub fn describe(&self, names: &[String]) -> Vec<&Group> {
+        if names.is_empty() {
+            return self.groups.values().collect();
+        }
+        names.iter().filter_map(|n| self.groups.get(n)).collect()
+    }
+
+    /// Newest first, at most `max`.
+    pub fn activities(&self, name: &str, max: usize) -> Vec<&Activity> {
+        let Some(group) = self.groups.get(name) else {
+            return Vec::new();
+        };
+        let mut list: Vec<&Activity> = group.activities.iter().collect();
+        list.sort_by_key(|activity| std::cmp::Reverse(activity.start_time));
+        list.truncate(max);
+        list
+    }
+
+    /// Returns desired capacity before and after.
+    pub fn set_desired(
+        &mut self,
+        name: &str,
+        desired: i32,
+        now: Now,
+    ) -> Result<(i32, i32), ApiError> {
+        let group = self.groups.get(name).ok_or_else(|| not_found(name))?;
+        let before = group.desired;
+        if desired > group.max {
+            return Err(ApiError::validation(format!(
+                "New SetDesiredCapacity value {desired} is above max value {} for the AutoScalingGroup.",
+                group.max
+            )));
+        }
+        if desired < group.min {
+            return Err(ApiError::validation(format!(
+                "New SetDesiredCapacity value {desired} is below min value {} for the AutoScalingGroup.",
+                group.min
+            )));
+        }
+        let cause = format!(
+            "At {} a user request explicitly set group desired capacity changing the desired capacity from {before} to {desired}.",
+            super::xml::timestamp(now.wall)
+        );
+        self.change_desired(name, desired, &cause, now);
+        Ok((before, desired))
+    }
+
+    /// Removes one instance; returns its group's name and the termination activity.
+    pub fn terminate(
+        &mut self,
+        instance_id: &str,
+        decrement: bool,
+        now: Now,
+    ) -> Result<(String, Activity), ApiError> {
+        let (name, group) = self
+            .groups
+            .iter()
+            .find(|(_, g)| g.instances.iter().any(|i| i.id == instance_id))
+            .ok_or_else(|| {
+                ApiError::validation(format!("Instance Id not found - No managed instance found for instance ID: {instance_id}"))
+            })?;
+        let name = name.clone();
+        if decrement && group.desired <= group.min {
+            return Err(ApiError::validation(format!(
+                "Currently, desiredSize equals minSize ({}). Terminating instance without replacement will violate group's min size constraint. Either set shouldDecrementDesiredCapacity flag to false or lower group's min size.",
+                group.min
+            )));
+        }
+        let activity_id = self.activity_id();
+        let group = self.groups.get_mut(&name).ok_or_else(|| not_found(&name))?;
+        group.instances.retain(|i| i.id != instance_id);
+        let cause = if decrement {
+            group.desired -= 1;
+            format!(
+                "At {} instance {instance_id} was taken out of service in response to a user request, shrinking the capacity from {} to {}.",
+                super::xml::timestamp(now.wall),
+                group.desired + 1,
+                group.desired
+            )
+        } else {
+            format!(
+                "At {} instance {instance_id} was taken out of service in response to a user request.",
+                super::xml::timestamp(now.wall)
+            )
+        };
+        let activity = finished_activity(
+            activity_id,
+            format!("Terminating EC2 instance: {instance_id}"),
+            cause.clone(),
+            now,
+        );
+        group.activities.push(activity.clone());
+        let desired = group.desired;
+        self.change_desired(&name, desired, &cause, now);
+        Ok((name, activity))
+    }
+
+    /// Launches or terminates instances until their count matches `desired`.
+    fn change_desired(&mut self, name: &str, desired: i32, cause: &str, now: Now) {
+        let Some(group) = self.groups.get(name) else {
+            return;
+        };
+        let target = usize::try_from(desired).unwrap_or(0);
+        let current = group.instances.len();
+        for _ in current..target {
+            self.launch(name, cause, now);
+        }
+        for _ in target..current {
+            let activity_id = self.activity_id();
+            if let Some(group) = self.groups.get_mut(name)
+                && let Some(instance) = group.instances.pop()
+            {
+                let description = format!("Terminating EC2 instance: {}", instance.id);
+                group.activities.push(finished_activity(
+                    activity_id,
+                    description,
+                    cause.to_string(),
+                    now,
+                ));
+            }
+        }
+        if let Some(group) = self.groups.get_mut(name) {
+            group.desired = desired;
+        }
+    }
+
+    fn launch(&mut self, name: &str, cause: &str, now: Now) {
+        let instance_id = self.instance_id();
+        let activity_id = self.activity_id();
+        let Some(group) = self.groups.get_mut(name) else {
+            return;
+        };
+        let at = now.instant + group.launch_delay;
+        let end_time = now.wall + group.launch_delay;
+        let (description, outcome) = match group.behaviour {
+            Behaviour::Healthy | Behaviour::NeverInService => {
+                let never = group.behaviour == Behaviour::NeverInService;
+                group.instances.push(Instance {
+                    id: instance_id.clone(),
+                    state: LifecycleState::Pending,
+                    in_service_at: (!never).then_some(at),
+                });
+                let outcome = (!never).then_some(Outcome {
+                    at,
+                    end_time,
+                    status: "Successful",
+                    message: None,
+                });
+                (
+                    format!("Launching a new EC2 instance: {instance_id}"),
+                    outcome,
+                )
+            }
+            Behaviour::InsufficientCapacity => (
+                format!("Launching a new EC2 instance.  Status Reason: {NO_CAPACITY}"),
+                Some(Outcome {
+                    at,
+                    end_time,
+                    status: "Failed",
+                    message: Some(NO_CAPACITY.to_string()),
+                }),
+            ),
+            Behaviour::Cancelled => (
+                "Launching a new EC2 instance.".to_string(),
+                Some(Outcome {
+                    at,
+                    end_time,
+                    status: "Cancelled",
+                    message: Some("The scaling activity was cancelled.".to_string()),
+                }),
+            ),
+        };
+        group.activities.push(Activity {
+            id: activity_id,
+            description,
+            cause: format!(
+                "{cause}  At {} an instance was started in response to a difference between desired and actual capacity.",
+                super::xml::timestamp(now.wall)
+            ),
+            start_time: now.wall,
+            end_time: None,
+            status: "InProgress".to_string(),
+            message: None,
+            outcome,
+        });
+    }
+}
+
+fn finished_activity(id: String, description: String, cause: String, now: Now) -> Activity {
+    Activity {
+        id,
+        description,
+        cause,
+        start_time: now.wall,
+        end_time: Some(now.wall),
+        status: "Successful".to_string(),
+        message: None,
+        outcome: None,
+    }
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::validation(format!(
+        "AutoScalingGroup name not found - AutoScalingGroup {name} not found"
+    ))
+}

@@ -1,0 +1,486 @@
+//! `spot-guard simulate`: the whole agent (monitor, Spot Guard, node actions) against
+//! the simulators of IMDS, both ASGs and the Kubernetes API, with the real clients over
+//! loopback HTTP and timeouts scaled down to seconds. Each scenario states what a user
+//! should see at the end and is checked against it, so the simulation is also a test.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::agent::{Agent, AgentSettings};
+use crate::aws::{AwsAutoScaling, AwsSettings};
+use crate::config::SpotGuardConfig;
+use crate::drain::DrainSettings;
+use crate::flow::{ActionSettings, REBALANCE_TAINT, SPOT_ITN_TAINT};
+use crate::imds::ImdsClient;
+use crate::monitor::{self, MonitorSettings};
+use crate::node::{self, TaintEffect};
+use crate::sim::asg::{AsgSim, Behaviour, GroupSpec};
+use crate::sim::imds::ImdsSim;
+use crate::sim::kube::{FakeKube, FakePod, Termination};
+use crate::spot_guard::SpotGuard;
+
+pub const NODE: &str = "ip-10-0-1-23.ec2.internal";
+pub const SPOT_ASG: &str = "spot-asg";
+pub const ON_DEMAND_ASG: &str = "on-demand-asg";
+const WORKLOAD_PODS: [&str; 3] = ["web-7d4b9c-abcde", "web-7d4b9c-fghij", "api-5f6c7d-klmno"];
+
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// Run only this scenario (see --list).
+    #[arg(long)]
+    pub scenario: Option<String>,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Log level of the simulated agent.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// One JSON object per log line, as with JSON_LOGGING.
+    #[arg(long)]
+    pub json_logging: bool,
+}
+
+/// How an ASG of the scenario behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsgSetup {
+    Healthy,
+    InsufficientCapacity,
+    NeverInService,
+    AtMaxSize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub spot: AsgSetup,
+    pub on_demand: AsgSetup,
+    /// A PodDisruptionBudget that forbids evicting `web` pods until it is relaxed.
+    pub pdb_holds_for: Option<Duration>,
+    pub dry_run: bool,
+    /// A spot interruption notice this long after the rebalance recommendation.
+    pub interruption_after: Option<Duration>,
+    pub expect: Expectation,
+}
+
+/// What the user should see once the scenario has run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expectation {
+    pub spot_desired_change: i32,
+    pub on_demand_desired_change: i32,
+    pub taint: Option<&'static str>,
+    pub cordoned: bool,
+    pub drained: bool,
+    /// Whether anything may be written to the Kubernetes API (false for dry runs).
+    pub writes: bool,
+}
+
+/// What the scenario ended with, read from the simulators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub spot_desired_change: i32,
+    pub on_demand_desired_change: i32,
+    pub taints: Vec<String>,
+    pub cordoned: bool,
+    /// Workload pods still on the node (DaemonSet and mirror pods are expected to stay).
+    pub workload_left: Vec<String>,
+    /// Requests other than GET that reached the Kubernetes API.
+    pub kube_writes: usize,
+}
+
+impl Outcome {
+    /// Every way the outcome differs from the expectation.
+    pub fn mismatches(&self, expect: &Expectation) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.spot_desired_change != expect.spot_desired_change {
+            problems.push(format!(
+                "spot ASG desired changed by {}, expected {}",
+                self.spot_desired_change, expect.spot_desired_change
+            ));
+        }
+        if self.on_demand_desired_change != expect.on_demand_desired_change {
+            problems.push(format!(
+                "on-demand ASG desired changed by {}, expected {}",
+                self.on_demand_desired_change, expect.on_demand_desired_change
+            ));
+        }
+        let expected_taints: Vec<String> = expect.taint.iter().map(|t| t.to_string()).collect();
+        if self.taints != expected_taints {
+            problems.push(format!(
+                "taints {:?}, expected {:?}",
+                self.taints, expected_taints
+            ));
+        }
+        if self.cordoned != expect.cordoned {
+            problems.push(format!(
+                "cordoned {}, expected {}",
+                self.cordoned, expect.cordoned
+            ));
+        }
+        let drained = self.workload_left.is_empty();
+        if drained != expect.drained {
+            problems.push(format!(
+                "workload pods left {:?}, expected drained={}",
+                self.workload_left, expect.drained
+            ));
+        }
+        if !expect.writes && self.kube_writes > 0 {
+            problems.push(format!(
+                "{} writes reached the Kubernetes API, expected none",
+                self.kube_writes
+            ));
+        }
+        problems
+    }
+}
+
+const fn drained(spot: i32, on_demand: i32, taint: &'static str) -> Expectation {
+    Expectation {
+        spot_desired_change: spot,
+        on_demand_desired_change: on_demand,
+        taint: Some(taint),
+        cordoned: true,
+        drained: true,
+        writes: true,
+    }
+}
+
+const fn scenario(
+    name: &'static str,
+    description: &'static str,
+    spot: AsgSetup,
+    on_demand: AsgSetup,
+    expect: Expectation,
+) -> Scenario {
+    Scenario {
+        name,
+        description,
+        spot,
+        on_demand,
+        pdb_holds_for: None,
+        dry_run: false,
+        interruption_after: None,
+        expect,
+    }
+}
+
+pub fn scenarios() -> Vec<Scenario> {
+    use AsgSetup::*;
+    vec![
+        scenario(
+            "spot-success",
+            "the spot ASG delivers the replacement",
+            Healthy,
+            Healthy,
+            drained(1, 0, REBALANCE_TAINT),
+        ),
+        scenario(
+            "spot-insufficient-capacity",
+            "EC2 has no spot capacity: the launch fails with InsufficientInstanceCapacity, on-demand delivers",
+            InsufficientCapacity,
+            Healthy,
+            // AWS keeps the raised desired capacity and retries the launch; see docs.
+            drained(1, 1, REBALANCE_TAINT),
+        ),
+        scenario(
+            "spot-timeout",
+            "the spot instance never reaches InService: the wait times out, on-demand delivers",
+            NeverInService,
+            Healthy,
+            drained(1, 1, REBALANCE_TAINT),
+        ),
+        scenario(
+            "spot-at-max-size",
+            "the spot ASG is at MaxSize: no scale-up is sent, on-demand delivers",
+            AtMaxSize,
+            Healthy,
+            drained(0, 1, REBALANCE_TAINT),
+        ),
+        scenario(
+            "both-fail",
+            "no capacity anywhere: the node is still tainted, cordoned and drained",
+            InsufficientCapacity,
+            AtMaxSize,
+            drained(1, 0, REBALANCE_TAINT),
+        ),
+        Scenario {
+            pdb_holds_for: Some(Duration::from_secs(2)),
+            ..scenario(
+                "pdb-holds-a-pod",
+                "a PodDisruptionBudget refuses evictions for 2 s, then allows one at a time",
+                Healthy,
+                Healthy,
+                drained(1, 0, REBALANCE_TAINT),
+            )
+        },
+        Scenario {
+            dry_run: true,
+            ..scenario(
+                "dry-run",
+                "DRY_RUN=true: every step is logged, nothing changes",
+                Healthy,
+                Healthy,
+                Expectation {
+                    spot_desired_change: 0,
+                    on_demand_desired_change: 0,
+                    taint: None,
+                    cordoned: false,
+                    drained: false,
+                    writes: false,
+                },
+            )
+        },
+        Scenario {
+            interruption_after: Some(Duration::from_secs(2)),
+            ..scenario(
+                "spot-itn-during-wait",
+                "a spot interruption notice arrives while Spot Guard waits for InService: it stops waiting and drains now",
+                NeverInService,
+                Healthy,
+                drained(1, 0, SPOT_ITN_TAINT),
+            )
+        },
+    ]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("starting the {what} simulator: {detail}")]
+    Simulator { what: &'static str, detail: String },
+    #[error("building a client for the {what} simulator: {detail}")]
+    Client { what: &'static str, detail: String },
+    #[error("scenario {name} did not finish within {seconds}s")]
+    Stuck { name: &'static str, seconds: u64 },
+}
+
+/// Timings scaled down from production so a scenario takes seconds.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+const CHECK_INTERVAL: Duration = Duration::from_millis(500);
+const CAPACITY_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+const LAUNCH_DELAY: Duration = Duration::from_millis(1200);
+const SCENARIO_DEADLINE: Duration = Duration::from_secs(60);
+
+fn group_spec(setup: AsgSetup) -> GroupSpec {
+    let behaviour = match setup {
+        AsgSetup::Healthy | AsgSetup::AtMaxSize => Behaviour::Healthy,
+        AsgSetup::InsufficientCapacity => Behaviour::InsufficientCapacity,
+        AsgSetup::NeverInService => Behaviour::NeverInService,
+    };
+    GroupSpec {
+        min: 1,
+        max: if setup == AsgSetup::AtMaxSize { 3 } else { 10 },
+        desired: 3,
+        behaviour,
+        launch_delay: LAUNCH_DELAY,
+        capacity_rebalance: false,
+    }
+}
+
+/// Runs one scenario end to end and reads what it left behind.
+pub async fn run_scenario(scenario: &Scenario) -> Result<Outcome, ScenarioError> {
+    let simulator = |what: &'static str| {
+        move |error: &dyn std::fmt::Display| ScenarioError::Simulator {
+            what,
+            detail: error.to_string(),
+        }
+    };
+    let client = |what: &'static str| {
+        move |error: &dyn std::fmt::Display| ScenarioError::Client {
+            what,
+            detail: error.to_string(),
+        }
+    };
+    let imds = ImdsSim::start().await.map_err(|e| simulator("IMDS")(&e))?;
+    let asg = AsgSim::start().await.map_err(|e| simulator("ASG")(&e))?;
+    let kube = FakeKube::start()
+        .await
+        .map_err(|e| simulator("Kubernetes API")(&e))?;
+
+    imds.set_instance_id("i-0123456789abcdef0");
+    asg.add_group(SPOT_ASG, group_spec(scenario.spot));
+    asg.add_group(ON_DEMAND_ASG, group_spec(scenario.on_demand));
+    kube.add_node(NODE);
+    for name in WORKLOAD_PODS {
+        let app = name.split('-').next().unwrap_or(name);
+        kube.add_pod(FakePod::new("default", name, NODE).with_label("app", app));
+    }
+    kube.add_pod(FakePod::new("kube-system", "aws-node-x7k2p", NODE).daemon_set());
+    kube.add_pod(FakePod::new("kube-system", "spot-guard-q9z4m", NODE).daemon_set());
+    kube.set_termination(Termination::After(Duration::from_millis(300)));
+    if scenario.pdb_holds_for.is_some() {
+        kube.add_pdb("default", "web", &[("app", "web")], 0);
+    }
+
+    let imds_client = ImdsClient::new(&imds.url(), 3).map_err(|e| client("IMDS")(&e))?;
+    let aws = AwsAutoScaling::for_endpoint(asg.url(), "us-east-1", &AwsSettings::default());
+    let kube_client = node::client_for_url(&kube.url()).map_err(|e| client("Kubernetes")(&e))?;
+
+    let spot_guard_config = SpotGuardConfig {
+        spot_asg_name: SPOT_ASG.to_string(),
+        on_demand_asg_name: ON_DEMAND_ASG.to_string(),
+        scale_timeout: Duration::from_secs(5),
+        capacity_check_timeout: if scenario.interruption_after.is_some() {
+            Duration::from_secs(30)
+        } else {
+            CAPACITY_CHECK_TIMEOUT
+        },
+        check_interval: CHECK_INTERVAL,
+    };
+    let settings = AgentSettings {
+        node_name: NODE.to_string(),
+        dry_run: scenario.dry_run,
+        actions: ActionSettings {
+            spot_guard: true,
+            taint_node: scenario.interruption_after.is_some(),
+            taint_effect: TaintEffect::NoSchedule,
+            cordon_only: false,
+            enable_rebalance_draining: true,
+        },
+        drain: DrainSettings {
+            timeout: Duration::from_secs(20),
+            eviction_retry_interval: Duration::from_millis(500),
+            poll_interval: Duration::from_millis(200),
+            ..DrainSettings::default()
+        },
+    };
+    let spot_guard = SpotGuard::new(aws, spot_guard_config, scenario.dry_run);
+    spot_guard.check_setup().await;
+    let agent = Agent::new(settings, kube_client, Some(spot_guard));
+    let mut handled = agent.handled();
+
+    let shutdown = CancellationToken::new();
+    let (notices_tx, notices_rx) = mpsc::channel(16);
+    let monitor_task = tokio::spawn(monitor::run(
+        imds_client,
+        MonitorSettings {
+            interval: POLL_INTERVAL,
+            rebalance: true,
+            spot_interruption: true,
+        },
+        notices_tx,
+        shutdown.clone(),
+    ));
+    let agent_task = tokio::spawn(agent.run(notices_rx, shutdown.clone()));
+
+    let notice_time = "2026-11-24T08:22:00Z";
+    info!("[simulator] IMDS now serves a rebalance recommendation (noticeTime={notice_time})");
+    imds.set_rebalance(Some(notice_time));
+    if let Some(after) = scenario.interruption_after {
+        tokio::time::sleep(after).await;
+        info!("[simulator] IMDS now serves a spot interruption notice (action=terminate)");
+        imds.set_spot_action(Some(("terminate", "2026-11-24T08:24:00Z")));
+    }
+    if let Some(hold) = scenario.pdb_holds_for {
+        tokio::time::sleep(hold).await;
+        info!("[simulator] PodDisruptionBudget default/web now allows 1 disruption");
+        kube.set_pdb_max_unavailable("default", "web", 1);
+    }
+
+    let finished =
+        tokio::time::timeout(SCENARIO_DEADLINE, handled.wait_for(|count| *count >= 1)).await;
+    shutdown.cancel();
+    let _ = agent_task.await;
+    let _ = monitor_task.await;
+    if finished.is_err() {
+        return Err(ScenarioError::Stuck {
+            name: scenario.name,
+            seconds: SCENARIO_DEADLINE.as_secs(),
+        });
+    }
+
+    let desired = |name: &str| asg.group(name).map(|g| g.desired).unwrap_or_default();
+    let node = kube.node(NODE);
+    let spec = node.and_then(|n| n.spec);
+    Ok(Outcome {
+        spot_desired_change: desired(SPOT_ASG) - 3,
+        on_demand_desired_change: desired(ON_DEMAND_ASG) - 3,
+        taints: spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| t.key)
+            .collect(),
+        cordoned: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+        workload_left: kube
+            .pods_on_node(NODE)
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .filter(|name| WORKLOAD_PODS.contains(&name.as_str()))
+            .collect(),
+        kube_writes: kube
+            .requests()
+            .iter()
+            .filter(|request| request.method != "GET")
+            .count(),
+    })
+}
+
+/// The `simulate` subcommand.
+pub async fn run(args: SimulateArgs) -> ExitCode {
+    let all = scenarios();
+    if args.list {
+        for scenario in &all {
+            println!("{:<28} {}", scenario.name, scenario.description);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let selected: Vec<&Scenario> = match &args.scenario {
+        Some(name) => match all.iter().find(|s| s.name == name) {
+            Some(scenario) => vec![scenario],
+            None => {
+                eprintln!(
+                    "spot-guard simulate: no scenario named '{name}'; use --list to see them"
+                );
+                return ExitCode::from(2);
+            }
+        },
+        None => all.iter().collect(),
+    };
+    if let Err(error) = crate::logging::init(&args.log_level, args.json_logging) {
+        eprintln!("spot-guard simulate: {error}");
+        return ExitCode::from(2);
+    }
+
+    let mut failed = Vec::new();
+    for scenario in selected {
+        println!("\n=== scenario {}: {}", scenario.name, scenario.description);
+        match run_scenario(scenario).await {
+            Ok(outcome) => {
+                println!(
+                    "--- result: spot ASG desired {:+}, on-demand ASG desired {:+}, taints {:?}, cordoned {}, workload pods left {:?}",
+                    outcome.spot_desired_change,
+                    outcome.on_demand_desired_change,
+                    outcome.taints,
+                    outcome.cordoned,
+                    outcome.workload_left
+                );
+                let problems = outcome.mismatches(&scenario.expect);
+                if problems.is_empty() {
+                    println!("--- as expected");
+                } else {
+                    println!("--- NOT as expected: {}", problems.join("; "));
+                    failed.push(scenario.name);
+                }
+            }
+            Err(error) => {
+                println!("--- failed: {error}");
+                failed.push(scenario.name);
+            }
+        }
+    }
+    if failed.is_empty() {
+        println!("\nAll scenarios ended as expected.");
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "\nScenarios that did not end as expected: {}",
+            failed.join(", ")
+        );
+        ExitCode::FAILURE
+    }
+}

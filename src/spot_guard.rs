@@ -1,0 +1,262 @@
+//! The capacity workflow: scale the spot ASG by one, wait for the new instance to be
+//! InService, and fall back to the on-demand ASG when spot cannot deliver. Every
+//! decision is made by [`crate::flow`]; this module only talks to the ASG and the clock.
+
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::asg::{AsgState, AutoScaling};
+use crate::config::SpotGuardConfig;
+use crate::flow::{
+    self, AttemptOutcome, CapacityFailure, CapacityWatch, ReplacementOutcome, ScalePlan,
+    WatchVerdict,
+};
+
+pub struct SpotGuard<A> {
+    asg: A,
+    config: SpotGuardConfig,
+    dry_run: bool,
+}
+
+/// A spot interruption notice cut the wait short.
+struct Preempted;
+
+impl<A: AutoScaling> SpotGuard<A> {
+    pub fn new(asg: A, config: SpotGuardConfig, dry_run: bool) -> Self {
+        SpotGuard {
+            asg,
+            config,
+            dry_run,
+        }
+    }
+
+    pub fn config(&self) -> &SpotGuardConfig {
+        &self.config
+    }
+
+    /// Start-up check of both ASGs. Problems are logged, not fatal: the agent must
+    /// still protect the node from interruptions, and the flow falls back at run time.
+    pub async fn check_setup(&self) {
+        info!(
+            "Spot Guard enabled - Spot ASG: {}, On-Demand ASG: {}",
+            self.config.spot_asg_name, self.config.on_demand_asg_name
+        );
+        for name in [&self.config.spot_asg_name, &self.config.on_demand_asg_name] {
+            match self.asg.describe(name).await {
+                Ok(state) => {
+                    info!(
+                        asg = %name,
+                        "ASG {name}: desired {}, min {}, max {}, InService {}",
+                        state.desired_capacity,
+                        state.min_size,
+                        state.max_size,
+                        state.in_service()
+                    );
+                    if state.capacity_rebalance && *name == self.config.spot_asg_name {
+                        warn!(
+                            asg = %name,
+                            "ASG {name} has Capacity Rebalancing enabled: AWS launches its own replacement on every rebalance recommendation, so with Spot Guard each recommendation buys two instances; turn one of them off"
+                        );
+                    }
+                }
+                Err(error) => error!(
+                    asg = %name,
+                    "Spot Guard cannot read ASG {name} at start-up: {error}; rebalance recommendations will fall back or go straight to taint and drain until this is fixed"
+                ),
+            }
+        }
+    }
+
+    /// Buys one replacement instance: spot first, on-demand when spot cannot deliver.
+    /// Never fails: whatever happens, the caller goes on to taint and drain.
+    pub async fn secure_replacement(&self, preempt: &CancellationToken) -> ReplacementOutcome {
+        if self.dry_run {
+            for name in [&self.config.spot_asg_name, &self.config.on_demand_asg_name] {
+                match self.asg.describe(name).await {
+                    Ok(state) => match flow::plan_scale_up(&state) {
+                        ScalePlan::Scale { from, to } => info!(
+                            asg = %name,
+                            "DRY RUN: would scale ASG {name} from {from} to {to} instances and wait for InService"
+                        ),
+                        ScalePlan::CannotScale(failure) => {
+                            info!(asg = %name, "DRY RUN: ASG {name} could not be scaled: {failure}")
+                        }
+                    },
+                    Err(error) => warn!(asg = %name, "DRY RUN: cannot read ASG {name}: {error}"),
+                }
+            }
+            return ReplacementOutcome::DryRun;
+        }
+
+        let spot_name = self.config.spot_asg_name.clone();
+        let spot = match self
+            .attempt(&spot_name, preempt)
+            .instrument(info_span!("scale", asg = %spot_name))
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(Preempted) => return ReplacementOutcome::Preempted,
+        };
+        let spot_failure = match spot {
+            AttemptOutcome::Ready { .. } => {
+                info!(asg = %spot_name, "Spot Guard: replacement ready in spot ASG {spot_name}");
+                return ReplacementOutcome::Spot;
+            }
+            AttemptOutcome::Failed(failure) => failure,
+        };
+
+        let on_demand_name = self.config.on_demand_asg_name.clone();
+        warn!(
+            asg = %spot_name,
+            reason = spot_failure.reason(),
+            "Spot ASG {spot_name} could not provide capacity ({spot_failure}); falling back to on-demand ASG {on_demand_name}"
+        );
+        let on_demand = match self
+            .attempt(&on_demand_name, preempt)
+            .instrument(info_span!("scale", asg = %on_demand_name))
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(Preempted) => return ReplacementOutcome::Preempted,
+        };
+        match on_demand {
+            AttemptOutcome::Ready { .. } => {
+                info!(
+                    asg = %on_demand_name,
+                    "Spot Guard: replacement ready in on-demand ASG {on_demand_name} (fallback)"
+                );
+                ReplacementOutcome::OnDemand { spot_failure }
+            }
+            AttemptOutcome::Failed(on_demand_failure) => {
+                error!(
+                    spot_asg = %spot_name,
+                    on_demand_asg = %on_demand_name,
+                    "Spot Guard could not get replacement capacity: spot ASG {spot_name}: {spot_failure}; on-demand ASG {on_demand_name}: {on_demand_failure}; the node is tainted and drained anyway"
+                );
+                ReplacementOutcome::NoneAvailable {
+                    spot_failure,
+                    on_demand_failure,
+                }
+            }
+        }
+    }
+
+    /// One ASG: raise desired by one and wait for the new instance.
+    async fn attempt(
+        &self,
+        name: &str,
+        preempt: &CancellationToken,
+    ) -> Result<AttemptOutcome, Preempted> {
+        let request = tokio::time::timeout(self.config.scale_timeout, self.request_scale_up(name));
+        let (from, to, watch) = tokio::select! {
+            _ = preempt.cancelled() => return Err(Preempted),
+            requested = request => match requested {
+                Ok(Ok(requested)) => requested,
+                Ok(Err(failure)) => return Ok(AttemptOutcome::Failed(failure)),
+                Err(_) => {
+                    return Ok(AttemptOutcome::Failed(CapacityFailure::Api {
+                        error: format!(
+                            "scaling ASG {name} did not finish within SPOT_GUARD_SCALE_TIMEOUT ({}s)",
+                            self.config.scale_timeout.as_secs()
+                        ),
+                    }));
+                }
+            },
+        };
+
+        let started = Instant::now();
+        info!(
+            "Waiting up to {:?} for a new instance to reach InService in ASG {name} (checking every {:?})",
+            self.config.capacity_check_timeout, self.config.check_interval
+        );
+        loop {
+            let remaining = self
+                .config
+                .capacity_check_timeout
+                .saturating_sub(started.elapsed());
+            let pause = self
+                .config
+                .check_interval
+                .min(remaining)
+                .max(Duration::from_millis(1));
+            tokio::select! {
+                _ = preempt.cancelled() => return Err(Preempted),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            let in_service = match self.asg.describe(name).await {
+                Ok(state) => state.in_service(),
+                Err(error) => {
+                    warn!("Checking ASG {name} failed, will check again: {error}");
+                    watch.baseline_in_service
+                }
+            };
+            let activities = self
+                .asg
+                .scaling_activities(name)
+                .await
+                .unwrap_or_else(|error| {
+                    warn!(
+                        "Reading scaling activities of ASG {name} failed, will check again: {error}"
+                    );
+                    Vec::new()
+                });
+            match flow::judge_capacity(&watch, in_service, &activities, started.elapsed()) {
+                WatchVerdict::Waiting => info!(
+                    "ASG {name}: {in_service} InService, waiting for {} ({:.1}s elapsed)",
+                    watch.baseline_in_service + 1,
+                    started.elapsed().as_secs_f64()
+                ),
+                WatchVerdict::Ready { in_service } => {
+                    info!(
+                        "New instance reached InService in ASG {name} ({in_service} InService, desired {to}, was {from})"
+                    );
+                    return Ok(AttemptOutcome::Ready { from, to });
+                }
+                WatchVerdict::Failed(failure) => {
+                    warn!(
+                        reason = failure.reason(),
+                        "ASG {name} did not deliver: {failure}"
+                    );
+                    return Ok(AttemptOutcome::Failed(failure));
+                }
+            }
+        }
+    }
+
+    /// Reads the ASG, checks MaxSize and sends SetDesiredCapacity(desired + 1).
+    async fn request_scale_up(
+        &self,
+        name: &str,
+    ) -> Result<(i32, i32, CapacityWatch), CapacityFailure> {
+        let before: AsgState = self
+            .asg
+            .describe(name)
+            .await
+            .map_err(|error| CapacityFailure::from_api_error(&error))?;
+        let (from, to) = match flow::plan_scale_up(&before) {
+            ScalePlan::Scale { from, to } => (from, to),
+            ScalePlan::CannotScale(failure) => return Err(failure),
+        };
+        // Failures already listed before our request belong to someone else.
+        let activities_before = self.asg.scaling_activities(name).await.unwrap_or_else(|error| {
+            warn!("Reading scaling activities of ASG {name} failed; only activities started after the scale-up will count: {error}");
+            Vec::new()
+        });
+        info!("Scaling ASG {name} from {from} to {to} instances");
+        let requested_at = SystemTime::now();
+        self.asg
+            .set_desired_capacity(name, to)
+            .await
+            .map_err(|error| CapacityFailure::from_api_error(&error))?;
+        let watch = CapacityWatch::new(
+            &before,
+            &activities_before,
+            requested_at,
+            self.config.capacity_check_timeout,
+        );
+        Ok((from, to, watch))
+    }
+}

@@ -1,0 +1,356 @@
+//! Draining a node against the fake API server over HTTP: which pods go, PDB waits, deadlines.
+
+use std::error::Error;
+use std::time::Duration;
+
+use spot_guard::drain::{DrainReport, DrainSettings, PodRef, RefuseReason, drain};
+use spot_guard::node::client_for_url;
+use spot_guard::sim::kube::{EvictionOutcome, FakeKube, FakePod, Termination};
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+const NODE: &str = "ip-10-0-1-23.ec2.internal";
+const OTHER_NODE: &str = "ip-10-0-2-42.ec2.internal";
+
+async fn fake_with_node() -> Result<(FakeKube, kube::Client), Box<dyn Error>> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let fake = FakeKube::start().await?;
+    fake.add_node(NODE);
+    fake.add_node(OTHER_NODE);
+    let client = client_for_url(&fake.url())?;
+    Ok((fake, client))
+}
+
+fn fast(timeout: Duration) -> DrainSettings {
+    DrainSettings {
+        timeout,
+        eviction_retry_interval: Duration::from_millis(50),
+        poll_interval: Duration::from_millis(20),
+        ..DrainSettings::default()
+    }
+}
+
+/// Runs a drain, failing the test instead of hanging it if the drain ignores its deadline.
+async fn run_drain(
+    client: &kube::Client,
+    settings: &DrainSettings,
+    dry_run: bool,
+) -> Result<DrainReport, Box<dyn Error>> {
+    let bound = settings.timeout + Duration::from_secs(10);
+    Ok(tokio::time::timeout(bound, drain(client, NODE, settings, dry_run)).await??)
+}
+
+fn pod_ref(namespace: &str, name: &str) -> PodRef {
+    PodRef {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+fn sorted(mut pods: Vec<PodRef>) -> Vec<PodRef> {
+    pods.sort();
+    pods
+}
+
+fn names_on_node(fake: &FakeKube, node: &str) -> Vec<String> {
+    let mut names: Vec<String> = fake
+        .pods_on_node(node)
+        .into_iter()
+        .filter_map(|pod| pod.metadata.name)
+        .collect();
+    names.sort();
+    names
+}
+
+fn evicted_names(fake: &FakeKube) -> Vec<String> {
+    let mut names: Vec<String> = fake
+        .evictions()
+        .into_iter()
+        .filter(|eviction| eviction.outcome == EvictionOutcome::Allowed)
+        .map(|eviction| eviction.name)
+        .collect();
+    names.sort();
+    names
+}
+
+fn mixed_node(fake: &FakeKube) {
+    fake.add_pod(FakePod::new("default", "web-1", NODE));
+    fake.add_pod(FakePod::new("default", "web-2", NODE));
+    fake.add_pod(FakePod::new("kube-system", "aws-node-x7k2p", NODE).daemon_set());
+    fake.add_pod(FakePod::new("kube-system", "kube-proxy-static", NODE).mirror());
+    fake.add_pod(FakePod::new("default", "cache", NODE).with_empty_dir());
+    fake.add_pod(FakePod::new("default", "batch-done", NODE).with_phase("Succeeded"));
+    fake.add_pod(FakePod::new("default", "elsewhere", OTHER_NODE));
+}
+
+#[tokio::test]
+async fn evicts_workload_pods_and_leaves_daemon_set_mirror_and_finished_pods() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    mixed_node(&fake);
+
+    let report = run_drain(&client, &fast(Duration::from_secs(5)), false).await?;
+
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(
+        sorted(report.evicted.clone()),
+        [
+            pod_ref("default", "cache"),
+            pod_ref("default", "web-1"),
+            pod_ref("default", "web-2")
+        ]
+    );
+    assert_eq!(evicted_names(&fake), ["cache", "web-1", "web-2"]);
+    assert_eq!(
+        names_on_node(&fake, NODE),
+        ["aws-node-x7k2p", "batch-done", "kube-proxy-static"]
+    );
+    assert_eq!(names_on_node(&fake, OTHER_NODE), ["elsewhere"]);
+    assert_eq!(report.skipped.len(), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn empty_dir_pod_is_refused_without_delete_local_data_but_others_go() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    mixed_node(&fake);
+    let settings = DrainSettings {
+        delete_local_data: false,
+        ..fast(Duration::from_secs(5))
+    };
+
+    let report = run_drain(&client, &settings, false).await?;
+
+    assert!(!report.is_complete());
+    assert_eq!(
+        report.refused,
+        [(pod_ref("default", "cache"), RefuseReason::LocalStorage)]
+    );
+    assert_eq!(evicted_names(&fake), ["web-1", "web-2"]);
+    assert!(names_on_node(&fake, NODE).contains(&"cache".to_owned()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn daemon_set_pod_is_refused_when_daemon_sets_are_not_ignored() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    mixed_node(&fake);
+    let settings = DrainSettings {
+        ignore_daemon_sets: false,
+        ..fast(Duration::from_secs(5))
+    };
+
+    let report = run_drain(&client, &settings, false).await?;
+
+    assert_eq!(
+        report.refused,
+        [(
+            pod_ref("kube-system", "aws-node-x7k2p"),
+            RefuseReason::DaemonSetNotIgnored
+        )]
+    );
+    assert!(!evicted_names(&fake).contains(&"aws-node-x7k2p".to_owned()));
+    assert_eq!(evicted_names(&fake), ["cache", "web-1", "web-2"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn grace_period_override_reaches_the_api_server() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    fake.add_pod(FakePod::new("default", "web-1", NODE).with_termination_grace_period(300));
+    let settings = DrainSettings {
+        pod_termination_grace_period: Some(7),
+        ..fast(Duration::from_secs(5))
+    };
+
+    run_drain(&client, &settings, false).await?;
+
+    let grace: Vec<Option<i64>> = fake
+        .evictions()
+        .iter()
+        .map(|eviction| eviction.grace_period_seconds)
+        .collect();
+    assert_eq!(grace, [Some(7)]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_override_no_grace_period_is_sent() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    fake.add_pod(FakePod::new("default", "web-1", NODE).with_termination_grace_period(300));
+
+    // POD_TERMINATION_GRACE_PERIOD=-1 maps to None: each pod keeps its own.
+    run_drain(&client, &fast(Duration::from_secs(5)), false).await?;
+
+    let evictions = fake.evictions();
+    assert_eq!(evictions.len(), 1);
+    assert_eq!(evictions[0].grace_period_seconds, None);
+    assert_eq!(evictions[0].outcome, EvictionOutcome::Allowed);
+    Ok(())
+}
+
+#[tokio::test]
+async fn pdb_with_max_unavailable_one_releases_pods_one_by_one() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    for name in ["db-0", "db-1", "db-2"] {
+        fake.add_pod(FakePod::new("data", name, NODE).with_label("app", "db"));
+    }
+    fake.add_pdb("data", "db-pdb", &[("app", "db")], 1);
+    fake.set_termination(Termination::After(Duration::from_millis(150)));
+
+    let report = run_drain(&client, &fast(Duration::from_secs(10)), false).await?;
+
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(evicted_names(&fake), ["db-0", "db-1", "db-2"]);
+    let refusals = fake
+        .evictions()
+        .iter()
+        .filter(|eviction| eviction.outcome == EvictionOutcome::BlockedByPdb)
+        .count();
+    assert!(
+        refusals >= 2,
+        "the budget should have refused while a pod terminated"
+    );
+    assert!(names_on_node(&fake, NODE).is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn pdb_that_never_relents_ends_the_drain_at_the_deadline_naming_the_pod() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    fake.add_pod(FakePod::new("data", "db-0", NODE).with_label("app", "db"));
+    fake.add_pod(FakePod::new("default", "web-1", NODE));
+    fake.add_pdb("data", "db-pdb", &[("app", "db")], 0);
+
+    let report = run_drain(&client, &fast(Duration::from_secs(1)), false).await?;
+
+    assert!(!report.is_complete());
+    assert_eq!(report.blocked_by_pdb, [pod_ref("data", "db-0")]);
+    assert_eq!(report.evicted, [pod_ref("default", "web-1")]);
+    assert!(report.not_terminated.is_empty());
+    assert_eq!(names_on_node(&fake, NODE), ["db-0"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn relaxing_the_pdb_during_the_drain_lets_the_pod_go() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    fake.add_pod(FakePod::new("data", "db-0", NODE).with_label("app", "db"));
+    fake.add_pdb("data", "db-pdb", &[("app", "db")], 0);
+    let settings = fast(Duration::from_secs(10));
+    let drain_task = tokio::spawn({
+        let client = client.clone();
+        let settings = settings.clone();
+        async move { drain(&client, NODE, &settings, false).await }
+    });
+
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while fake.evictions().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await?;
+    assert!(fake.set_pdb_max_unavailable("data", "db-pdb", 1));
+    let report = tokio::time::timeout(Duration::from_secs(20), drain_task).await???;
+
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.evicted, [pod_ref("data", "db-0")]);
+    assert_eq!(fake.evictions()[0].outcome, EvictionOutcome::BlockedByPdb);
+    Ok(())
+}
+
+#[tokio::test]
+async fn pod_that_never_terminates_is_reported() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    fake.add_pod(FakePod::new("default", "stuck", NODE).terminating(Termination::Never));
+    fake.add_pod(FakePod::new("default", "web-1", NODE));
+
+    let report = run_drain(&client, &fast(Duration::from_secs(1)), false).await?;
+
+    assert!(!report.is_complete());
+    assert_eq!(report.not_terminated, [pod_ref("default", "stuck")]);
+    assert_eq!(
+        sorted(report.evicted),
+        [pod_ref("default", "stuck"), pod_ref("default", "web-1")]
+    );
+    let stuck = fake.pod("default", "stuck");
+    assert!(stuck.is_some_and(|pod| pod.metadata.deletion_timestamp.is_some()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn pod_recreated_with_the_same_name_counts_as_gone() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    let original = fake.add_pod(FakePod::new("data", "kafka-0", NODE).recreated_on(NODE));
+    // Lingers for a few polls so the drain sees it terminating before the replacement appears.
+    fake.set_termination(Termination::After(Duration::from_millis(100)));
+
+    let report = run_drain(&client, &fast(Duration::from_secs(5)), false).await?;
+
+    assert!(report.is_complete(), "{report:?}");
+    let replacement = fake
+        .pod("data", "kafka-0")
+        .ok_or("the pod should have been recreated")?;
+    assert_ne!(replacement.metadata.uid, original.metadata.uid);
+    assert_eq!(evicted_names(&fake), ["kafka-0"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn dry_run_evicts_nothing() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    mixed_node(&fake);
+
+    let report = run_drain(&client, &fast(Duration::from_secs(5)), true).await?;
+
+    assert!(report.dry_run);
+    assert_eq!(report.evicted.len(), 3);
+    assert!(fake.evictions().is_empty());
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|request| request.method == "GET")
+    );
+    assert_eq!(names_on_node(&fake, NODE).len(), 6);
+    Ok(())
+}
+
+#[tokio::test]
+async fn server_error_on_the_first_eviction_is_retried() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    fake.add_pod(FakePod::new("default", "web-1", NODE));
+    let eviction_path = "/api/v1/namespaces/default/pods/web-1/eviction";
+    fake.fail_next("POST", eviction_path, 1, 500);
+
+    let report = run_drain(&client, &fast(Duration::from_secs(5)), false).await?;
+
+    assert!(report.is_complete(), "{report:?}");
+    let statuses: Vec<u16> = fake
+        .requests()
+        .into_iter()
+        .filter(|request| request.path == eviction_path)
+        .map(|request| request.status)
+        .collect();
+    assert_eq!(statuses, [500, 201]);
+    assert!(names_on_node(&fake, NODE).is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn eviction_failing_until_the_deadline_is_reported_with_its_error() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    fake.add_pod(FakePod::new("default", "web-1", NODE));
+    fake.fail_next(
+        "POST",
+        "/api/v1/namespaces/default/pods/web-1/eviction",
+        usize::MAX,
+        503,
+    );
+
+    let report = run_drain(&client, &fast(Duration::from_millis(500)), false).await?;
+
+    assert!(!report.is_complete());
+    assert_eq!(report.eviction_failed.len(), 1);
+    assert_eq!(report.eviction_failed[0].0, pod_ref("default", "web-1"));
+    assert!(report.blocked_by_pdb.is_empty());
+    Ok(())
+}

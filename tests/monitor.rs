@@ -1,0 +1,373 @@
+//! The IMDS polling loop against the IMDS simulator: each notice delivered once, the most
+//! urgent first, through IMDS outages, and a prompt stop.
+
+use std::time::Duration;
+
+use spot_guard::imds::{
+    ImdsClient, REBALANCE_RECOMMENDATION_PATH, RebalanceRecommendation, SPOT_INSTANCE_ACTION_PATH,
+};
+use spot_guard::monitor::{self, Liveness, MonitorError, MonitorSettings, Notice};
+use spot_guard::sim::imds::ImdsSim;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const POLL: Duration = Duration::from_millis(50);
+const BOUND: Duration = Duration::from_secs(20);
+const NOTICE_TIME: &str = "2020-10-27T08:22:00Z";
+
+struct Running {
+    sim: ImdsSim,
+    notices: mpsc::Receiver<Notice>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), MonitorError>>,
+    liveness: Liveness,
+}
+
+async fn start_sim() -> ImdsSim {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    ImdsSim::start().await.expect("start IMDS simulator")
+}
+
+fn start_monitor(sim: ImdsSim, rebalance: bool, spot_interruption: bool) -> Running {
+    let imds = ImdsClient::builder(&sim.url())
+        .tries(2)
+        .retry_base_delay(Duration::from_millis(10))
+        .request_timeout(Duration::from_millis(500))
+        .build()
+        .expect("build IMDS client");
+    let settings = MonitorSettings {
+        interval: POLL,
+        rebalance,
+        spot_interruption,
+    };
+    let (sender, notices) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    let liveness = Liveness::default();
+    let task = tokio::spawn(monitor::run_with_liveness(
+        imds,
+        settings,
+        sender,
+        shutdown.clone(),
+        liveness.clone(),
+    ));
+    Running {
+        sim,
+        notices,
+        shutdown,
+        task,
+        liveness,
+    }
+}
+
+impl Running {
+    async fn next_notice(&mut self) -> Notice {
+        tokio::time::timeout(BOUND, self.notices.recv())
+            .await
+            .expect("no notice in time")
+            .expect("monitor closed the channel")
+    }
+
+    /// Waits until the monitor has read `path` `more` more times, so absence can be asserted.
+    async fn wait_for_polls(&self, path: &str, more: u64) {
+        let target = self.sim.gets(path) + more;
+        tokio::time::timeout(BOUND, async {
+            while self.sim.gets(path) < target {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("monitor stopped polling");
+    }
+
+    fn assert_nothing_sent(&mut self) {
+        if let Ok(notice) = self.notices.try_recv() {
+            panic!("unexpected notice {notice:?}");
+        }
+    }
+
+    async fn stop(self) -> Result<(), MonitorError> {
+        self.shutdown.cancel();
+        tokio::time::timeout(BOUND, self.task)
+            .await
+            .expect("monitor did not stop after cancellation")
+            .expect("monitor task panicked")
+    }
+}
+
+fn rebalance_notice(notice_time: &str) -> Notice {
+    Notice::rebalance(&RebalanceRecommendation {
+        notice_time: notice_time.to_string(),
+    })
+}
+
+#[tokio::test]
+async fn rebalance_set_mid_run_is_sent_exactly_once() {
+    let mut running = start_monitor(start_sim().await, true, true);
+    running
+        .wait_for_polls(REBALANCE_RECOMMENDATION_PATH, 3)
+        .await;
+    running.assert_nothing_sent();
+
+    running.sim.set_rebalance(Some(NOTICE_TIME));
+    let notice = running.next_notice().await;
+    running
+        .wait_for_polls(REBALANCE_RECOMMENDATION_PATH, 10)
+        .await;
+
+    assert_eq!(notice, rebalance_notice(NOTICE_TIME));
+    running.assert_nothing_sent();
+    running.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn reappearing_notice_is_not_resent_but_a_new_notice_time_is() {
+    let mut running = start_monitor(start_sim().await, true, false);
+    running.sim.set_rebalance(Some(NOTICE_TIME));
+    let first = running.next_notice().await;
+
+    running.sim.set_rebalance(None);
+    running
+        .wait_for_polls(REBALANCE_RECOMMENDATION_PATH, 3)
+        .await;
+    running.sim.set_rebalance(Some(NOTICE_TIME));
+    running
+        .wait_for_polls(REBALANCE_RECOMMENDATION_PATH, 3)
+        .await;
+    running.assert_nothing_sent();
+
+    running.sim.set_rebalance(Some("2020-10-27T09:00:00Z"));
+    let second = running.next_notice().await;
+
+    assert_eq!(second, rebalance_notice("2020-10-27T09:00:00Z"));
+    assert_ne!(first.event_id(), second.event_id());
+    running.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn spot_interruption_is_sent() {
+    let mut running = start_monitor(start_sim().await, true, true);
+    running
+        .sim
+        .set_spot_action(Some(("terminate", "2017-09-18T08:22:00Z")));
+
+    let notice = running.next_notice().await;
+
+    let Notice::SpotInterruption {
+        event_id,
+        action,
+        time,
+    } = notice
+    else {
+        panic!("expected a spot interruption, got {notice:?}");
+    };
+    assert_eq!(action, "terminate");
+    assert_eq!(time, "2017-09-18T08:22:00Z");
+    assert_nth_event_id(&event_id, "spot-itn-");
+    running.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn spot_interruption_comes_before_rebalance_in_the_same_poll() {
+    let sim = start_sim().await;
+    sim.set_rebalance(Some(NOTICE_TIME));
+    sim.set_spot_action(Some(("stop", "2017-09-18T08:22:00Z")));
+    let mut running = start_monitor(sim, true, true);
+
+    let first = running.next_notice().await;
+    let second = running.next_notice().await;
+
+    assert!(
+        matches!(first, Notice::SpotInterruption { .. }),
+        "{first:?}"
+    );
+    assert_eq!(second, rebalance_notice(NOTICE_TIME));
+    running.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn disabled_spot_monitor_neither_reads_nor_sends_interruptions() {
+    let sim = start_sim().await;
+    sim.set_spot_action(Some(("terminate", "2017-09-18T08:22:00Z")));
+    let mut running = start_monitor(sim, true, false);
+    running
+        .wait_for_polls(REBALANCE_RECOMMENDATION_PATH, 3)
+        .await;
+    running.sim.set_rebalance(Some(NOTICE_TIME));
+
+    let notice = running.next_notice().await;
+
+    assert_eq!(notice, rebalance_notice(NOTICE_TIME));
+    assert_eq!(running.sim.gets(SPOT_INSTANCE_ACTION_PATH), 0);
+    running.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn disabled_rebalance_monitor_neither_reads_nor_sends_recommendations() {
+    let sim = start_sim().await;
+    sim.set_rebalance(Some(NOTICE_TIME));
+    let mut running = start_monitor(sim, false, true);
+    running.wait_for_polls(SPOT_INSTANCE_ACTION_PATH, 3).await;
+    running.assert_nothing_sent();
+    running
+        .sim
+        .set_spot_action(Some(("terminate", "2017-09-18T08:22:00Z")));
+
+    let notice = running.next_notice().await;
+
+    assert!(
+        matches!(notice, Notice::SpotInterruption { .. }),
+        "{notice:?}"
+    );
+    assert_eq!(running.sim.gets(REBALANCE_RECOMMENDATION_PATH), 0);
+    running.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn with_every_monitor_disabled_nothing_is_read_or_sent() {
+    let sim = start_sim().await;
+    sim.set_rebalance(Some(NOTICE_TIME));
+    sim.set_spot_action(Some(("terminate", "2017-09-18T08:22:00Z")));
+    let mut running = start_monitor(sim, false, false);
+
+    tokio::time::sleep(POLL * 6).await;
+
+    running.assert_nothing_sent();
+    assert_eq!(running.sim.gets(REBALANCE_RECOMMENDATION_PATH), 0);
+    assert_eq!(running.sim.gets(SPOT_INSTANCE_ACTION_PATH), 0);
+    running.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn monitor_survives_an_imds_outage_and_then_delivers() {
+    let sim = start_sim().await;
+    sim.set_down(true);
+    sim.set_rebalance(Some(NOTICE_TIME));
+    let mut running = start_monitor(sim, true, true);
+    running
+        .wait_for_polls(REBALANCE_RECOMMENDATION_PATH, 6)
+        .await;
+    running.assert_nothing_sent();
+    assert!(!running.task.is_finished(), "monitor gave up on IMDS");
+
+    running.sim.set_down(false);
+    let notice = running.next_notice().await;
+
+    assert_eq!(notice, rebalance_notice(NOTICE_TIME));
+    running.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn monitor_survives_garbage_and_then_delivers() {
+    let sim = start_sim().await;
+    sim.set_garbage(
+        REBALANCE_RECOMMENDATION_PATH,
+        Some("<html>proxy error</html>"),
+    );
+    let mut running = start_monitor(sim, true, true);
+    running
+        .wait_for_polls(REBALANCE_RECOMMENDATION_PATH, 3)
+        .await;
+    running.assert_nothing_sent();
+
+    running.sim.set_garbage(REBALANCE_RECOMMENDATION_PATH, None);
+    running.sim.set_rebalance(Some(NOTICE_TIME));
+    let notice = running.next_notice().await;
+
+    assert_eq!(notice, rebalance_notice(NOTICE_TIME));
+    running.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn cancellation_stops_the_loop_even_while_imds_hangs() {
+    let sim = start_sim().await;
+    sim.set_delay(Duration::from_secs(60));
+    let running = start_monitor(sim, true, true);
+    running.wait_for_polls(SPOT_INSTANCE_ACTION_PATH, 1).await;
+
+    let outcome = running.stop().await;
+
+    assert!(outcome.is_ok(), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn dropped_receiver_ends_the_loop() {
+    let sim = start_sim().await;
+    let running = start_monitor(sim, true, true);
+    drop(running.notices);
+
+    let outcome = tokio::time::timeout(BOUND, running.task)
+        .await
+        .expect("monitor kept running without a receiver")
+        .expect("monitor task panicked");
+
+    assert!(outcome.is_ok(), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn event_id_has_nths_format() {
+    let mut running = start_monitor(start_sim().await, true, true);
+    running.sim.set_rebalance(Some(NOTICE_TIME));
+
+    let notice = running.next_notice().await;
+
+    assert_nth_event_id(notice.event_id(), "rebalance-recommendation-");
+    // sha256 of "&{2020-10-27T08:22:00Z}", the text NTH hashes for this payload.
+    assert_eq!(
+        notice.event_id(),
+        "rebalance-recommendation-ec1be3373b11adcde417bd7778350fbddba81ef5bffed1426b407e667d05bca9"
+    );
+    running.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn liveness_records_completed_polls() {
+    let running = start_monitor(start_sim().await, true, true);
+
+    running
+        .wait_for_polls(REBALANCE_RECOMMENDATION_PATH, 2)
+        .await;
+    let first = running.liveness.last_poll().expect("a poll completed");
+    running
+        .wait_for_polls(REBALANCE_RECOMMENDATION_PATH, 3)
+        .await;
+    let later = running.liveness.last_poll().expect("polls completed");
+
+    assert!(later > first, "liveness did not advance");
+    running.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn zero_interval_is_refused() {
+    let sim = start_sim().await;
+    let imds = ImdsClient::new(&sim.url(), 1).expect("build IMDS client");
+    let (sender, _notices) = mpsc::channel(1);
+    let settings = MonitorSettings {
+        interval: Duration::ZERO,
+        ..MonitorSettings::default()
+    };
+
+    let outcome = tokio::time::timeout(
+        BOUND,
+        monitor::run(imds, settings, sender, CancellationToken::new()),
+    )
+    .await
+    .expect("run returned");
+
+    assert!(
+        matches!(outcome, Err(MonitorError::ZeroInterval)),
+        "{outcome:?}"
+    );
+}
+
+fn assert_nth_event_id(event_id: &str, prefix: &str) {
+    let hash = event_id
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("{event_id} does not start with {prefix}"));
+    assert_eq!(hash.len(), 64, "{event_id}");
+    assert!(
+        hash.chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+        "{event_id}"
+    );
+}
