@@ -94,18 +94,18 @@ impl<A: AutoScaling + 'static> Agent<A> {
         let mut interrupted = false;
         loop {
             let notice = tokio::select! {
-                _ = shutdown.cancelled() => {
-                    if let Some(task) = rebalance.take().filter(|task| !task.handle.is_finished()) {
-                        warn!(event_id = %task.event_id, "Shutting down: abandoning the rebalance flow in progress; a restarted agent will see the recommendation again");
-                        task.preempt.cancel();
-                        let _ = task.handle.await;
-                    }
-                    return;
+                biased;
+                _ = shutdown.cancelled() => None,
+                notice = notices.recv() => notice,
+            };
+            // The monitor closes the channel only when it stops, i.e. on shutdown too.
+            let Some(notice) = notice else {
+                if let Some(task) = rebalance.take().filter(|task| !task.handle.is_finished()) {
+                    warn!(event_id = %task.event_id, "Shutting down: abandoning the rebalance flow in progress; a restarted agent will see the recommendation again");
+                    task.preempt.cancel();
+                    let _ = task.handle.await;
                 }
-                notice = notices.recv() => match notice {
-                    Some(notice) => notice,
-                    None => return,
-                },
+                return;
             };
             match notice {
                 Notice::RebalanceRecommendation {
@@ -122,7 +122,8 @@ impl<A: AutoScaling + 'static> Agent<A> {
                         continue;
                     }
                     info!(%event_id, "Handling rebalance recommendation (noticeTime={notice_time})");
-                    let preempt = shutdown.child_token();
+                    // Not a child of `shutdown`: the shutdown branch cancels it itself, after saying so.
+                    let preempt = CancellationToken::new();
                     let span = info_span!("rebalance", node = %agent.settings.node_name, %event_id);
                     let handle = tokio::spawn({
                         let agent = Arc::clone(&agent);

@@ -38,6 +38,20 @@ pub enum Command {
     Simulate(crate::sim::scenarios::SimulateArgs),
 }
 
+/// Env vars of the agent's options that are set but empty. NTH treats an empty
+/// value as unset (Helm charts often render `value: ""`), so the caller unsets them
+/// before parsing to keep that meaning.
+pub fn empty_option_env_vars() -> Vec<String> {
+    use clap::CommandFactory;
+    Cli::command()
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .filter_map(|name| name.to_str())
+        .filter(|name| std::env::var_os(name).is_some_and(|value| value.is_empty()))
+        .map(str::to_string)
+        .collect()
+}
+
 /// The agent's options, with NTH's names. Env vars win over defaults, flags over env.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {

@@ -145,13 +145,12 @@ pub async fn drain(
             PodDisposition::Evict => to_evict.push((pod_ref, pod.metadata.uid.clone())),
             PodDisposition::Skip { reason } => report.skipped.push((pod_ref, reason)),
             PodDisposition::Refuse { reason } => {
-                error!(node = node_name, pod = %pod_ref, "Not evicting pod {pod_ref}: {}", refusal_text(reason));
+                error!(pod = %pod_ref, "Not evicting pod {pod_ref}: {}", refusal_text(reason));
                 report.refused.push((pod_ref, reason));
             }
         }
     }
     info!(
-        node = node_name,
         "Draining node {node_name}: {} pods to evict, {} skipped, {} refused",
         to_evict.len(),
         report.skipped.len(),
@@ -159,12 +158,12 @@ pub async fn drain(
     );
     if dry_run {
         for (pod_ref, _) in &to_evict {
-            info!(node = node_name, pod = %pod_ref, "DRY RUN: would evict pod {pod_ref}");
+            info!(pod = %pod_ref, "DRY RUN: would evict pod {pod_ref}");
         }
         report.evicted = to_evict.into_iter().map(|(pod_ref, _)| pod_ref).collect();
         return Ok(report);
     }
-    let evicted = evict_all(client, node_name, settings, deadline, to_evict, &mut report).await;
+    let evicted = evict_all(client, settings, deadline, to_evict, &mut report).await;
     report.not_terminated = wait_until_gone(client, node_name, settings, deadline, evicted).await;
     log_summary(node_name, settings, &report);
     Ok(report)
@@ -205,10 +204,7 @@ async fn list_pods_until(
                 });
             }
             Ok(Err(error)) => {
-                warn!(
-                    node = node_name,
-                    "Listing pods on node {node_name} failed, retrying: {error}"
-                );
+                warn!("Listing pods on node {node_name} failed, retrying: {error}");
                 sleep_until_before(deadline, settings.eviction_retry_interval).await;
             }
             Err(_) => {
@@ -291,7 +287,6 @@ async fn evict_once(
 /// PDB never holds a concurrency slot while others wait. Returns the evicted pods with uids.
 async fn evict_all(
     client: &kube::Client,
-    node_name: &str,
     settings: &DrainSettings,
     deadline: Instant,
     mut pending: Vec<(PodRef, Option<String>)>,
@@ -316,15 +311,15 @@ async fn evict_all(
         for ((pod_ref, uid), attempt) in attempts {
             match attempt {
                 Attempt::Evicted => {
-                    info!(node = node_name, pod = %pod_ref, "Evicted pod {pod_ref}");
+                    info!(pod = %pod_ref, "Evicted pod {pod_ref}");
                     evicted.push((pod_ref, uid));
                 }
                 Attempt::AlreadyGone => {
-                    info!(node = node_name, pod = %pod_ref, "Pod {pod_ref} was already gone");
+                    info!(pod = %pod_ref, "Pod {pod_ref} was already gone");
                 }
                 Attempt::BlockedByPdb(why) => {
                     if announced_pdb_wait.insert(pod_ref.clone()) {
-                        warn!(node = node_name, pod = %pod_ref,
+                        warn!(pod = %pod_ref,
                             "Pod {pod_ref} is protected by a PodDisruptionBudget ({why}); retrying every {:?}",
                             settings.eviction_retry_interval);
                     }
@@ -332,7 +327,7 @@ async fn evict_all(
                     pending.push((pod_ref, uid));
                 }
                 Attempt::Failed(why) => {
-                    warn!(node = node_name, pod = %pod_ref, "Evicting pod {pod_ref} failed, will retry: {why}");
+                    warn!(pod = %pod_ref, "Evicting pod {pod_ref} failed, will retry: {why}");
                     blockers.insert(pod_ref.clone(), Some(why));
                     pending.push((pod_ref, uid));
                 }
@@ -388,10 +383,7 @@ async fn wait_until_gone(
                 remaining.retain(|entry| present.contains(entry));
             }
             Ok(Err(error)) => {
-                warn!(
-                    node = node_name,
-                    "Checking which evicted pods are gone failed, retrying: {error}"
-                );
+                warn!("Checking which evicted pods are gone failed, retrying: {error}");
             }
             Err(_) => break,
         }
@@ -412,7 +404,6 @@ fn names(pods: impl IntoIterator<Item = impl fmt::Display>) -> String {
 
 fn log_summary(node_name: &str, settings: &DrainSettings, report: &DrainReport) {
     info!(
-        node = node_name,
         "Drain of node {node_name} finished: {} evicted, {} skipped (DaemonSet, mirror or completed), \
          {} refused, {} blocked by PodDisruptionBudget, {} failed, {} not terminated",
         report.evicted.len(),
@@ -452,7 +443,6 @@ fn log_summary(node_name: &str, settings: &DrainSettings, report: &DrainReport) 
         ));
     }
     error!(
-        node = node_name,
         "Drain of node {node_name} incomplete after {:?}: {}",
         settings.timeout,
         problems.join("; ")

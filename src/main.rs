@@ -7,6 +7,10 @@ fn main() -> ExitCode {
     // kube, reqwest and the AWS SDK all use rustls; one process-wide provider avoids
     // the start-up panic when more than one could be picked.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    for name in spot_guard::config::empty_option_env_vars() {
+        // SAFETY: no other thread exists yet; the runtime starts below.
+        unsafe { std::env::remove_var(name) };
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -329,11 +329,11 @@ impl NodeClient {
         loop {
             let node = self.get().await?;
             let Some(patch) = patch_for(&node) else {
-                info!(node = %self.name, "Nothing to do to {what}: already done");
+                info!("Nothing to do to {what}: already done");
                 return Ok(false);
             };
             if self.dry_run {
-                info!(node = %self.name, "DRY RUN: would {what}");
+                info!("DRY RUN: would {what}");
                 return Ok(true);
             }
             match self
@@ -342,11 +342,11 @@ impl NodeClient {
                 .await
             {
                 Ok(_) => {
-                    info!(node = %self.name, "Done: {what}");
+                    info!("Done: {what}");
                     return Ok(true);
                 }
                 Err(error) if attempt < WRITE_ATTEMPTS && is_transient(&error) => {
-                    warn!(node = %self.name, attempt, "Retrying to {what}: {error}");
+                    warn!(attempt, "Retrying to {what}: {error}");
                     attempt += 1;
                     tokio::time::sleep(WRITE_RETRY_INTERVAL).await;
                 }

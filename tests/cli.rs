@@ -85,3 +85,21 @@ fn missing_node_name_is_refused_before_anything_is_touched() {
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("NODE_NAME"), "{}", stderr(&output));
 }
+
+#[test]
+fn empty_env_values_mean_unset_as_in_nth() {
+    // A chart that renders `value: ""` must not break start-up: the defaults apply.
+    let output = spot_guard(
+        &["--enable-spot-guard=true"],
+        &[
+            ("NODE_NAME", "n1"),
+            ("METADATA_TRIES", ""),
+            ("DRY_RUN", ""),
+            ("SPOT_ASG_NAME", ""),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(!message.contains("METADATA_TRIES"), "{message}");
+    assert!(message.contains("SPOT_ASG_NAME"), "{message}");
+}

@@ -1,0 +1,183 @@
+//! The real binary, configured only by env vars as in a pod, pointed at the simulators
+//! through the standard overrides: INSTANCE_METADATA_URL, AWS_ENDPOINT_URL, KUBECONFIG.
+//! It must run the whole flow and stop cleanly on SIGTERM.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use spot_guard::sim::asg::{AsgSim, Behaviour, GroupSpec};
+use spot_guard::sim::imds::ImdsSim;
+use spot_guard::sim::kube::{FakeKube, FakePod};
+
+const NODE: &str = "ip-10-0-9-9.ec2.internal";
+
+struct Sims {
+    imds: ImdsSim,
+    asg: AsgSim,
+    kube: FakeKube,
+}
+
+async fn sims(spot: Behaviour) -> Sims {
+    let imds = ImdsSim::start().await.expect("IMDS simulator");
+    let asg = AsgSim::start().await.expect("ASG simulator");
+    let kube = FakeKube::start().await.expect("fake Kubernetes API");
+    let group = |behaviour| GroupSpec {
+        min: 0,
+        max: 10,
+        desired: 2,
+        behaviour,
+        launch_delay: Duration::from_millis(200),
+        capacity_rebalance: false,
+    };
+    asg.add_group("spot", group(spot));
+    asg.add_group("on-demand", group(Behaviour::Healthy));
+    kube.add_node(NODE);
+    kube.add_pod(FakePod::new("default", "web-1", NODE));
+    kube.add_pod(FakePod::new("default", "web-2", NODE));
+    kube.add_pod(FakePod::new("kube-system", "spot-guard-abcde", NODE).daemon_set());
+    Sims { imds, asg, kube }
+}
+
+fn write_kubeconfig(dir: &Path, server: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n"
+    );
+    std::fs::write(&path, text).expect("kubeconfig written");
+    path
+}
+
+fn start_agent(sims: &Sims, dir: &Path, capacity_check_timeout: &str) -> Child {
+    let kubeconfig = write_kubeconfig(dir, &sims.kube.url());
+    let log = std::fs::File::create(dir.join("agent.log")).expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_spot-guard"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .env("NODE_NAME", NODE)
+        .env("INSTANCE_METADATA_URL", sims.imds.url())
+        .env("KUBECONFIG", kubeconfig)
+        .env("AWS_ENDPOINT_URL", sims.asg.url())
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("ENABLE_SPOT_GUARD", "true")
+        .env("SPOT_ASG_NAME", "spot")
+        .env("ON_DEMAND_ASG_NAME", "on-demand")
+        .env("ENABLE_REBALANCE_MONITORING", "true")
+        .env("ENABLE_REBALANCE_DRAINING", "true")
+        .env("SPOT_GUARD_CHECK_INTERVAL", "1")
+        .env("SPOT_GUARD_CAPACITY_CHECK_TIMEOUT", capacity_check_timeout)
+        .env("NODE_TERMINATION_GRACE_PERIOD", "10")
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("agent starts")
+}
+
+async fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+async fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("agent did not exit within {limit:?} of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn node_taints(kube: &FakeKube) -> Vec<String> {
+    kube.node(NODE)
+        .and_then(|n| n.spec)
+        .and_then(|s| s.taints)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.key)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_scales_taints_cordons_drains_and_stops_on_sigterm() {
+    let sims = sims(Behaviour::Healthy).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut agent = start_agent(&sims, dir.path(), "30");
+    // Let it start and poll once without a notice.
+    wait_until("the agent polls IMDS", Duration::from_secs(20), || {
+        sims.imds
+            .gets("/latest/meta-data/events/recommendations/rebalance")
+            > 0
+    })
+    .await;
+    sims.imds.set_rebalance(Some("2026-11-24T10:00:00Z"));
+
+    wait_until("the node is drained", Duration::from_secs(40), || {
+        sims.kube
+            .pods_on_node(NODE)
+            .iter()
+            .all(|p| p.metadata.name.as_deref() == Some("spot-guard-abcde"))
+    })
+    .await;
+    assert_eq!(sims.asg.group("spot").unwrap().desired, 3);
+    assert_eq!(sims.asg.group("on-demand").unwrap().desired, 2);
+    assert_eq!(
+        node_taints(&sims.kube),
+        ["aws-node-termination-handler/rebalance-recommendation"]
+    );
+    let node = sims.kube.node(NODE).unwrap();
+    assert_eq!(node.spec.unwrap().unschedulable, Some(true));
+
+    sigterm(&agent);
+    let status = wait_exit(&mut agent, Duration::from_secs(10)).await;
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    for line in [
+        "Spot Guard enabled - Spot ASG: spot, On-Demand ASG: on-demand",
+        "Scaling ASG spot from 2 to 3 instances",
+        "New instance reached InService in ASG spot",
+        "spot-guard stopped",
+    ] {
+        assert!(log.contains(line), "'{line}' missing from:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_the_capacity_wait_stops_at_once_without_touching_the_node() {
+    let sims = sims(Behaviour::NeverInService).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut agent = start_agent(&sims, dir.path(), "600");
+    sims.imds.set_rebalance(Some("2026-11-24T10:00:00Z"));
+    wait_until("the spot ASG is scaled", Duration::from_secs(30), || {
+        !sims.asg.calls_of("SetDesiredCapacity").is_empty()
+    })
+    .await;
+
+    sigterm(&agent);
+    let status = wait_exit(&mut agent, Duration::from_secs(10)).await;
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("abandoning the rebalance flow"), "{log}");
+    assert!(node_taints(&sims.kube).is_empty());
+    assert_eq!(sims.asg.group("on-demand").unwrap().desired, 2);
+}
