@@ -1,20 +1,28 @@
 //! Ties the pipeline together: notices from the monitor go through Spot Guard (for
-//! rebalance recommendations) and then become taint, cordon and drain on this node.
+//! rebalance recommendations) and then become node actions; cancelled events are undone.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
+use crate::actions::NodeActions;
 use crate::asg::AutoScaling;
 use crate::config::Config;
-use crate::drain::{self, DrainSettings};
-use crate::flow::{self, ActionSettings, NodeActionPlan, ReplacementOutcome};
+use crate::drain::{DrainSettings, PodRef};
+use crate::flow::{
+    self, ASG_LIFECYCLE_TAINT, ActionSettings, NodeActionPlan, ReplacementOutcome,
+    SCHEDULED_MAINTENANCE_TAINT, SPOT_ITN_TAINT,
+};
+use crate::imds::parse_scheduled_event_time;
 use crate::monitor::Notice;
 use crate::node::NodeClient;
+use crate::report::{InterruptionEvent, Reporter};
 use crate::spot_guard::SpotGuard;
+use k8s_openapi::jiff::Timestamp;
 
 /// What the agent needs to act; built once from [`Config`].
 #[derive(Debug, Clone)]
@@ -23,10 +31,18 @@ pub struct AgentSettings {
     pub dry_run: bool,
     pub actions: ActionSettings,
     pub drain: DrainSettings,
+    pub uptime_file: String,
 }
 
 impl AgentSettings {
     pub fn from_config(config: &Config) -> Self {
+        let own_pod = match (&config.pod_namespace, &config.pod_name) {
+            (Some(namespace), Some(name)) => Some(PodRef {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            }),
+            _ => None,
+        };
         AgentSettings {
             node_name: config.node_name.clone(),
             dry_run: config.dry_run,
@@ -36,6 +52,8 @@ impl AgentSettings {
                 taint_effect: config.taint_effect,
                 cordon_only: config.cordon_only,
                 enable_rebalance_draining: config.enable_rebalance_draining,
+                exclude_from_load_balancers: config.exclude_from_load_balancers,
+                enable_out_of_service_taint: config.enable_out_of_service_taint,
             },
             drain: DrainSettings {
                 ignore_daemon_sets: config.ignore_daemon_sets,
@@ -43,17 +61,19 @@ impl AgentSettings {
                 pod_termination_grace_period: config.pod_termination_grace_period,
                 timeout: config.node_termination_grace_period,
                 max_concurrent_evictions: config.drain_concurrency,
+                own_pod,
                 ..DrainSettings::default()
             },
+            uptime_file: config.uptime_from_file.clone(),
         }
     }
 }
 
 pub struct Agent<A> {
     settings: AgentSettings,
-    kube: kube::Client,
-    node: NodeClient,
+    actions: NodeActions,
     spot_guard: Option<SpotGuard<A>>,
+    reporter: Reporter,
     /// How many notices have been fully handled, for callers that wait on the agent.
     handled: watch::Sender<u32>,
 }
@@ -66,6 +86,22 @@ struct RebalanceTask {
     handle: JoinHandle<()>,
 }
 
+impl RebalanceTask {
+    fn running(&self) -> bool {
+        !self.handle.is_finished()
+    }
+}
+
+/// What the loop knows about events it acted on in this process and before.
+#[derive(Default)]
+struct Memory {
+    /// Recorded on the Node by this or an earlier run: never acted on twice.
+    handled: HashSet<String>,
+    /// A drain-now event (interruption, maintenance, termination) was acted on: the
+    /// node is going away, so nothing is undone and rebalance flows are moot.
+    draining_for: Option<String>,
+}
+
 impl<A: AutoScaling + 'static> Agent<A> {
     pub fn new(
         settings: AgentSettings,
@@ -73,13 +109,28 @@ impl<A: AutoScaling + 'static> Agent<A> {
         spot_guard: Option<SpotGuard<A>>,
     ) -> Self {
         let node = NodeClient::new(kube.clone(), &settings.node_name, settings.dry_run);
+        let actions = NodeActions::new(
+            node,
+            kube,
+            settings.drain.clone(),
+            settings.dry_run,
+            settings.uptime_file.clone(),
+        );
         Agent {
             settings,
-            kube,
-            node,
+            actions,
             spot_guard,
+            reporter: Reporter::default(),
             handled: watch::Sender::new(0),
         }
+    }
+
+    /// Reports notices and node actions (and Spot Guard's steps, through the
+    /// [`SpotGuard`] built with the same reporter) as events, webhook posts and metrics.
+    pub fn with_reporter(mut self, reporter: Reporter) -> Self {
+        self.actions.set_reporter(reporter.clone());
+        self.reporter = reporter;
+        self
     }
 
     /// Counts notices whose node actions have finished (or been given up).
@@ -87,11 +138,20 @@ impl<A: AutoScaling + 'static> Agent<A> {
         self.handled.subscribe()
     }
 
+    fn count_handled(&self) {
+        self.handled.send_modify(|count| *count += 1);
+    }
+
     /// Handles notices until the monitor stops or `shutdown` is cancelled.
     pub async fn run(self, mut notices: mpsc::Receiver<Notice>, shutdown: CancellationToken) {
         let agent = Arc::new(self);
+        let record = agent.actions.load_record().await;
+        agent.actions.uncordon_if_rebooted(&record).await;
+        let mut memory = Memory {
+            handled: record.handled_events.into_iter().collect(),
+            draining_for: None,
+        };
         let mut rebalance: Option<RebalanceTask> = None;
-        let mut interrupted = false;
         loop {
             let notice = tokio::select! {
                 biased;
@@ -100,24 +160,29 @@ impl<A: AutoScaling + 'static> Agent<A> {
             };
             // The monitor closes the channel only when it stops, i.e. on shutdown too.
             let Some(notice) = notice else {
-                if let Some(task) = rebalance.take().filter(|task| !task.handle.is_finished()) {
+                if let Some(task) = rebalance.take().filter(RebalanceTask::running) {
                     warn!(event_id = %task.event_id, "Shutting down: abandoning the rebalance flow in progress; a restarted agent will see the recommendation again");
                     task.preempt.cancel();
                     let _ = task.handle.await;
                 }
                 return;
             };
+            let event_id = notice.event_id().to_string();
+            if memory.handled.contains(&event_id)
+                && !matches!(notice, Notice::ScheduledEventEnded { .. })
+            {
+                info!(%event_id, "Already acted on {event_id} before this agent restarted; not acting again");
+                continue;
+            }
             match notice {
                 Notice::RebalanceRecommendation {
-                    event_id,
-                    notice_time,
+                    ref notice_time, ..
                 } => {
-                    if interrupted {
-                        info!(%event_id, "Ignoring rebalance recommendation: the node is already being drained for a spot interruption");
+                    if let Some(draining_for) = &memory.draining_for {
+                        info!(%event_id, "Ignoring rebalance recommendation: the node is already being drained for {draining_for}");
                         continue;
                     }
-                    if let Some(task) = rebalance.as_ref().filter(|task| !task.handle.is_finished())
-                    {
+                    if let Some(task) = rebalance.as_ref().filter(|task| task.running()) {
                         info!(%event_id, "Rebalance recommendation (noticeTime={notice_time}) arrived while {} is still being handled; it is covered by that flow", task.event_id);
                         continue;
                     }
@@ -128,8 +193,7 @@ impl<A: AutoScaling + 'static> Agent<A> {
                     let handle = tokio::spawn({
                         let agent = Arc::clone(&agent);
                         let preempt = preempt.clone();
-                        let event_id = event_id.clone();
-                        async move { agent.handle_rebalance(&event_id, &preempt).await }
+                        async move { agent.handle_rebalance(&notice, &preempt).await }
                             .instrument(span)
                     });
                     rebalance = Some(RebalanceTask {
@@ -138,27 +202,45 @@ impl<A: AutoScaling + 'static> Agent<A> {
                         handle,
                     });
                 }
-                Notice::SpotInterruption {
-                    event_id,
-                    action,
-                    time,
-                } => {
-                    interrupted = true;
-                    if let Some(task) = rebalance.take().filter(|task| !task.handle.is_finished()) {
-                        warn!(%event_id, "Spot interruption notice preempts the rebalance flow of {}: the replacement may still be pending; draining now", task.event_id);
+                Notice::ScheduledEventEnded { state, .. } => {
+                    let acted_on = memory.handled.contains(&event_id)
+                        || memory.draining_for.as_deref() == Some(event_id.as_str());
+                    if !acted_on {
+                        info!(%event_id, "Scheduled event {event_id} is {state}; nothing was done for it");
+                    } else if memory
+                        .draining_for
+                        .as_ref()
+                        .is_some_and(|other| *other != event_id)
+                    {
+                        info!(%event_id, "Scheduled event {event_id} is {state}, but the node is draining for another event; leaving it cordoned");
+                    } else {
+                        let span = info_span!("undo", node = %agent.settings.node_name, %event_id);
+                        let event = report_event(&notice_ended(&event_id, &state));
+                        agent.reporter.notice_received(&event);
+                        agent
+                            .actions
+                            .undo(&event, &format!("the scheduled event is {state}"))
+                            .instrument(span)
+                            .await;
+                        memory.draining_for = None;
+                        memory.handled.remove(&event_id);
+                    }
+                }
+                drain_now => {
+                    if let Some(task) = rebalance.take().filter(RebalanceTask::running) {
+                        warn!(%event_id, "{} preempts the rebalance flow of {}: the replacement may still be pending; draining now", describe(&drain_now), task.event_id);
                         task.preempt.cancel();
                         let _ = task.handle.await;
                     }
-                    info!(%event_id, "Handling spot interruption notice: action={action} time={time}");
-                    let plan = flow::plan_spot_interruption(&agent.settings.actions, &event_id);
-                    let span = info_span!("spot_interruption", node = %agent.settings.node_name, %event_id);
+                    memory.draining_for = Some(event_id.clone());
+                    let span = info_span!("drain_now", node = %agent.settings.node_name, %event_id);
                     tokio::select! {
                         _ = shutdown.cancelled() => {
-                            warn!(%event_id, "Shutting down: abandoning the drain for the spot interruption");
+                            warn!(%event_id, "Shutting down: abandoning the node actions for {event_id}; a restarted agent acts on it again");
                             return;
                         }
-                        _ = agent.apply(&plan, "spot interruption").instrument(span) => {
-                            agent.handled.send_modify(|count| *count += 1);
+                        _ = agent.handle_drain_now(&drain_now).instrument(span) => {
+                            memory.handled.insert(event_id);
                         }
                     }
                 }
@@ -166,70 +248,117 @@ impl<A: AutoScaling + 'static> Agent<A> {
         }
     }
 
-    async fn handle_rebalance(&self, event_id: &str, preempt: &CancellationToken) {
+    async fn handle_rebalance(&self, notice: &Notice, preempt: &CancellationToken) {
+        let node = &self.settings.node_name;
+        let event = report_event(notice);
+        self.reporter.notice_received(&event);
         if let Some(spot_guard) = &self.spot_guard {
-            let outcome = spot_guard.secure_replacement(preempt).await;
-            match &outcome {
+            match spot_guard.secure_replacement(preempt, &event).await {
                 ReplacementOutcome::Preempted => return,
                 ReplacementOutcome::Spot => info!(
-                    "Spot Guard complete: replacement is InService in the spot ASG; tainting, cordoning and draining node {}",
-                    self.settings.node_name
+                    "Spot Guard complete: replacement is InService in the spot ASG; tainting, cordoning and draining node {node}"
                 ),
                 ReplacementOutcome::OnDemand { spot_failure } => info!(
-                    "Spot Guard complete: replacement is InService in the on-demand ASG (spot: {spot_failure}); tainting, cordoning and draining node {}",
-                    self.settings.node_name
+                    "Spot Guard complete: replacement is InService in the on-demand ASG (spot: {spot_failure}); tainting, cordoning and draining node {node}"
                 ),
                 ReplacementOutcome::NoneAvailable { .. } => warn!(
-                    "Spot Guard complete without replacement capacity; tainting, cordoning and draining node {} anyway",
-                    self.settings.node_name
+                    "Spot Guard complete without replacement capacity; tainting, cordoning and draining node {node} anyway"
                 ),
                 ReplacementOutcome::DryRun => {
                     info!("DRY RUN: Spot Guard complete; node actions follow as a dry run")
                 }
             }
         }
-        let plan = flow::plan_rebalance(&self.settings.actions, event_id);
+        let plan = flow::plan_rebalance(&self.settings.actions, notice.event_id());
         tokio::select! {
-            _ = preempt.cancelled() => info!("Rebalance node actions stopped: a spot interruption or shutdown took over"),
-            _ = self.apply(&plan, "rebalance recommendation") => {
-                self.handled.send_modify(|count| *count += 1);
-            }
+            _ = preempt.cancelled() => info!("Rebalance node actions stopped: a drain-now event or shutdown took over"),
+            _ = self.act(&plan, &event, "rebalance recommendation") => {}
         }
     }
 
-    /// Taint, cordon, drain, each logged; a failed step does not stop the next one,
-    /// since a node about to lose its instance is better half-protected than not at all.
-    async fn apply(&self, plan: &NodeActionPlan, reason: &str) {
-        let node = &self.settings.node_name;
-        if let Some(taint) = &plan.taint
-            && let Err(error) = self.node.taint(taint.key, &taint.value, taint.effect).await
-        {
-            error!("Tainting node {node} with {} failed: {error}", taint.key);
-        }
-        if plan.cordon
-            && let Err(error) = self.node.cordon().await
-        {
-            error!("Cordoning node {node} failed: {error}");
-        }
-        if !plan.drain {
-            info!("Node {node} cordoned for the {reason}; not draining (cordon only)");
-            return;
-        }
-        match drain::drain(
-            &self.kube,
-            node,
-            &self.settings.drain,
-            self.settings.dry_run,
-        )
-        .await
-        {
-            Ok(report) if report.is_complete() => {
-                info!("Node {node} drained for the {reason}")
+    async fn handle_drain_now(&self, notice: &Notice) {
+        let event_id = notice.event_id();
+        let event = report_event(notice);
+        self.reporter.notice_received(&event);
+        let (taint_key, reason) = match notice {
+            Notice::SpotInterruption { action, time, .. } => {
+                info!(%event_id, "Handling spot interruption notice: action={action} time={time}");
+                (SPOT_ITN_TAINT, "spot interruption")
             }
-            Ok(_) => error!(
-                "Drain of node {node} for the {reason} did not complete; see the pods named above"
-            ),
-            Err(error) => error!("Draining node {node} failed: {error}"),
+            Notice::ScheduledEvent { code, .. } => {
+                info!(%event_id, "Handling scheduled event {code}");
+                if flow::is_restart_event(code) && !self.settings.dry_run {
+                    self.actions.prepare_for_reboot(event_id).await;
+                }
+                (SCHEDULED_MAINTENANCE_TAINT, "scheduled maintenance")
+            }
+            Notice::AsgLifecycleTermination { .. } => {
+                info!(%event_id, "Handling ASG lifecycle termination");
+                (ASG_LIFECYCLE_TAINT, "ASG lifecycle termination")
+            }
+            Notice::RebalanceRecommendation { .. } | Notice::ScheduledEventEnded { .. } => return,
+        };
+        let plan = flow::plan_drain_now(&self.settings.actions, taint_key, event_id);
+        self.act(&plan, &event, reason).await;
+    }
+
+    async fn act(&self, plan: &NodeActionPlan, event: &InterruptionEvent, reason: &str) {
+        self.actions.apply(plan, event, reason).await;
+        self.actions.record_handled(&event.event_id).await;
+        self.count_handled();
+    }
+}
+
+fn describe(notice: &Notice) -> &'static str {
+    match notice {
+        Notice::SpotInterruption { .. } => "A spot interruption notice",
+        Notice::ScheduledEvent { .. } => "A scheduled maintenance event",
+        Notice::AsgLifecycleTermination { .. } => "An ASG lifecycle termination",
+        Notice::RebalanceRecommendation { .. } | Notice::ScheduledEventEnded { .. } => "A notice",
+    }
+}
+
+fn notice_ended(event_id: &str, state: &str) -> Notice {
+    Notice::ScheduledEventEnded {
+        event_id: event_id.to_string(),
+        state: state.to_string(),
+    }
+}
+
+fn scheduled_time(text: &str) -> Option<Timestamp> {
+    parse_scheduled_event_time(text).and_then(|seconds| Timestamp::from_second(seconds).ok())
+}
+
+/// The notice as NTH's webhook templates and events describe it.
+fn report_event(notice: &Notice) -> InterruptionEvent {
+    match notice {
+        Notice::RebalanceRecommendation {
+            event_id,
+            notice_time,
+        } => InterruptionEvent::rebalance_recommendation(event_id, notice_time),
+        Notice::SpotInterruption {
+            event_id,
+            action,
+            time,
+        } => InterruptionEvent::spot_interruption(event_id, action, time),
+        Notice::ScheduledEvent {
+            event_id,
+            code,
+            description,
+            not_before,
+            not_after,
+        } => InterruptionEvent::scheduled_event(
+            event_id,
+            code,
+            "active",
+            (scheduled_time(not_before), scheduled_time(not_after)),
+            description,
+        ),
+        Notice::ScheduledEventEnded { event_id, state } => {
+            InterruptionEvent::scheduled_event(event_id, "", state, (None, None), "")
+        }
+        Notice::AsgLifecycleTermination { event_id } => {
+            InterruptionEvent::asg_lifecycle(event_id, Some(Timestamp::now()))
         }
     }
 }

@@ -2,11 +2,16 @@
 //! name and default, parsed by clap into [`Args`] and validated into [`Config`].
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
 
 use crate::node::TaintEffect;
+use crate::report::{
+    DEFAULT_PROBES_ENDPOINT, DEFAULT_PROBES_PORT, DEFAULT_PROMETHEUS_PORT, DEFAULT_WEBHOOK_HEADERS,
+    DEFAULT_WEBHOOK_TEMPLATE, ReportSettings, WebhookSettings,
+};
 
 /// Go's `strconv.ParseBool`, which NTH uses for every boolean flag and env var, so an
 /// NTH configuration (`TRUE`, `1`, `f`, …) means the same here.
@@ -151,10 +156,198 @@ pub struct Args {
     /// Attempts per AWS API call (SDK standard retry mode, with back-off on throttling).
     #[arg(long, env = "AWS_API_MAX_ATTEMPTS", default_value_t = 3)]
     pub aws_api_max_attempts: u32,
+
+    /// Cordon and drain on EC2 scheduled maintenance events.
+    #[arg(long, env = "ENABLE_SCHEDULED_EVENT_DRAINING", default_value = "true", value_parser = parse_go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub enable_scheduled_event_draining: bool,
+
+    /// Cordon and drain when the ASG target lifecycle state becomes Terminated.
+    #[arg(long, env = "ENABLE_ASG_LIFECYCLE_DRAINING", default_value = "false", value_parser = parse_go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub enable_asg_lifecycle_draining: bool,
+
+    /// After a complete drain, taint the node node.kubernetes.io/out-of-service (NoExecute).
+    #[arg(long, env = "ENABLE_OUT_OF_SERVICE_TAINT", default_value = "false", value_parser = parse_go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub enable_out_of_service_taint: bool,
+
+    /// Label the cordoned node node.kubernetes.io/exclude-from-external-load-balancers (removed on uncordon).
+    #[arg(long, env = "EXCLUDE_FROM_LOAD_BALANCERS", default_value = "false", value_parser = parse_go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub exclude_from_load_balancers: bool,
+
+    /// URL that receives a message after each node action (NTH's webhook; may carry secrets, never logged).
+    #[arg(long, env = "WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// JSON object of HTTP headers for webhook posts.
+    #[arg(long, env = "WEBHOOK_HEADERS", default_value = DEFAULT_WEBHOOK_HEADERS, hide_default_value = true)]
+    pub webhook_headers: String,
+
+    /// Go text/template of the webhook body, with NTH's fields ({{ .EventID }}, {{ .Kind }}, …).
+    #[arg(long, env = "WEBHOOK_TEMPLATE", default_value = DEFAULT_WEBHOOK_TEMPLATE, hide_default_value = true)]
+    pub webhook_template: String,
+
+    /// File holding the webhook template; replaces WEBHOOK_TEMPLATE.
+    #[arg(long, env = "WEBHOOK_TEMPLATE_FILE")]
+    pub webhook_template_file: Option<PathBuf>,
+
+    /// HTTP(S) proxy for webhook posts.
+    #[arg(long, env = "WEBHOOK_PROXY")]
+    pub webhook_proxy: Option<String>,
+
+    /// Record Kubernetes events on the node for every notice and action.
+    #[arg(long, env = "EMIT_KUBERNETES_EVENTS", default_value = "false", value_parser = parse_go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub emit_kubernetes_events: bool,
+
+    /// Extra annotations for those events: key=value,key2=value2.
+    #[arg(long, env = "KUBERNETES_EVENTS_EXTRA_ANNOTATIONS", default_value = "")]
+    pub kubernetes_events_extra_annotations: String,
+
+    /// Serve Prometheus metrics on /metrics.
+    #[arg(long, env = "ENABLE_PROMETHEUS_SERVER", default_value = "false", value_parser = parse_go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub enable_prometheus_server: bool,
+
+    /// Port of the metrics server.
+    #[arg(long, env = "PROMETHEUS_SERVER_PORT", default_value_t = DEFAULT_PROMETHEUS_PORT)]
+    pub prometheus_server_port: u16,
+
+    /// Serve a liveness probe that fails when the IMDS monitor stops polling.
+    #[arg(long, env = "ENABLE_PROBES_SERVER", default_value = "false", value_parser = parse_go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub enable_probes_server: bool,
+
+    /// Port of the probes server.
+    #[arg(long, env = "PROBES_SERVER_PORT", default_value_t = DEFAULT_PROBES_PORT)]
+    pub probes_server_port: u16,
+
+    /// Path of the liveness probe.
+    #[arg(long, env = "PROBES_SERVER_ENDPOINT", default_value = DEFAULT_PROBES_ENDPOINT)]
+    pub probes_server_endpoint: String,
+
+    /// Deprecated NTH name of --pod-termination-grace-period; the newer name wins when both are set.
+    #[arg(long, env = "GRACE_PERIOD", allow_negative_numbers = true)]
+    pub grace_period: Option<i64>,
+
+    /// File holding the system uptime in /proc/uptime format (to tell whether the node rebooted).
+    #[arg(long, env = "UPTIME_FROM_FILE", default_value = "/proc/uptime")]
+    pub uptime_from_file: String,
+
+    /// Kubernetes API queries per second (accepted for NTH compatibility; see docs).
+    #[arg(long, env = "KUBE_API_QPS", default_value_t = 5.0)]
+    pub kube_api_qps: f64,
+
+    /// Kubernetes API burst (accepted for NTH compatibility; see docs).
+    #[arg(long, env = "KUBE_API_BURST", default_value_t = 10)]
+    pub kube_api_burst: u32,
+
+    /// NTH's event workers; events on one node are handled in order here, so this is only checked.
+    #[arg(long, env = "WORKERS", default_value_t = 10)]
+    pub workers: u32,
+
+    /// NTH's log format version (1 or 2); spot-guard has one format, so this is only checked.
+    #[arg(long, env = "LOG_FORMAT_VERSION", default_value_t = 1)]
+    pub log_format_version: u32,
+
+    /// Name of this agent's pod (downward API), so a drain never evicts the agent itself.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// Namespace of this agent's pod (downward API).
+    #[arg(long = "pod-namespace", env = "NAMESPACE")]
+    pub pod_namespace: Option<String>,
+
+    /// NTH's queue-processor mode is not available in a node-local agent: refused when true.
+    #[arg(long, env = "ENABLE_SQS_TERMINATION_DRAINING", default_value = "false", value_parser = parse_go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub enable_sqs_termination_draining: bool,
+
+    /// NTH queue-processor setting: refused when set.
+    #[arg(long, env = "QUEUE_URL", hide = true)]
+    pub queue_url: Option<String>,
+
+    /// NTH queue-processor setting, ignored in IMDS mode as NTH does (a warning says so).
+    #[arg(long, env = "CHECK_ASG_TAG_BEFORE_DRAINING", hide = true)]
+    pub check_asg_tag_before_draining: Option<String>,
+
+    /// NTH queue-processor setting, ignored in IMDS mode as NTH does (a warning says so).
+    #[arg(long, env = "CHECK_TAG_BEFORE_DRAINING", hide = true)]
+    pub check_tag_before_draining: Option<String>,
+
+    /// NTH queue-processor setting, ignored in IMDS mode as NTH does (a warning says so).
+    #[arg(long, env = "MANAGED_ASG_TAG", hide = true)]
+    pub managed_asg_tag: Option<String>,
+
+    /// NTH queue-processor setting, ignored in IMDS mode as NTH does (a warning says so).
+    #[arg(long, env = "MANAGED_TAG", hide = true)]
+    pub managed_tag: Option<String>,
+
+    /// NTH queue-processor setting, ignored in IMDS mode as NTH does (a warning says so).
+    #[arg(long, env = "USE_PROVIDER_ID", hide = true)]
+    pub use_provider_id: Option<String>,
+
+    /// NTH queue-processor setting, ignored in IMDS mode as NTH does (a warning says so).
+    #[arg(long, env = "AWS_ENDPOINT", hide = true)]
+    pub aws_endpoint: Option<String>,
+
+    /// NTH queue-processor setting, ignored in IMDS mode as NTH does (a warning says so).
+    #[arg(long, env = "DELETE_SQS_MSG_IF_NODE_NOT_FOUND", hide = true)]
+    pub delete_sqs_msg_if_node_not_found: Option<String>,
+
+    /// NTH queue-processor setting, ignored in IMDS mode as NTH does (a warning says so).
+    #[arg(long, env = "HEARTBEAT_INTERVAL", hide = true)]
+    pub heartbeat_interval: Option<String>,
+
+    /// NTH queue-processor setting, ignored in IMDS mode as NTH does (a warning says so).
+    #[arg(long, env = "HEARTBEAT_UNTIL", hide = true)]
+    pub heartbeat_until: Option<String>,
+
+    /// NTH queue-processor setting, ignored in IMDS mode as NTH does (a warning says so).
+    #[arg(long, env = "SQS_MSG_VISIBILITY_TIMEOUT_SEC", hide = true)]
+    pub sqs_msg_visibility_timeout_sec: Option<String>,
+
+    /// NTH queue-processor setting, ignored in IMDS mode as NTH does (a warning says so).
+    #[arg(long, env = "COMPLETE_LIFECYCLE_ACTION_DELAY_SECONDS", hide = true)]
+    pub complete_lifecycle_action_delay_seconds: Option<String>,
+
+    /// NTH queue-processor setting, ignored in IMDS mode as NTH does (a warning says so).
+    #[arg(long, env = "USE_APISERVER_CACHE", hide = true)]
+    pub use_apiserver_cache: Option<String>,
+}
+
+impl Args {
+    /// NTH's queue-processor settings that are set: NTH ignores them in IMDS mode too.
+    fn queue_only_settings(&self) -> Vec<&'static str> {
+        [
+            (
+                "CHECK_ASG_TAG_BEFORE_DRAINING",
+                &self.check_asg_tag_before_draining,
+            ),
+            ("CHECK_TAG_BEFORE_DRAINING", &self.check_tag_before_draining),
+            ("MANAGED_ASG_TAG", &self.managed_asg_tag),
+            ("MANAGED_TAG", &self.managed_tag),
+            ("USE_PROVIDER_ID", &self.use_provider_id),
+            ("AWS_ENDPOINT", &self.aws_endpoint),
+            (
+                "DELETE_SQS_MSG_IF_NODE_NOT_FOUND",
+                &self.delete_sqs_msg_if_node_not_found,
+            ),
+            ("HEARTBEAT_INTERVAL", &self.heartbeat_interval),
+            ("HEARTBEAT_UNTIL", &self.heartbeat_until),
+            (
+                "SQS_MSG_VISIBILITY_TIMEOUT_SEC",
+                &self.sqs_msg_visibility_timeout_sec,
+            ),
+            (
+                "COMPLETE_LIFECYCLE_ACTION_DELAY_SECONDS",
+                &self.complete_lifecycle_action_delay_seconds,
+            ),
+            ("USE_APISERVER_CACHE", &self.use_apiserver_cache),
+        ]
+        .into_iter()
+        .filter(|(_, value)| value.as_deref().is_some_and(|v| !v.trim().is_empty()))
+        .map(|(name, _)| name)
+        .collect()
+    }
 }
 
 /// The validated configuration the agent runs with.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub node_name: String,
     pub metadata_url: String,
@@ -176,6 +369,24 @@ pub struct Config {
     pub json_logging: bool,
     pub spot_guard: Option<SpotGuardConfig>,
     pub aws_api_max_attempts: u32,
+    pub enable_scheduled_event_draining: bool,
+    pub enable_asg_lifecycle_draining: bool,
+    pub enable_out_of_service_taint: bool,
+    pub exclude_from_load_balancers: bool,
+    pub uptime_from_file: String,
+    pub pod_name: Option<String>,
+    pub pod_namespace: Option<String>,
+    /// Settings given that this agent accepts but does not apply; warned about at start-up.
+    pub ignored_settings: Vec<String>,
+    pub report: ReportSettings,
+    pub prometheus_port: Option<u16>,
+    pub probes: Option<ProbesServer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbesServer {
+    pub port: u16,
+    pub endpoint: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,6 +473,66 @@ impl TryFrom<Args> for Config {
             );
         }
 
+        if args.enable_sqs_termination_draining {
+            problems.push("ENABLE_SQS_TERMINATION_DRAINING is true: NTH's queue-processor mode is not part of spot-guard, a node-local agent; run NTH's queue processor for that, or set it to false".to_string());
+        }
+        if non_empty(args.queue_url.as_ref()).is_some() {
+            problems.push("QUEUE_URL is set: NTH's queue-processor mode is not part of spot-guard, a node-local agent; unset it".to_string());
+        }
+        if !matches!(args.log_format_version, 1 | 2) {
+            problems.push(format!(
+                "LOG_FORMAT_VERSION (--log-format-version) is {}: use 1 or 2",
+                args.log_format_version
+            ));
+        }
+        if args.workers == 0 {
+            problems.push("WORKERS (--workers) must be at least 1".to_string());
+        }
+        if args.kube_api_qps.is_nan() || args.kube_api_qps <= 0.0 {
+            problems.push(format!(
+                "KUBE_API_QPS (--kube-api-qps) is {}: use a number above 0",
+                args.kube_api_qps
+            ));
+        }
+        if args.kube_api_burst == 0 {
+            problems.push("KUBE_API_BURST (--kube-api-burst) must be at least 1".to_string());
+        }
+        if let Some(grace) = args.grace_period
+            && grace < -1
+        {
+            problems.push(format!(
+                "GRACE_PERIOD (--grace-period) is {grace}: use -1 (the pod's own) or seconds ≥ 0"
+            ));
+        }
+        if args.uptime_from_file.trim().is_empty() {
+            problems.push("UPTIME_FROM_FILE (--uptime-from-file) must name a file".to_string());
+        }
+        let mut ignored_settings: Vec<String> = args
+            .queue_only_settings()
+            .into_iter()
+            .map(|name| format!("{name} (queue-processor mode only)"))
+            .collect();
+        if args.workers != 10 {
+            ignored_settings.push("WORKERS (one node's events are handled in order)".to_string());
+        }
+        if args.kube_api_qps != 5.0 || args.kube_api_burst != 10 {
+            ignored_settings.push(
+                "KUBE_API_QPS/KUBE_API_BURST (requests are bounded by DRAIN_CONCURRENCY instead)"
+                    .to_string(),
+            );
+        }
+
+        let report = report_settings(&args);
+        if let Err(error) = report.validate() {
+            problems.push(error.to_string());
+        }
+        if args.enable_probes_server && !args.probes_server_endpoint.starts_with('/') {
+            problems.push(format!(
+                "PROBES_SERVER_ENDPOINT (--probes-server-endpoint) is '{}': it must be a path starting with /",
+                args.probes_server_endpoint
+            ));
+        }
+
         let spot_guard = if args.enable_spot_guard {
             spot_guard_config(&args, &mut problems)
         } else {
@@ -284,8 +555,7 @@ impl TryFrom<Args> for Config {
                 delete_emptydir_data: args.delete_emptydir_data
                     && args.delete_local_data.unwrap_or(true),
                 ignore_daemon_sets: args.ignore_daemon_sets,
-                pod_termination_grace_period: (args.pod_termination_grace_period >= 0)
-                    .then_some(args.pod_termination_grace_period),
+                pod_termination_grace_period: pod_grace_period(&args),
                 node_termination_grace_period: Duration::from_secs(
                     args.node_termination_grace_period,
                 ),
@@ -294,10 +564,51 @@ impl TryFrom<Args> for Config {
                 json_logging: args.json_logging,
                 spot_guard,
                 aws_api_max_attempts: args.aws_api_max_attempts,
+                enable_scheduled_event_draining: args.enable_scheduled_event_draining,
+                enable_asg_lifecycle_draining: args.enable_asg_lifecycle_draining,
+                enable_out_of_service_taint: args.enable_out_of_service_taint,
+                exclude_from_load_balancers: args.exclude_from_load_balancers,
+                uptime_from_file: args.uptime_from_file.trim().to_string(),
+                pod_name: non_empty(args.pod_name.as_ref()),
+                pod_namespace: non_empty(args.pod_namespace.as_ref()),
+                ignored_settings,
+                report,
+                prometheus_port: args
+                    .enable_prometheus_server
+                    .then_some(args.prometheus_server_port),
+                probes: args.enable_probes_server.then(|| ProbesServer {
+                    port: args.probes_server_port,
+                    endpoint: args.probes_server_endpoint.clone(),
+                }),
             }),
             _ => Err(ConfigError { problems }),
         }
     }
+}
+
+fn report_settings(args: &Args) -> ReportSettings {
+    ReportSettings {
+        webhook: non_empty(args.webhook_url.as_ref()).map(|url| WebhookSettings {
+            headers: args.webhook_headers.clone(),
+            template: args.webhook_template.clone(),
+            template_file: args.webhook_template_file.clone(),
+            proxy: non_empty(args.webhook_proxy.as_ref()),
+            ..WebhookSettings::new(url)
+        }),
+        emit_kubernetes_events: args.emit_kubernetes_events,
+        kubernetes_events_extra_annotations: args.kubernetes_events_extra_annotations.clone(),
+        metrics: args.enable_prometheus_server,
+    }
+}
+
+/// POD_TERMINATION_GRACE_PERIOD, or NTH's deprecated GRACE_PERIOD when only that is set;
+/// `None` (from -1) leaves each pod its own.
+fn pod_grace_period(args: &Args) -> Option<i64> {
+    let seconds = match args.grace_period {
+        Some(deprecated) if args.pod_termination_grace_period == -1 => deprecated,
+        _ => args.pod_termination_grace_period,
+    };
+    (seconds >= 0).then_some(seconds)
 }
 
 fn spot_guard_config(args: &Args, problems: &mut Vec<String>) -> Option<SpotGuardConfig> {
@@ -354,42 +665,102 @@ fn spot_guard_config(args: &Args, problems: &mut Vec<String>) -> Option<SpotGuar
 }
 
 impl fmt::Display for Config {
-    /// The one start-up line that says what the agent will do; no secrets live here.
+    /// The one start-up line that says what the agent will do. Webhook settings stay
+    /// out of it, as in NTH: URLs and headers may carry secrets.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "node_name={} metadata_url={} metadata_tries={} dry_run={} enable_rebalance_monitoring={} enable_rebalance_draining={} enable_spot_interruption_draining={} cordon_only={} taint_node={} taint_effect={} delete_emptydir_data={} ignore_daemon_sets={} pod_termination_grace_period={} node_termination_grace_period={}s drain_concurrency={} log_level={} json_logging={} aws_api_max_attempts={}",
-            self.node_name,
-            self.metadata_url,
-            self.metadata_tries,
-            self.dry_run,
-            self.enable_rebalance_monitoring,
-            self.enable_rebalance_draining,
-            self.enable_spot_interruption_draining,
-            self.cordon_only,
-            self.taint_node,
-            self.taint_effect,
-            self.delete_emptydir_data,
-            self.ignore_daemon_sets,
-            self.pod_termination_grace_period.unwrap_or(-1),
-            self.node_termination_grace_period.as_secs(),
-            self.drain_concurrency,
-            self.log_level,
-            self.json_logging,
-            self.aws_api_max_attempts,
-        )?;
-        match &self.spot_guard {
-            Some(sg) => write!(
-                f,
-                " enable_spot_guard=true spot_asg_name={} on_demand_asg_name={} spot_guard_scale_timeout={}s spot_guard_capacity_check_timeout={}s spot_guard_check_interval={}s",
-                sg.spot_asg_name,
-                sg.on_demand_asg_name,
-                sg.scale_timeout.as_secs(),
-                sg.capacity_check_timeout.as_secs(),
-                sg.check_interval.as_secs()
+        let seconds = |d: Duration| format!("{}s", d.as_secs());
+        let mut settings: Vec<(&str, String)> = vec![
+            ("node_name", self.node_name.clone()),
+            ("metadata_url", self.metadata_url.clone()),
+            ("metadata_tries", self.metadata_tries.to_string()),
+            ("dry_run", self.dry_run.to_string()),
+            (
+                "enable_rebalance_monitoring",
+                self.enable_rebalance_monitoring.to_string(),
             ),
-            None => write!(f, " enable_spot_guard=false"),
+            (
+                "enable_rebalance_draining",
+                self.enable_rebalance_draining.to_string(),
+            ),
+            (
+                "enable_spot_interruption_draining",
+                self.enable_spot_interruption_draining.to_string(),
+            ),
+            (
+                "enable_scheduled_event_draining",
+                self.enable_scheduled_event_draining.to_string(),
+            ),
+            (
+                "enable_asg_lifecycle_draining",
+                self.enable_asg_lifecycle_draining.to_string(),
+            ),
+            ("cordon_only", self.cordon_only.to_string()),
+            ("taint_node", self.taint_node.to_string()),
+            ("taint_effect", self.taint_effect.to_string()),
+            (
+                "enable_out_of_service_taint",
+                self.enable_out_of_service_taint.to_string(),
+            ),
+            (
+                "exclude_from_load_balancers",
+                self.exclude_from_load_balancers.to_string(),
+            ),
+            (
+                "delete_emptydir_data",
+                self.delete_emptydir_data.to_string(),
+            ),
+            ("ignore_daemon_sets", self.ignore_daemon_sets.to_string()),
+            (
+                "pod_termination_grace_period",
+                self.pod_termination_grace_period.unwrap_or(-1).to_string(),
+            ),
+            (
+                "node_termination_grace_period",
+                seconds(self.node_termination_grace_period),
+            ),
+            ("drain_concurrency", self.drain_concurrency.to_string()),
+            ("uptime_from_file", self.uptime_from_file.clone()),
+            ("log_level", self.log_level.clone()),
+            ("json_logging", self.json_logging.to_string()),
+            (
+                "aws_api_max_attempts",
+                self.aws_api_max_attempts.to_string(),
+            ),
+            ("webhook", self.report.webhook.is_some().to_string()),
+            (
+                "emit_kubernetes_events",
+                self.report.emit_kubernetes_events.to_string(),
+            ),
+            (
+                "prometheus_server_port",
+                self.prometheus_port
+                    .map_or("off".to_string(), |p| p.to_string()),
+            ),
+            (
+                "probes_server",
+                self.probes
+                    .as_ref()
+                    .map_or("off".to_string(), |p| format!("{}{}", p.port, p.endpoint)),
+            ),
+            ("enable_spot_guard", self.spot_guard.is_some().to_string()),
+        ];
+        if let Some(sg) = &self.spot_guard {
+            settings.extend([
+                ("spot_asg_name", sg.spot_asg_name.clone()),
+                ("on_demand_asg_name", sg.on_demand_asg_name.clone()),
+                ("spot_guard_scale_timeout", seconds(sg.scale_timeout)),
+                (
+                    "spot_guard_capacity_check_timeout",
+                    seconds(sg.capacity_check_timeout),
+                ),
+                ("spot_guard_check_interval", seconds(sg.check_interval)),
+            ]);
         }
+        let line: Vec<String> = settings
+            .into_iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        f.write_str(&line.join(" "))
     }
 }
 
@@ -504,6 +875,83 @@ mod tests {
     fn deprecated_delete_local_data_false_keeps_emptydir_pods() {
         let config = parse(&["--node-name=n1", "--delete-local-data=false"]).unwrap();
         assert!(!config.delete_emptydir_data);
+    }
+
+    #[test]
+    fn queue_processor_mode_is_refused_not_ignored() {
+        let message = parse(&[
+            "--node-name=n1",
+            "--enable-sqs-termination-draining=true",
+            "--queue-url=https://sqs.example/q",
+        ])
+        .unwrap_err();
+        assert!(
+            message.contains("ENABLE_SQS_TERMINATION_DRAINING"),
+            "{message}"
+        );
+        assert!(message.contains("QUEUE_URL"), "{message}");
+    }
+
+    #[test]
+    fn queue_only_settings_are_reported_as_ignored() {
+        let config = parse(&["--node-name=n1", "--managed-tag=x", "--workers=3"]).unwrap();
+        assert!(
+            config
+                .ignored_settings
+                .iter()
+                .any(|s| s.starts_with("MANAGED_TAG"))
+        );
+        assert!(
+            config
+                .ignored_settings
+                .iter()
+                .any(|s| s.starts_with("WORKERS"))
+        );
+    }
+
+    #[test]
+    fn deprecated_grace_period_applies_only_without_the_new_name() {
+        let old = parse(&["--node-name=n1", "--grace-period=20"]).unwrap();
+        assert_eq!(old.pod_termination_grace_period, Some(20));
+        let both = parse(&[
+            "--node-name=n1",
+            "--grace-period=20",
+            "--pod-termination-grace-period=40",
+        ])
+        .unwrap();
+        assert_eq!(both.pod_termination_grace_period, Some(40));
+    }
+
+    #[test]
+    fn bad_webhook_headers_and_probe_path_are_refused_at_start() {
+        let message = parse(&[
+            "--node-name=n1",
+            "--webhook-url=http://127.0.0.1:1/hook",
+            "--webhook-headers=not json",
+            "--enable-probes-server=true",
+            "--probes-server-endpoint=healthz",
+        ])
+        .unwrap_err();
+        assert!(message.contains("WEBHOOK_HEADERS"), "{message}");
+        assert!(message.contains("PROBES_SERVER_ENDPOINT"), "{message}");
+    }
+
+    #[test]
+    fn webhook_url_is_never_in_the_start_up_line() {
+        let config = parse(&[
+            "--node-name=n1",
+            "--webhook-url=https://hooks.example/T0KEN",
+        ])
+        .unwrap();
+        assert!(config.report.webhook.is_some());
+        assert!(!config.to_string().contains("T0KEN"));
+    }
+
+    #[test]
+    fn nth_scheduled_event_default_is_on() {
+        let config = parse(&["--node-name=n1"]).unwrap();
+        assert!(config.enable_scheduled_event_draining);
+        assert!(!config.enable_asg_lifecycle_draining);
     }
 
     #[test]

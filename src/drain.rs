@@ -42,6 +42,8 @@ pub struct DrainSettings {
     pub eviction_retry_interval: Duration,
     /// Pause between checks whether evicted pods are gone.
     pub poll_interval: Duration,
+    /// The agent's own pod, never evicted (NTH skips its own pod too).
+    pub own_pod: Option<PodRef>,
 }
 
 impl Default for DrainSettings {
@@ -57,6 +59,7 @@ impl Default for DrainSettings {
             max_concurrent_evictions: 16,
             eviction_retry_interval: Duration::from_secs(5),
             poll_interval: Duration::from_secs(1),
+            own_pod: None,
         }
     }
 }
@@ -96,6 +99,8 @@ pub struct DrainReport {
     pub eviction_failed: Vec<(PodRef, String)>,
     /// Evicted, but still on the node at the deadline.
     pub not_terminated: Vec<PodRef>,
+    /// Eviction requests a PodDisruptionBudget refused (429), each retried.
+    pub pdb_refusals: u64,
 }
 
 impl DrainReport {
@@ -318,6 +323,7 @@ async fn evict_all(
                     info!(pod = %pod_ref, "Pod {pod_ref} was already gone");
                 }
                 Attempt::BlockedByPdb(why) => {
+                    report.pdb_refusals += 1;
                     if announced_pdb_wait.insert(pod_ref.clone()) {
                         warn!(pod = %pod_ref,
                             "Pod {pod_ref} is protected by a PodDisruptionBudget ({why}); retrying every {:?}",

@@ -11,6 +11,21 @@ use crate::node::TaintEffect;
 
 pub const REBALANCE_TAINT: &str = "aws-node-termination-handler/rebalance-recommendation";
 pub const SPOT_ITN_TAINT: &str = "aws-node-termination-handler/spot-itn";
+pub const SCHEDULED_MAINTENANCE_TAINT: &str = "aws-node-termination-handler/scheduled-maintenance";
+pub const ASG_LIFECYCLE_TAINT: &str = "aws-node-termination-handler/asg-lifecycle-termination";
+/// Every taint key this agent may set, removed again when an event is undone.
+pub const NTH_TAINTS: [&str; 4] = [
+    REBALANCE_TAINT,
+    SPOT_ITN_TAINT,
+    SCHEDULED_MAINTENANCE_TAINT,
+    ASG_LIFECYCLE_TAINT,
+];
+/// Tells Kubernetes to force-evict pods and detach volumes of a node that is gone.
+pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";
+pub const OUT_OF_SERVICE_VALUE: &str = "nodeshutdown";
+pub const EXCLUDE_FROM_LB_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+/// NTH's value, so that only a label this agent (or NTH) set is removed again.
+pub const EXCLUDE_FROM_LB_VALUE: &str = "aws-node-termination-handler";
 
 /// Phrases AWS puts in scaling activity messages when EC2 has no capacity to give.
 const CAPACITY_PHRASES: [&str; 8] = [
@@ -241,6 +256,10 @@ pub struct NodeActionPlan {
     pub taint: Option<Taint>,
     pub cordon: bool,
     pub drain: bool,
+    /// Label the node out of external load balancers when cordoning it.
+    pub exclude_from_load_balancers: bool,
+    /// After a complete drain, taint the node out-of-service (NoExecute).
+    pub out_of_service_after_drain: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,6 +277,8 @@ pub struct ActionSettings {
     pub taint_effect: TaintEffect,
     pub cordon_only: bool,
     pub enable_rebalance_draining: bool,
+    pub exclude_from_load_balancers: bool,
+    pub enable_out_of_service_taint: bool,
 }
 
 /// Kubernetes label values (and so NTH's taint values) hold at most 63 characters.
@@ -268,6 +289,7 @@ pub fn taint_value(event_id: &str) -> String {
 /// NTH's rule: a rebalance recommendation alone only cordons unless rebalance
 /// draining is on; Spot Guard always taints, since its flow promises it.
 pub fn plan_rebalance(settings: &ActionSettings, event_id: &str) -> NodeActionPlan {
+    let drain = settings.enable_rebalance_draining && !settings.cordon_only;
     NodeActionPlan {
         taint: (settings.spot_guard || settings.taint_node).then(|| Taint {
             key: REBALANCE_TAINT,
@@ -275,21 +297,44 @@ pub fn plan_rebalance(settings: &ActionSettings, event_id: &str) -> NodeActionPl
             effect: settings.taint_effect,
         }),
         cordon: true,
-        drain: settings.enable_rebalance_draining && !settings.cordon_only,
+        drain,
+        exclude_from_load_balancers: settings.exclude_from_load_balancers,
+        out_of_service_after_drain: drain && settings.enable_out_of_service_taint,
     }
 }
 
-/// A spot interruption leaves two minutes: cordon and drain at once.
-pub fn plan_spot_interruption(settings: &ActionSettings, event_id: &str) -> NodeActionPlan {
+/// A spot interruption, scheduled maintenance or ASG termination: cordon and drain
+/// at once, tainting with the event's key when TAINT_NODE is on.
+pub fn plan_drain_now(
+    settings: &ActionSettings,
+    taint_key: &'static str,
+    event_id: &str,
+) -> NodeActionPlan {
+    let drain = !settings.cordon_only;
     NodeActionPlan {
         taint: settings.taint_node.then(|| Taint {
-            key: SPOT_ITN_TAINT,
+            key: taint_key,
             value: taint_value(event_id),
             effect: settings.taint_effect,
         }),
         cordon: true,
-        drain: !settings.cordon_only,
+        drain,
+        exclude_from_load_balancers: settings.exclude_from_load_balancers,
+        out_of_service_after_drain: drain && settings.enable_out_of_service_taint,
     }
+}
+
+/// Maintenance codes after which the instance comes back: the agent then undoes its cordon.
+pub fn is_restart_event(code: &str) -> bool {
+    matches!(
+        code,
+        "instance-stop" | "instance-retirement" | "instance-reboot" | "system-reboot"
+    )
+}
+
+/// A node marked before a reboot has rebooted when the mark is older than its uptime.
+pub fn has_rebooted_since(marked_at_unix: i64, now_unix: i64, uptime_seconds: i64) -> bool {
+    now_unix - marked_at_unix >= uptime_seconds
 }
 
 #[cfg(test)]
@@ -488,6 +533,8 @@ mod tests {
             taint_effect: TaintEffect::NoSchedule,
             cordon_only: false,
             enable_rebalance_draining: false,
+            exclude_from_load_balancers: false,
+            enable_out_of_service_taint: false,
         }
     }
 
@@ -500,7 +547,9 @@ mod tests {
             NodeActionPlan {
                 taint: None,
                 cordon: true,
-                drain: false
+                drain: false,
+                exclude_from_load_balancers: false,
+                out_of_service_after_drain: false,
             }
         );
 
@@ -537,23 +586,40 @@ mod tests {
     }
 
     #[test]
-    fn spot_interruption_drains_unless_cordon_only() {
-        let plan = plan_spot_interruption(
+    fn drain_now_events_drain_unless_cordon_only() {
+        let plan = plan_drain_now(
             &ActionSettings {
                 taint_node: true,
+                enable_out_of_service_taint: true,
+                exclude_from_load_balancers: true,
                 ..settings()
             },
+            SPOT_ITN_TAINT,
             "spot-itn-abc",
         );
         assert_eq!(plan.taint.unwrap().key, SPOT_ITN_TAINT);
         assert!(plan.cordon && plan.drain);
-        let cordon_only = plan_spot_interruption(
+        assert!(plan.out_of_service_after_drain && plan.exclude_from_load_balancers);
+        let cordon_only = plan_drain_now(
             &ActionSettings {
                 cordon_only: true,
+                enable_out_of_service_taint: true,
                 ..settings()
             },
+            ASG_LIFECYCLE_TAINT,
             "x",
         );
         assert!(!cordon_only.drain && cordon_only.taint.is_none());
+        assert!(!cordon_only.out_of_service_after_drain);
+    }
+
+    #[test]
+    fn restart_events_and_reboot_detection() {
+        assert!(is_restart_event("system-reboot"));
+        assert!(is_restart_event("instance-stop"));
+        assert!(!is_restart_event("system-maintenance"));
+        // Marked 100 s ago, up for 30 s: rebooted. Up for 300 s: not yet.
+        assert!(has_rebooted_since(1_000, 1_100, 30));
+        assert!(!has_rebooted_since(1_000, 1_100, 300));
     }
 }

@@ -5,6 +5,7 @@
 //! node actions ([`node`], [`drain`]), tied together by [`agent`].
 //! [`sim`] holds the in-process simulators used by `spot-guard simulate` and the tests.
 
+pub mod actions;
 pub mod agent;
 pub mod asg;
 pub mod aws;
@@ -15,6 +16,8 @@ pub mod imds;
 pub mod logging;
 pub mod monitor;
 pub mod node;
+pub mod record;
+pub mod report;
 pub mod run;
 pub mod sim;
 pub mod spot_guard;

@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::imds::{
-    ImdsClient, ImdsError, InstanceAction, REBALANCE_RECOMMENDATION_PATH, RebalanceRecommendation,
-    SPOT_INSTANCE_ACTION_PATH,
+    ASG_TARGET_LIFECYCLE_STATE_PATH, ImdsClient, ImdsError, InstanceAction,
+    REBALANCE_RECOMMENDATION_PATH, RebalanceRecommendation, SCHEDULED_EVENTS_PATH,
+    SPOT_INSTANCE_ACTION_PATH, ScheduledEvent, parse_scheduled_event_time,
 };
 
 /// NTH's IMDS poll interval.
@@ -34,14 +35,76 @@ pub enum Notice {
         action: String,
         time: String,
     },
+    /// A scheduled maintenance event that is still to come (or in progress).
+    ScheduledEvent {
+        event_id: String,
+        code: String,
+        description: String,
+        not_before: String,
+        not_after: String,
+    },
+    /// A scheduled event that turned `canceled` or `completed`: undo what was done for it.
+    ScheduledEventEnded { event_id: String, state: String },
+    /// The ASG's target lifecycle state became `Terminated`.
+    AsgLifecycleTermination { event_id: String },
 }
 
 impl Notice {
     pub fn event_id(&self) -> &str {
         match self {
             Notice::RebalanceRecommendation { event_id, .. }
-            | Notice::SpotInterruption { event_id, .. } => event_id,
+            | Notice::SpotInterruption { event_id, .. }
+            | Notice::ScheduledEvent { event_id, .. }
+            | Notice::ScheduledEventEnded { event_id, .. }
+            | Notice::AsgLifecycleTermination { event_id } => event_id,
         }
+    }
+
+    /// What makes a notice new: its id, and for an ended event also how it ended.
+    pub fn dedupe_key(&self) -> String {
+        match self {
+            Notice::ScheduledEventEnded { event_id, state } => format!("{event_id}:{state}"),
+            other => other.event_id().to_string(),
+        }
+    }
+
+    /// NTH's kind names, used in webhooks, events and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Notice::RebalanceRecommendation { .. } => "REBALANCE_RECOMMENDATION",
+            Notice::SpotInterruption { .. } => "SPOT_ITN",
+            Notice::ScheduledEvent { .. } | Notice::ScheduledEventEnded { .. } => "SCHEDULED_EVENT",
+            Notice::AsgLifecycleTermination { .. } => "ASG_LIFECYCLE",
+        }
+    }
+
+    /// A scheduled event from IMDS, or None (logged) when its dates are not IMDS's format.
+    pub fn scheduled(event: &ScheduledEvent) -> Option<Self> {
+        if event.event_id.trim().is_empty() {
+            warn!("Ignoring a scheduled event without EventId: {event:?}");
+            return None;
+        }
+        if matches!(event.state.as_str(), "canceled" | "completed") {
+            return Some(Notice::ScheduledEventEnded {
+                event_id: event.event_id.clone(),
+                state: event.state.clone(),
+            });
+        }
+        if parse_scheduled_event_time(&event.not_before).is_none() {
+            warn!(
+                event_id = %event.event_id,
+                "Ignoring scheduled event {}: NotBefore '{}' is not in IMDS's date format",
+                event.event_id, event.not_before
+            );
+            return None;
+        }
+        Some(Notice::ScheduledEvent {
+            event_id: event.event_id.clone(),
+            code: event.code.clone(),
+            description: event.description.clone(),
+            not_before: event.not_before.clone(),
+            not_after: event.not_after.clone(),
+        })
     }
 
     pub fn rebalance(recommendation: &RebalanceRecommendation) -> Self {
@@ -76,6 +139,15 @@ pub fn spot_itn_event_id(action: &InstanceAction) -> String {
     )
 }
 
+/// IMDS gives the lifecycle state no id or time; one termination per instance, so a
+/// fixed id keeps it acting once, across restarts too (NTH hashes the poll time instead).
+pub fn asg_lifecycle_event_id() -> String {
+    format!(
+        "target-lifecycle-state-terminated-{}",
+        sha256_hex("Terminated")
+    )
+}
+
 fn sha256_hex(text: &str) -> String {
     Sha256::digest(text.as_bytes())
         .iter()
@@ -90,6 +162,8 @@ pub struct MonitorSettings {
     pub interval: Duration,
     pub rebalance: bool,
     pub spot_interruption: bool,
+    pub scheduled_events: bool,
+    pub asg_lifecycle: bool,
 }
 
 impl Default for MonitorSettings {
@@ -98,6 +172,8 @@ impl Default for MonitorSettings {
             interval: DEFAULT_POLL_INTERVAL,
             rebalance: true,
             spot_interruption: true,
+            scheduled_events: false,
+            asg_lifecycle: false,
         }
     }
 }
@@ -154,6 +230,8 @@ pub async fn run_with_liveness(
         interval = ?settings.interval,
         rebalance = settings.rebalance,
         spot_interruption = settings.spot_interruption,
+        scheduled_events = settings.scheduled_events,
+        asg_lifecycle = settings.asg_lifecycle,
         imds = imds.base_url(),
         "Watching IMDS for notices"
     );
@@ -171,11 +249,11 @@ pub async fn run_with_liveness(
             0
         };
         for notice in poll.notices {
-            if sent.contains(notice.event_id()) {
+            let key = notice.dedupe_key();
+            if sent.contains(&key) {
                 continue;
             }
             log_new_notice(&notice);
-            let event_id = notice.event_id().to_string();
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 outcome = notices.send(notice) => {
@@ -185,7 +263,7 @@ pub async fn run_with_liveness(
                     }
                 }
             }
-            sent.insert(event_id);
+            sent.insert(key);
         }
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -226,6 +304,25 @@ async fn poll_once(imds: &ImdsClient, settings: &MonitorSettings) -> Poll {
             Err(error) => poll.record_failure(SPOT_INSTANCE_ACTION_PATH, &error),
         }
     }
+    if settings.asg_lifecycle {
+        match imds.asg_target_lifecycle_state().await {
+            Ok(Some(state)) if state == "Terminated" => {
+                poll.notices.push(Notice::AsgLifecycleTermination {
+                    event_id: asg_lifecycle_event_id(),
+                })
+            }
+            Ok(_) => {}
+            Err(error) => poll.record_failure(ASG_TARGET_LIFECYCLE_STATE_PATH, &error),
+        }
+    }
+    if settings.scheduled_events {
+        match imds.scheduled_events().await {
+            Ok(events) => poll
+                .notices
+                .extend(events.iter().filter_map(Notice::scheduled)),
+            Err(error) => poll.record_failure(SCHEDULED_EVENTS_PATH, &error),
+        }
+    }
     if settings.rebalance {
         match imds.rebalance_recommendation().await {
             Ok(recommendation) => poll
@@ -260,6 +357,23 @@ fn log_new_notice(notice: &Notice) {
         } => info!(
             event_id,
             "Spot interruption notice received: action={action} time={time}"
+        ),
+        Notice::ScheduledEvent {
+            event_id,
+            code,
+            not_before,
+            not_after,
+            description,
+        } => info!(
+            event_id,
+            "Scheduled event received: {code} between {not_before} and {not_after}: {description}"
+        ),
+        Notice::ScheduledEventEnded { event_id, state } => {
+            info!(event_id, "Scheduled event {event_id} is now {state}")
+        }
+        Notice::AsgLifecycleTermination { event_id } => info!(
+            event_id,
+            "ASG target lifecycle state is Terminated: the instance is being terminated by its Auto Scaling group"
         ),
     }
 }

@@ -1,7 +1,9 @@
-//! The agent process: real clients from the configuration, the monitor and the agent
-//! as tasks, and a clean stop on SIGTERM or SIGINT.
+//! The agent process: real clients from the configuration, the monitor, the agent and
+//! the metrics and probes servers as tasks, and a clean stop on SIGTERM or SIGINT.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -11,9 +13,16 @@ use crate::agent::{Agent, AgentSettings};
 use crate::aws::{AwsAutoScaling, AwsSettings};
 use crate::config::Config;
 use crate::imds::ImdsClient;
-use crate::monitor::{self, MonitorSettings};
+use crate::monitor::{self, DEFAULT_POLL_INTERVAL, Liveness, MonitorSettings};
 use crate::node::{self, NodeClient, NodeError};
+use crate::report::{self, NodeMetadata, ProbeSettings, Reporter};
 use crate::spot_guard::SpotGuard;
+
+/// IMDS answers within 2 s per try, and failed polls back off up to 8 intervals: a
+/// probe older than this means the loop is stuck, not just IMDS being slow.
+fn probe_staleness(metadata_tries: u32) -> Duration {
+    DEFAULT_POLL_INTERVAL * 3 + Duration::from_secs(2) * metadata_tries + DEFAULT_POLL_INTERVAL * 8
+}
 
 pub async fn run(config: Config) -> ExitCode {
     if let Err(error) = crate::logging::init(&config.log_level, config.json_logging) {
@@ -24,6 +33,9 @@ pub async fn run(config: Config) -> ExitCode {
         "spot-guard {} starting: {config}",
         env!("CARGO_PKG_VERSION")
     );
+    for setting in &config.ignored_settings {
+        warn!("{setting} is set but has no effect in spot-guard");
+    }
 
     let imds = match ImdsClient::new(&config.metadata_url, config.metadata_tries) {
         Ok(imds) => imds,
@@ -32,8 +44,12 @@ pub async fn run(config: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut node_metadata = NodeMetadata::new(&config.node_name);
     match imds.instance_id().await {
-        Ok(instance_id) => info!("Running on instance {instance_id}"),
+        Ok(instance_id) => {
+            info!("Running on instance {instance_id}");
+            node_metadata.instance_id = instance_id;
+        }
         Err(error) => warn!(
             "Cannot read this instance's id from IMDS at {} ({error}); is this an EC2 instance? Polling goes on and will report notices once IMDS answers",
             config.metadata_url
@@ -51,7 +67,10 @@ pub async fn run(config: Config) -> ExitCode {
         .get()
         .await
     {
-        Ok(_) => info!("Acting on node {}", config.node_name),
+        Ok(node) => {
+            info!("Acting on node {}", config.node_name);
+            node_metadata.node_uid = node.metadata.uid;
+        }
         Err(error @ NodeError::NotFound { .. }) => {
             error!("{error}; check NODE_NAME (the chart sets it from spec.nodeName)");
             return ExitCode::FAILURE;
@@ -62,6 +81,55 @@ pub async fn run(config: Config) -> ExitCode {
         ),
     }
 
+    let reporter = match Reporter::start(&config.report, node_metadata, Some(kube.clone())) {
+        Ok(reporter) => reporter,
+        Err(error) => {
+            error!("Cannot set up reporting: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let liveness = Liveness::default();
+    let mut servers = Vec::new();
+    if let Some(port) = config.prometheus_port {
+        let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        match report::bind("metrics", address).await {
+            Ok(listener) => {
+                info!("Serving Prometheus metrics on {address}/metrics");
+                servers.push(tokio::spawn(report::serve_metrics(
+                    listener,
+                    reporter.metrics().unwrap_or_default(),
+                    shutdown.clone(),
+                )));
+            }
+            Err(error) => {
+                error!("{error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let Some(probes) = &config.probes {
+        let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, probes.port));
+        match report::bind("probes", address).await {
+            Ok(listener) => {
+                info!("Serving the liveness probe on {address}{}", probes.endpoint);
+                servers.push(tokio::spawn(report::serve_probes(
+                    listener,
+                    ProbeSettings {
+                        endpoint: probes.endpoint.clone(),
+                        max_staleness: probe_staleness(config.metadata_tries),
+                    },
+                    liveness.clone(),
+                    shutdown.clone(),
+                )));
+            }
+            Err(error) => {
+                error!("{error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+
     let spot_guard = match &config.spot_guard {
         Some(spot_guard_config) => {
             let aws = AwsAutoScaling::from_environment(&AwsSettings {
@@ -69,26 +137,30 @@ pub async fn run(config: Config) -> ExitCode {
                 max_attempts: config.aws_api_max_attempts,
             })
             .await;
-            let spot_guard = SpotGuard::new(aws, spot_guard_config.clone(), config.dry_run);
+            let spot_guard = SpotGuard::new(aws, spot_guard_config.clone(), config.dry_run)
+                .with_reporter(reporter.clone());
             spot_guard.check_setup().await;
             Some(spot_guard)
         }
         None => None,
     };
 
-    let shutdown = CancellationToken::new();
     let (notices_tx, notices_rx) = mpsc::channel(16);
-    let monitor = tokio::spawn(monitor::run(
+    let monitor = tokio::spawn(monitor::run_with_liveness(
         imds,
         MonitorSettings {
             rebalance: config.enable_rebalance_monitoring,
             spot_interruption: config.enable_spot_interruption_draining,
+            scheduled_events: config.enable_scheduled_event_draining,
+            asg_lifecycle: config.enable_asg_lifecycle_draining,
             ..MonitorSettings::default()
         },
         notices_tx,
         shutdown.clone(),
+        liveness,
     ));
-    let agent = Agent::new(AgentSettings::from_config(&config), kube, spot_guard);
+    let agent = Agent::new(AgentSettings::from_config(&config), kube, spot_guard)
+        .with_reporter(reporter.clone());
     let agent = tokio::spawn(agent.run(notices_rx, shutdown.clone()));
 
     wait_for_signal().await;
@@ -99,6 +171,16 @@ pub async fn run(config: Config) -> ExitCode {
         Ok(Ok(())) => {}
         Ok(Err(error)) => error!("Monitor stopped with an error: {error}"),
         Err(error) => error!("Monitor task failed: {error}"),
+    }
+    for server in servers {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => error!("{error}"),
+            Err(error) => error!("Server task failed: {error}"),
+        }
+    }
+    if !reporter.flush(Duration::from_secs(5)).await {
+        warn!("Some events or webhook posts were still queued at shutdown");
     }
     info!("spot-guard stopped");
     ExitCode::SUCCESS

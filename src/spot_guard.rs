@@ -14,11 +14,13 @@ use crate::flow::{
     self, AttemptOutcome, CapacityFailure, CapacityWatch, ReplacementOutcome, ScalePlan,
     WatchVerdict,
 };
+use crate::report::{InterruptionEvent, Reporter, SpotGuardStep};
 
 pub struct SpotGuard<A> {
     asg: A,
     config: SpotGuardConfig,
     dry_run: bool,
+    reporter: Reporter,
 }
 
 /// A spot interruption notice cut the wait short.
@@ -30,7 +32,15 @@ impl<A: AutoScaling> SpotGuard<A> {
             asg,
             config,
             dry_run,
+            reporter: Reporter::default(),
         }
+    }
+
+    /// Reports each step (scale-up, InService, fallback, failure) as events, webhook
+    /// posts and metrics.
+    pub fn with_reporter(mut self, reporter: Reporter) -> Self {
+        self.reporter = reporter;
+        self
     }
 
     pub fn config(&self) -> &SpotGuardConfig {
@@ -72,7 +82,12 @@ impl<A: AutoScaling> SpotGuard<A> {
 
     /// Buys one replacement instance: spot first, on-demand when spot cannot deliver.
     /// Never fails: whatever happens, the caller goes on to taint and drain.
-    pub async fn secure_replacement(&self, preempt: &CancellationToken) -> ReplacementOutcome {
+    pub async fn secure_replacement(
+        &self,
+        preempt: &CancellationToken,
+        event: &InterruptionEvent,
+    ) -> ReplacementOutcome {
+        let noticed = Instant::now();
         if self.dry_run {
             for name in [&self.config.spot_asg_name, &self.config.on_demand_asg_name] {
                 match self.asg.describe(name).await {
@@ -93,16 +108,24 @@ impl<A: AutoScaling> SpotGuard<A> {
 
         let spot_name = self.config.spot_asg_name.clone();
         let spot = match self
-            .attempt(&spot_name, preempt)
+            .attempt(&spot_name, preempt, event)
             .instrument(info_span!("scale", asg = %spot_name))
             .await
         {
             Ok(outcome) => outcome,
-            Err(Preempted) => return ReplacementOutcome::Preempted,
+            Err(Preempted) => return self.preempted(event, &spot_name),
         };
         let spot_failure = match spot {
             AttemptOutcome::Ready { .. } => {
                 info!(asg = %spot_name, "Spot Guard: replacement ready in spot ASG {spot_name}");
+                self.reporter.spot_guard(
+                    event,
+                    SpotGuardStep::InService {
+                        asg: &spot_name,
+                        on_demand: false,
+                        since_notice: Some(noticed.elapsed()),
+                    },
+                );
                 return ReplacementOutcome::Spot;
             }
             AttemptOutcome::Failed(failure) => failure,
@@ -114,19 +137,36 @@ impl<A: AutoScaling> SpotGuard<A> {
             reason = spot_failure.reason(),
             "Spot ASG {spot_name} could not provide capacity ({spot_failure}); falling back to on-demand ASG {on_demand_name}"
         );
+        self.reporter.spot_guard(
+            event,
+            SpotGuardStep::Fallback {
+                spot_asg: &spot_name,
+                on_demand_asg: &on_demand_name,
+                reason: spot_failure.reason(),
+                detail: &spot_failure.to_string(),
+            },
+        );
         let on_demand = match self
-            .attempt(&on_demand_name, preempt)
+            .attempt(&on_demand_name, preempt, event)
             .instrument(info_span!("scale", asg = %on_demand_name))
             .await
         {
             Ok(outcome) => outcome,
-            Err(Preempted) => return ReplacementOutcome::Preempted,
+            Err(Preempted) => return self.preempted(event, &on_demand_name),
         };
         match on_demand {
             AttemptOutcome::Ready { .. } => {
                 info!(
                     asg = %on_demand_name,
                     "Spot Guard: replacement ready in on-demand ASG {on_demand_name} (fallback)"
+                );
+                self.reporter.spot_guard(
+                    event,
+                    SpotGuardStep::InService {
+                        asg: &on_demand_name,
+                        on_demand: true,
+                        since_notice: Some(noticed.elapsed()),
+                    },
                 );
                 ReplacementOutcome::OnDemand { spot_failure }
             }
@@ -136,6 +176,14 @@ impl<A: AutoScaling> SpotGuard<A> {
                     on_demand_asg = %on_demand_name,
                     "Spot Guard could not get replacement capacity: spot ASG {spot_name}: {spot_failure}; on-demand ASG {on_demand_name}: {on_demand_failure}; the node is tainted and drained anyway"
                 );
+                self.reporter.spot_guard(
+                    event,
+                    SpotGuardStep::Failed {
+                        on_demand_asg: &on_demand_name,
+                        reason: on_demand_failure.reason(),
+                        detail: &on_demand_failure.to_string(),
+                    },
+                );
                 ReplacementOutcome::NoneAvailable {
                     spot_failure,
                     on_demand_failure,
@@ -144,13 +192,23 @@ impl<A: AutoScaling> SpotGuard<A> {
         }
     }
 
+    fn preempted(&self, event: &InterruptionEvent, asg: &str) -> ReplacementOutcome {
+        self.reporter
+            .spot_guard(event, SpotGuardStep::Preempted { asg });
+        ReplacementOutcome::Preempted
+    }
+
     /// One ASG: raise desired by one and wait for the new instance.
     async fn attempt(
         &self,
         name: &str,
         preempt: &CancellationToken,
+        event: &InterruptionEvent,
     ) -> Result<AttemptOutcome, Preempted> {
-        let request = tokio::time::timeout(self.config.scale_timeout, self.request_scale_up(name));
+        let request = tokio::time::timeout(
+            self.config.scale_timeout,
+            self.request_scale_up(name, event),
+        );
         let (from, to, watch) = tokio::select! {
             _ = preempt.cancelled() => return Err(Preempted),
             requested = request => match requested {
@@ -230,6 +288,7 @@ impl<A: AutoScaling> SpotGuard<A> {
     async fn request_scale_up(
         &self,
         name: &str,
+        event: &InterruptionEvent,
     ) -> Result<(i32, i32, CapacityWatch), CapacityFailure> {
         let before: AsgState = self
             .asg
@@ -251,6 +310,14 @@ impl<A: AutoScaling> SpotGuard<A> {
             .set_desired_capacity(name, to)
             .await
             .map_err(|error| CapacityFailure::from_api_error(&error))?;
+        self.reporter.spot_guard(
+            event,
+            SpotGuardStep::ScaleUp {
+                asg: name,
+                from,
+                to,
+            },
+        );
         let watch = CapacityWatch::new(
             &before,
             &activities_before,

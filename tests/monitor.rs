@@ -30,17 +30,25 @@ async fn start_sim() -> ImdsSim {
 }
 
 fn start_monitor(sim: ImdsSim, rebalance: bool, spot_interruption: bool) -> Running {
+    start_monitor_with(
+        sim,
+        MonitorSettings {
+            interval: POLL,
+            rebalance,
+            spot_interruption,
+            scheduled_events: false,
+            asg_lifecycle: false,
+        },
+    )
+}
+
+fn start_monitor_with(sim: ImdsSim, settings: MonitorSettings) -> Running {
     let imds = ImdsClient::builder(&sim.url())
         .tries(2)
         .retry_base_delay(Duration::from_millis(10))
         .request_timeout(Duration::from_millis(500))
         .build()
         .expect("build IMDS client");
-    let settings = MonitorSettings {
-        interval: POLL,
-        rebalance,
-        spot_interruption,
-    };
     let (sender, notices) = mpsc::channel(16);
     let shutdown = CancellationToken::new();
     let liveness = Liveness::default();
@@ -370,4 +378,101 @@ fn assert_nth_event_id(event_id: &str, prefix: &str) {
             .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
         "{event_id}"
     );
+}
+
+fn maintenance_only() -> MonitorSettings {
+    MonitorSettings {
+        interval: POLL,
+        rebalance: false,
+        spot_interruption: false,
+        scheduled_events: true,
+        asg_lifecycle: true,
+    }
+}
+
+fn scheduled(state: &str, not_before: &str) -> serde_json::Value {
+    serde_json::json!([{
+        "Code": "system-reboot",
+        "Description": "scheduled reboot",
+        "EventId": "instance-event-0d59937288b749b32",
+        "NotAfter": "21 Jan 2019 09:17:23 GMT",
+        "NotBefore": not_before,
+        "NotBeforeDeadline": "",
+        "State": state
+    }])
+}
+
+#[tokio::test]
+async fn scheduled_event_is_sent_once_then_its_cancellation_once() {
+    let sim = start_sim().await;
+    sim.set_scheduled_events(scheduled("active", "21 Jan 2019 09:00:43 GMT"));
+    let mut running = start_monitor_with(sim, maintenance_only());
+    match running.next_notice().await {
+        Notice::ScheduledEvent { event_id, code, .. } => {
+            assert_eq!(event_id, "instance-event-0d59937288b749b32");
+            assert_eq!(code, "system-reboot");
+        }
+        other => panic!("expected a scheduled event, got {other:?}"),
+    }
+    running
+        .sim
+        .set_scheduled_events(scheduled("canceled", "21 Jan 2019 09:00:43 GMT"));
+    assert_eq!(
+        running.next_notice().await,
+        Notice::ScheduledEventEnded {
+            event_id: "instance-event-0d59937288b749b32".into(),
+            state: "canceled".into()
+        }
+    );
+    running
+        .wait_for_polls("/latest/meta-data/events/maintenance/scheduled", 5)
+        .await;
+    assert!(
+        running.notices.try_recv().is_err(),
+        "each state is sent once"
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn scheduled_event_with_a_garbled_date_is_skipped_and_polling_goes_on() {
+    let sim = start_sim().await;
+    sim.set_scheduled_events(scheduled("active", "next tuesday"));
+    let mut running = start_monitor_with(sim, maintenance_only());
+    running
+        .wait_for_polls("/latest/meta-data/events/maintenance/scheduled", 3)
+        .await;
+    assert!(running.notices.try_recv().is_err());
+    running
+        .sim
+        .set_scheduled_events(scheduled("active", "21 Jan 2019 09:00:43 GMT"));
+    assert!(matches!(
+        running.next_notice().await,
+        Notice::ScheduledEvent { .. }
+    ));
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn asg_lifecycle_terminated_is_sent_once_and_other_states_are_not() {
+    let sim = start_sim().await;
+    sim.set_lifecycle_state(Some("InService"));
+    let mut running = start_monitor_with(sim, maintenance_only());
+    running
+        .wait_for_polls("/latest/meta-data/autoscaling/target-lifecycle-state", 3)
+        .await;
+    assert!(running.notices.try_recv().is_err());
+    running.sim.set_lifecycle_state(Some("Terminated"));
+    let notice = running.next_notice().await;
+    assert!(matches!(notice, Notice::AsgLifecycleTermination { .. }));
+    assert!(
+        notice
+            .event_id()
+            .starts_with("target-lifecycle-state-terminated-")
+    );
+    running
+        .wait_for_polls("/latest/meta-data/autoscaling/target-lifecycle-state", 5)
+        .await;
+    assert!(running.notices.try_recv().is_err());
+    running.stop().await.unwrap();
 }

@@ -7,6 +7,7 @@ use spot_guard::asg::ScalingActivity;
 use spot_guard::aws::{AwsAutoScaling, AwsSettings};
 use spot_guard::config::SpotGuardConfig;
 use spot_guard::flow::{CapacityFailure, ReplacementOutcome};
+use spot_guard::report::InterruptionEvent;
 use spot_guard::sim::asg::{AsgSim, Behaviour, Fault, GroupSpec};
 use spot_guard::spot_guard::SpotGuard;
 use tokio_util::sync::CancellationToken;
@@ -58,7 +59,8 @@ fn guard(sim: &AsgSim, timeout: Duration, dry_run: bool) -> SpotGuard<AwsAutoSca
 async fn replace(sim: &AsgSim, timeout: Duration) -> ReplacementOutcome {
     tokio::time::timeout(
         Duration::from_secs(30),
-        guard(sim, timeout, false).secure_replacement(&CancellationToken::new()),
+        guard(sim, timeout, false)
+            .secure_replacement(&CancellationToken::new(), &InterruptionEvent::default()),
     )
     .await
     .expect("the flow ends")
@@ -227,7 +229,9 @@ async fn unknown_spot_asg_falls_back_with_the_error_named() {
         },
         false,
     );
-    let outcome = guard.secure_replacement(&CancellationToken::new()).await;
+    let outcome = guard
+        .secure_replacement(&CancellationToken::new(), &InterruptionEvent::default())
+        .await;
     match outcome {
         ReplacementOutcome::OnDemand {
             spot_failure: CapacityFailure::Api { error },
@@ -264,7 +268,8 @@ async fn a_spot_interruption_preempts_the_wait_and_scales_nothing_more() {
     .await;
     let preempt = CancellationToken::new();
     let guard = guard(&sim, Duration::from_secs(60), false);
-    let flow = guard.secure_replacement(&preempt);
+    let event = InterruptionEvent::default();
+    let flow = guard.secure_replacement(&preempt, &event);
     let trigger = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         preempt.cancel();
@@ -286,7 +291,7 @@ async fn dry_run_reads_but_never_scales() {
     )
     .await;
     let outcome = guard(&sim, Duration::from_secs(5), true)
-        .secure_replacement(&CancellationToken::new())
+        .secure_replacement(&CancellationToken::new(), &InterruptionEvent::default())
         .await;
     assert_eq!(outcome, ReplacementOutcome::DryRun);
     assert!(sim.calls_of("SetDesiredCapacity").is_empty());

@@ -9,6 +9,8 @@ pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SkipReason {
+    /// The agent's own pod (POD_NAME/NAMESPACE): it must keep running to finish the drain.
+    OwnPod,
     DaemonSet,
     Mirror,
     Completed,
@@ -31,6 +33,14 @@ pub enum PodDisposition {
 
 /// What to do with one pod on the node being drained.
 pub fn classify(pod: &Pod, settings: &DrainSettings) -> PodDisposition {
+    if let Some(own) = &settings.own_pod
+        && pod.metadata.name.as_deref() == Some(own.name.as_str())
+        && pod.metadata.namespace.as_deref() == Some(own.namespace.as_str())
+    {
+        return PodDisposition::Skip {
+            reason: SkipReason::OwnPod,
+        };
+    }
     let is_mirror = pod
         .metadata
         .annotations
@@ -129,6 +139,24 @@ mod tests {
         assert_eq!(
             classify(&pod("ReplicaSet"), &DrainSettings::default()),
             PodDisposition::Evict
+        );
+    }
+
+    #[test]
+    fn the_agents_own_pod_is_skipped_even_when_daemon_sets_are_not_ignored() {
+        let settings = DrainSettings {
+            ignore_daemon_sets: false,
+            own_pod: Some(crate::drain::PodRef {
+                namespace: "ns".to_owned(),
+                name: "p".to_owned(),
+            }),
+            ..DrainSettings::default()
+        };
+        assert_eq!(
+            classify(&pod("DaemonSet"), &settings),
+            PodDisposition::Skip {
+                reason: SkipReason::OwnPod
+            }
         );
     }
 

@@ -339,6 +339,8 @@ pub async fn run_scenario(scenario: &Scenario) -> Result<Outcome, ScenarioError>
             taint_effect: TaintEffect::NoSchedule,
             cordon_only: false,
             enable_rebalance_draining: true,
+            exclude_from_load_balancers: false,
+            enable_out_of_service_taint: false,
         },
         drain: DrainSettings {
             timeout: Duration::from_secs(20),
@@ -346,6 +348,7 @@ pub async fn run_scenario(scenario: &Scenario) -> Result<Outcome, ScenarioError>
             poll_interval: Duration::from_millis(200),
             ..DrainSettings::default()
         },
+        uptime_file: "/proc/uptime".to_string(),
     };
     let spot_guard = SpotGuard::new(aws, spot_guard_config, scenario.dry_run);
     spot_guard.check_setup().await;
@@ -360,6 +363,8 @@ pub async fn run_scenario(scenario: &Scenario) -> Result<Outcome, ScenarioError>
             interval: POLL_INTERVAL,
             rebalance: true,
             spot_interruption: true,
+            scheduled_events: true,
+            asg_lifecycle: true,
         },
         notices_tx,
         shutdown.clone(),

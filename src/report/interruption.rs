@@ -1,0 +1,191 @@
+//! What a report is about: the notice being handled (NTH's interruption event) and the
+//! node and instance it concerns. Field names follow NTH's webhook template fields.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::Timestamp;
+
+/// NTH's event kinds (the `.Kind` template field).
+pub mod kind {
+    pub const REBALANCE_RECOMMENDATION: &str = "REBALANCE_RECOMMENDATION";
+    pub const SPOT_ITN: &str = "SPOT_ITN";
+    pub const SCHEDULED_EVENT: &str = "SCHEDULED_EVENT";
+    pub const ASG_LIFECYCLE: &str = "ASG_LIFECYCLE";
+}
+
+/// NTH's monitor names (the `.Monitor` template field).
+pub mod monitor_kind {
+    pub const REBALANCE_RECOMMENDATION: &str = "REBALANCE_RECOMMENDATION_MONITOR";
+    pub const SPOT_ITN: &str = "SPOT_ITN_MONITOR";
+    pub const SCHEDULED_EVENT: &str = "SCHEDULED_EVENT_MONITOR";
+    pub const ASG_LIFECYCLE: &str = "ASG_LIFECYCLE_MONITOR";
+}
+
+/// The node and instance this agent runs on; empty strings where unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeMetadata {
+    pub node_name: String,
+    /// The Node's uid; when unknown, events use the node name, as the kubelet does, so that
+    /// `kubectl describe node` still lists them.
+    pub node_uid: Option<String>,
+    pub account_id: String,
+    pub instance_id: String,
+    pub instance_life_cycle: String,
+    pub instance_type: String,
+    pub public_hostname: String,
+    pub public_ipv4: String,
+    pub local_hostname: String,
+    pub local_ipv4: String,
+    pub availability_zone: String,
+    pub region: String,
+}
+
+impl NodeMetadata {
+    pub fn new(node_name: impl Into<String>) -> Self {
+        NodeMetadata {
+            node_name: node_name.into(),
+            ..NodeMetadata::default()
+        }
+    }
+
+    /// The annotations NTH puts on every Kubernetes event, empty values left out.
+    pub fn event_annotations(&self) -> BTreeMap<String, String> {
+        [
+            ("account-id", &self.account_id),
+            ("availability-zone", &self.availability_zone),
+            ("instance-id", &self.instance_id),
+            ("instance-life-cycle", &self.instance_life_cycle),
+            ("instance-type", &self.instance_type),
+            ("local-hostname", &self.local_hostname),
+            ("local-ipv4", &self.local_ipv4),
+            ("public-hostname", &self.public_hostname),
+            ("public-ipv4", &self.public_ipv4),
+            ("region", &self.region),
+        ]
+        .into_iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(key, value)| (key.to_owned(), value.clone()))
+        .collect()
+    }
+}
+
+/// One notice being handled, as NTH describes it to templates and events.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InterruptionEvent {
+    pub event_id: String,
+    /// One of [`kind`]; Spot Guard's webhook posts use their own kinds.
+    pub kind: String,
+    /// One of [`monitor_kind`].
+    pub monitor: String,
+    pub description: String,
+    /// Scheduled events' state (`active`, `canceled`, `completed`); empty otherwise.
+    pub state: String,
+    pub auto_scaling_group_name: String,
+    pub start_time: Option<Timestamp>,
+    pub end_time: Option<Timestamp>,
+    /// Names of the pods on the node when it was drained, if the caller knows them.
+    pub pods: Vec<String>,
+    pub node_labels: BTreeMap<String, String>,
+}
+
+impl InterruptionEvent {
+    /// `notice_time` as IMDS gives it (RFC 3339); kept in the description even if unparsable.
+    pub fn rebalance_recommendation(event_id: impl Into<String>, notice_time: &str) -> Self {
+        InterruptionEvent {
+            event_id: event_id.into(),
+            kind: kind::REBALANCE_RECOMMENDATION.to_owned(),
+            monitor: monitor_kind::REBALANCE_RECOMMENDATION.to_owned(),
+            description: format!(
+                "Rebalance recommendation received: the node is cordoned from {notice_time}"
+            ),
+            start_time: notice_time.parse().ok(),
+            ..InterruptionEvent::default()
+        }
+    }
+
+    pub fn spot_interruption(event_id: impl Into<String>, action: &str, time: &str) -> Self {
+        InterruptionEvent {
+            event_id: event_id.into(),
+            kind: kind::SPOT_ITN.to_owned(),
+            monitor: monitor_kind::SPOT_ITN.to_owned(),
+            description: format!(
+                "Spot interruption notice received: the instance will {action} at {time}"
+            ),
+            start_time: time.parse().ok(),
+            ..InterruptionEvent::default()
+        }
+    }
+
+    pub fn scheduled_event(
+        event_id: impl Into<String>,
+        code: &str,
+        state: &str,
+        window: (Option<Timestamp>, Option<Timestamp>),
+        description: &str,
+    ) -> Self {
+        let (start_time, end_time) = window;
+        let show = |time: Option<Timestamp>| time.map_or_else(|| "?".to_owned(), go_time);
+        InterruptionEvent {
+            event_id: event_id.into(),
+            kind: kind::SCHEDULED_EVENT.to_owned(),
+            monitor: monitor_kind::SCHEDULED_EVENT.to_owned(),
+            description: format!(
+                "Scheduled event {code} between {} and {}: {description}",
+                show(start_time),
+                show(end_time)
+            ),
+            state: state.to_owned(),
+            start_time,
+            end_time,
+            ..InterruptionEvent::default()
+        }
+    }
+
+    pub fn asg_lifecycle(event_id: impl Into<String>, start_time: Option<Timestamp>) -> Self {
+        InterruptionEvent {
+            event_id: event_id.into(),
+            kind: kind::ASG_LIFECYCLE.to_owned(),
+            monitor: monitor_kind::ASG_LIFECYCLE.to_owned(),
+            description:
+                "ASG target lifecycle state is Terminated: the instance will be terminated"
+                    .to_owned(),
+            start_time,
+            ..InterruptionEvent::default()
+        }
+    }
+}
+
+/// A time as Go's `time.Time` prints in a template (`2006-01-02 15:04:05.999999999 -0700 MST`),
+/// in UTC, so NTH templates render the same text; Go's zero time when absent.
+pub(crate) fn go_time(time: Timestamp) -> String {
+    let text = time.strftime("%Y-%m-%d %H:%M:%S%.f").to_string();
+    format!("{text} +0000 UTC")
+}
+
+pub(crate) const GO_ZERO_TIME: &str = "0001-01-01 00:00:00 +0000 UTC";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_print_as_go_does() {
+        let whole: Timestamp = "2020-10-27T08:22:00Z".parse().unwrap();
+        assert_eq!(go_time(whole), "2020-10-27 08:22:00 +0000 UTC");
+        let fraction: Timestamp = "2020-10-27T08:22:00.250Z".parse().unwrap();
+        assert_eq!(go_time(fraction), "2020-10-27 08:22:00.25 +0000 UTC");
+    }
+
+    #[test]
+    fn annotations_leave_out_unknown_values() {
+        let node = NodeMetadata {
+            instance_id: "i-0abc".into(),
+            region: "eu-west-1".into(),
+            ..NodeMetadata::new("node-a")
+        };
+        let annotations = node.event_annotations();
+        assert_eq!(annotations.len(), 2);
+        assert_eq!(annotations["instance-id"], "i-0abc");
+        assert_eq!(annotations["region"], "eu-west-1");
+    }
+}

@@ -1,0 +1,109 @@
+//! The liveness probe (ENABLE_PROBES_SERVER, PROBES_SERVER_PORT, PROBES_SERVER_ENDPOINT).
+//! Unlike NTH's, which always answers OK, it answers OK only while the IMDS monitor loop
+//! keeps completing polls, so a stuck agent gets restarted instead of silently not watching.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::ReportError;
+use super::server::{ServeError, serve};
+use crate::monitor::Liveness;
+
+/// NTH's defaults.
+pub const DEFAULT_PROBES_PORT: u16 = 8080;
+pub const DEFAULT_PROBES_ENDPOINT: &str = "/healthz";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSettings {
+    /// PROBES_SERVER_ENDPOINT, e.g. `/healthz`.
+    pub endpoint: String,
+    /// The oldest last poll still healthy; give it a few poll intervals plus IMDS's own
+    /// retries and back-off (e.g. 3 × interval + tries × timeout + the longest back-off).
+    pub max_staleness: Duration,
+}
+
+impl ProbeSettings {
+    pub fn validate(&self) -> Result<(), ReportError> {
+        if self.endpoint.starts_with('/') {
+            Ok(())
+        } else {
+            Err(ReportError::ProbesEndpoint(self.endpoint.clone()))
+        }
+    }
+}
+
+#[derive(Clone)]
+struct ProbeState {
+    liveness: Liveness,
+    max_staleness: Duration,
+    started: Instant,
+}
+
+/// Serves the liveness endpoint until `shutdown`: 200 while the last completed IMDS poll is
+/// at most `max_staleness` old (or, before the first poll, while the server is younger than
+/// that), 503 otherwise; both with a JSON body giving the age. Other paths are 404.
+pub async fn serve_probes(
+    listener: TcpListener,
+    settings: ProbeSettings,
+    liveness: Liveness,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let state = ProbeState {
+        liveness,
+        max_staleness: settings.max_staleness,
+        started: Instant::now(),
+    };
+    let app = Router::new()
+        .route(&settings.endpoint, get(probe))
+        .with_state(state);
+    serve("probes", &settings.endpoint, listener, app, shutdown).await
+}
+
+async fn probe(State(state): State<ProbeState>) -> Response {
+    let max = state.max_staleness.as_secs_f64();
+    let (healthy, body) = match state.liveness.last_poll() {
+        Some(last_poll) => {
+            // A clock stepping backwards makes the poll look fresh, which is the safe side.
+            let age = SystemTime::now()
+                .duration_since(last_poll)
+                .unwrap_or_default();
+            let healthy = age <= state.max_staleness;
+            (
+                healthy,
+                json!({
+                    "health": if healthy { "OK" } else { "STALE" },
+                    "lastPollSecondsAgo": age.as_secs_f64(),
+                    "maxStalenessSeconds": max,
+                }),
+            )
+        }
+        None => {
+            let waited = state.started.elapsed();
+            let healthy = waited <= state.max_staleness;
+            (
+                healthy,
+                json!({
+                    "health": if healthy { "STARTING" } else { "STALE" },
+                    "lastPollSecondsAgo": null,
+                    "secondsWithoutPoll": waited.as_secs_f64(),
+                    "maxStalenessSeconds": max,
+                }),
+            )
+        }
+    };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,570 @@
+//! charts/spot-guard rendered and linted by real Helm: every object is valid Kubernetes
+//! (no unknown or misspelled field survives a round trip through k8s-openapi), the
+//! schema refuses bad values, the DaemonSet's env vars are flags the binary accepts, and
+//! the ClusterRole grants exactly the API calls the code makes — no more, no less.
+
+#[path = "support/helm.rs"]
+mod helm;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use clap::CommandFactory;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Container, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use spot_guard::drain::{self, DrainSettings};
+use spot_guard::node::{NodeClient, TaintEffect, client_for_url};
+use spot_guard::report::{KubeEvents, NodeMetadata, ReasonedEvent, reason};
+use spot_guard::sim::kube::{FakeKube, FakePod, RequestRecord, Termination};
+
+const SPOT_GUARD_VALUES: &str = r#"
+enableRebalanceMonitoring: true
+enableRebalanceDraining: true
+taintEffect: PreferNoSchedule
+spotGuard:
+  enabled: true
+  spotAsgName: eks-spot-workers
+  onDemandAsgName: eks-on-demand-workers
+  capacityCheckTimeout: 300
+  checkInterval: 5
+awsRegion: eu-west-1
+serviceAccount:
+  annotations:
+    eks.amazonaws.com/role-arn: arn:aws:iam::111122223333:role/spot-guard
+nodeSelector:
+  karpenter.sh/capacity-type: spot
+"#;
+
+/// Every option the chart can set, switched on, so each env line of the template renders.
+const EVERYTHING_VALUES: &str = r#"
+emitKubernetesEvents: true
+kubernetesEventsExtraAnnotations: team=platform
+webhookURL: https://hooks.example.com/spot
+webhookHeaders: '{"Content-Type": "application/json"}'
+webhookProxy: http://proxy.example.com:3128
+webhookTemplateConfigMapName: spot-guard-webhook
+webhookTemplateConfigMapKey: template.tmpl
+enablePrometheusServer: true
+enableProbesServer: true
+podMonitor: {create: true}
+serviceMonitor: {create: true, labels: {release: prometheus}}
+dryRun: true
+cordonOnly: true
+taintNode: true
+enableOutOfServiceTaint: true
+excludeFromLoadBalancers: true
+jsonLogging: true
+logLevel: debug
+instanceMetadataURL: http://127.0.0.1:1338
+awsEndpoint: http://127.0.0.1:5000
+awsRegion: us-east-1
+enableRebalanceMonitoring: true
+spotGuard:
+  enabled: true
+  spotAsgName: spot
+  onDemandAsgName: on-demand
+"#;
+
+/// Env vars the chart sets that are not options of the binary: the AWS SDK's default
+/// chain reads them.
+const NOT_FLAGS: [&str; 2] = ["AWS_REGION", "AWS_ENDPOINT_URL"];
+
+fn render(values: &str) -> Vec<Value> {
+    helm::template(values).unwrap_or_else(|refusal| panic!("Helm refused {values}: {refusal}"))
+}
+
+fn kind(object: &Value) -> &str {
+    object["kind"].as_str().unwrap_or("<no kind>")
+}
+
+fn only<'a>(objects: &'a [Value], wanted: &str) -> &'a Value {
+    let matching: Vec<&Value> = objects.iter().filter(|o| kind(o) == wanted).collect();
+    assert_eq!(matching.len(), 1, "expected one {wanted}, got {matching:?}");
+    matching[0]
+}
+
+/// Deserializes into the k8s-openapi type and back: k8s-openapi drops fields it does not
+/// know, so a typo (`tolerations` → `toleration`) shows up as a difference.
+fn round_trip<T: DeserializeOwned + Serialize>(object: &Value) -> T {
+    let typed: T = serde_json::from_value(object.clone())
+        .unwrap_or_else(|error| panic!("{} is not valid: {error}\n{object:#}", kind(object)));
+    let again = serde_json::to_value(&typed).expect("serialize");
+    assert_eq!(
+        &again,
+        object,
+        "{} changed in a round trip through k8s-openapi: an unknown or misspelled field",
+        kind(object)
+    );
+    typed
+}
+
+/// Every rendered object must be of a kind this test knows and survive the round trip.
+fn validate_all(objects: &[Value]) {
+    for object in objects {
+        match kind(object) {
+            "DaemonSet" => drop(round_trip::<DaemonSet>(object)),
+            "ServiceAccount" => drop(round_trip::<ServiceAccount>(object)),
+            "ClusterRole" => drop(round_trip::<ClusterRole>(object)),
+            "ClusterRoleBinding" => drop(round_trip::<ClusterRoleBinding>(object)),
+            "Service" => drop(round_trip::<Service>(object)),
+            // Prometheus Operator kinds have no k8s-openapi type: checked by hand below.
+            "PodMonitor" | "ServiceMonitor" => {}
+            other => panic!("the chart rendered a {other}, which this test does not validate yet"),
+        }
+    }
+}
+
+fn container(objects: &[Value]) -> Container {
+    let daemon_set: DaemonSet = round_trip(only(objects, "DaemonSet"));
+    let pod = daemon_set
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod spec");
+    assert_eq!(pod.containers.len(), 1);
+    pod.containers.into_iter().next().expect("a container")
+}
+
+fn env(container: &Container) -> BTreeMap<String, Option<String>> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .map(|var| (var.name.clone(), var.value.clone()))
+        .collect()
+}
+
+#[test]
+fn default_values_render_a_hardened_daemonset_for_spot_nodes() {
+    let objects = render("");
+    let kinds: BTreeSet<&str> = objects.iter().map(kind).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "DaemonSet",
+            "ServiceAccount"
+        ])
+    );
+    validate_all(&objects);
+    helm::lint("").unwrap_or_else(|report| panic!("lint failed:\n{report}"));
+
+    let daemon_set: DaemonSet = round_trip(only(&objects, "DaemonSet"));
+    let pod = daemon_set
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod spec");
+    let selector = pod.node_selector.clone().unwrap_or_default();
+    assert_eq!(
+        selector
+            .get("eks.amazonaws.com/capacityType")
+            .map(String::as_str),
+        Some("SPOT")
+    );
+    let tolerations = pod.tolerations.clone().unwrap_or_default();
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
+        "the agent must tolerate every taint, including its own: {tolerations:?}"
+    );
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+
+    let container = container(&objects);
+    assert_eq!(
+        env(&container).get("ENABLE_SPOT_GUARD"),
+        Some(&Some("false".to_owned()))
+    );
+    let node_name = container
+        .env
+        .iter()
+        .flatten()
+        .find(|var| var.name == "NODE_NAME")
+        .and_then(|var| var.value_from.as_ref())
+        .and_then(|from| from.field_ref.as_ref())
+        .map(|field| field.field_path.clone());
+    assert_eq!(node_name.as_deref(), Some("spec.nodeName"));
+    let security = container.security_context.expect("securityContext");
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        security.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_owned()])
+    );
+    let resources = container.resources.expect("resources");
+    assert!(
+        resources
+            .requests
+            .is_some_and(|r| r.contains_key("cpu") && r.contains_key("memory"))
+    );
+    assert!(resources.limits.is_some_and(|l| l.contains_key("memory")));
+}
+
+#[test]
+fn spot_guard_values_reach_the_agent_as_its_env_vars() {
+    let objects = render(SPOT_GUARD_VALUES);
+    validate_all(&objects);
+    helm::lint(SPOT_GUARD_VALUES).unwrap_or_else(|report| panic!("lint failed:\n{report}"));
+
+    let env = env(&container(&objects));
+    for (name, value) in [
+        ("ENABLE_SPOT_GUARD", "true"),
+        ("SPOT_ASG_NAME", "eks-spot-workers"),
+        ("ON_DEMAND_ASG_NAME", "eks-on-demand-workers"),
+        ("SPOT_GUARD_CAPACITY_CHECK_TIMEOUT", "300"),
+        ("SPOT_GUARD_CHECK_INTERVAL", "5"),
+        ("SPOT_GUARD_SCALE_TIMEOUT", "120"),
+        ("ENABLE_REBALANCE_MONITORING", "true"),
+        ("ENABLE_REBALANCE_DRAINING", "true"),
+        ("TAINT_EFFECT", "PreferNoSchedule"),
+        ("AWS_REGION", "eu-west-1"),
+    ] {
+        assert_eq!(
+            env.get(name),
+            Some(&Some(value.to_owned())),
+            "{name} in {env:?}"
+        );
+    }
+
+    let account: ServiceAccount = round_trip(only(&objects, "ServiceAccount"));
+    let annotations = account.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("eks.amazonaws.com/role-arn")
+            .map(String::as_str),
+        Some("arn:aws:iam::111122223333:role/spot-guard")
+    );
+    // A user's nodeSelector replaces the EKS default instead of being ANDed with it.
+    let daemon_set: DaemonSet = round_trip(only(&objects, "DaemonSet"));
+    let selector = daemon_set
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.node_selector)
+        .unwrap_or_default();
+    assert_eq!(
+        selector,
+        BTreeMap::from([
+            ("karpenter.sh/capacity-type".to_owned(), "spot".to_owned()),
+            ("kubernetes.io/os".to_owned(), "linux".to_owned()),
+        ])
+    );
+}
+
+/// Whether a `matchLabels` selector is non-empty and matches `labels`.
+fn selects(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
+    let wanted = selector["matchLabels"].as_object().expect("matchLabels");
+    !wanted.is_empty()
+        && wanted
+            .iter()
+            .all(|(key, value)| labels.get(key).map(String::as_str) == value.as_str())
+}
+
+#[test]
+fn monitors_scrape_the_agent_pods_metrics_port() {
+    let objects = render(EVERYTHING_VALUES);
+    validate_all(&objects);
+    helm::lint(EVERYTHING_VALUES).unwrap_or_else(|report| panic!("lint failed:\n{report}"));
+
+    let daemon_set: DaemonSet = round_trip(only(&objects, "DaemonSet"));
+    let template = daemon_set.spec.expect("spec").template;
+    let pod_labels = template.metadata.and_then(|m| m.labels).unwrap_or_default();
+    let selects_agent = |selector: &Value| selects(selector, &pod_labels);
+    let container = template.spec.expect("pod spec").containers.remove(0);
+    let ports = container.ports.unwrap_or_default();
+    let metrics = ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some("http-metrics"))
+        .expect("a named metrics port");
+    assert_eq!(metrics.container_port, 9092);
+    let probe = container.liveness_probe.expect("a liveness probe");
+    assert_eq!(
+        probe.http_get.map(|h| h.path),
+        Some(Some("/healthz".to_owned()))
+    );
+
+    let pod_monitor = only(&objects, "PodMonitor");
+    assert_eq!(pod_monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert!(
+        selects_agent(&pod_monitor["spec"]["selector"]),
+        "{pod_monitor:#}"
+    );
+    assert_eq!(
+        pod_monitor["spec"]["podMetricsEndpoints"][0]["port"],
+        "http-metrics"
+    );
+
+    let service: Service = round_trip(only(&objects, "Service"));
+    let spec = service.spec.expect("service spec");
+    let selector = serde_json::json!({ "matchLabels": spec.selector.unwrap_or_default() });
+    assert!(
+        selects_agent(&selector),
+        "the metrics Service does not select the agent pods"
+    );
+    assert_eq!(
+        spec.cluster_ip.as_deref(),
+        Some("None"),
+        "headless: one endpoint per pod"
+    );
+    let service_monitor = only(&objects, "ServiceMonitor");
+    assert_eq!(
+        service_monitor["metadata"]["labels"]["release"],
+        "prometheus"
+    );
+    let service_labels = service.metadata.labels.unwrap_or_default();
+    assert!(selects(
+        &service_monitor["spec"]["selector"],
+        &service_labels
+    ));
+    assert_eq!(
+        service_monitor["spec"]["endpoints"][0]["port"],
+        "http-metrics"
+    );
+}
+
+#[test]
+fn bad_values_are_refused_at_install_time() {
+    for (values, named) in [
+        (
+            "spotGuard: {enabled: true}\nenableRebalanceMonitoring: true",
+            "/spotGuard/spotAsgName",
+        ),
+        (
+            "spotGuard: {enabled: true, spotAsgName: spot}\nenableRebalanceMonitoring: true",
+            "/spotGuard/onDemandAsgName",
+        ),
+        (
+            "spotGuard: {enabled: true, spotAsgName: spot, onDemandAsgName: od}",
+            "/enableRebalanceMonitoring",
+        ),
+        ("dryRun: \"yes\"", "/dryRun"),
+        ("taintEffect: Sometimes", "/taintEffect"),
+        (
+            "nodeTerminationGracePeriod: 0",
+            "/nodeTerminationGracePeriod",
+        ),
+        ("spotguard: {enabled: true}", "spotguard"),
+    ] {
+        match helm::template(values) {
+            Ok(_) => panic!("Helm accepted bad values:\n{values}"),
+            Err(refusal) => assert!(refusal.contains(named), "{named} not named in: {refusal}"),
+        }
+        assert!(
+            helm::lint(values).is_err(),
+            "lint passed bad values:\n{values}"
+        );
+    }
+}
+
+#[test]
+fn daemonset_env_vars_are_options_the_binary_accepts() {
+    let flags: BTreeSet<String> = spot_guard::config::Cli::command()
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .filter_map(|name| name.to_str())
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        flags.contains("NODE_NAME"),
+        "clap lists no env names: {flags:?}"
+    );
+    for values in ["", SPOT_GUARD_VALUES, EVERYTHING_VALUES] {
+        let objects = render(values);
+        validate_all(&objects);
+        for name in env(&container(&objects)).keys() {
+            assert!(
+                flags.contains(name) || NOT_FLAGS.contains(&name.as_str()),
+                "the chart sets {name}, which spot-guard does not read (options: {flags:?})"
+            );
+        }
+    }
+}
+
+/// What RBAC checks for one request: (apiGroup, resource[/subresource], verb).
+fn rbac_attributes(request: &RequestRecord) -> (String, String, String) {
+    let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
+    // /api/v1/... is the core group; /apis/{group}/{version}/... the others.
+    let (group, rest) = match segments.as_slice() {
+        ["api", _version, rest @ ..] => (String::new(), rest),
+        ["apis", group, _version, rest @ ..] => ((*group).to_owned(), rest),
+        _ => panic!("not a Kubernetes API path: {}", request.path),
+    };
+    let rest = match rest {
+        ["namespaces", _namespace, rest @ ..] if !rest.is_empty() => rest,
+        other => other,
+    };
+    let (resource, named) = match rest {
+        [resource] => ((*resource).to_owned(), false),
+        [resource, _name] => ((*resource).to_owned(), true),
+        [resource, _name, subresource] => (format!("{resource}/{subresource}"), true),
+        _ => panic!("unexpected path shape: {}", request.path),
+    };
+    let watching = request
+        .query
+        .as_deref()
+        .is_some_and(|q| q.contains("watch=true"));
+    let verb = match (request.method.as_str(), named) {
+        ("GET", _) if watching => "watch",
+        ("GET", true) => "get",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        (method, _) => panic!("unexpected method {method} on {}", request.path),
+    };
+    (group, resource, verb.to_owned())
+}
+
+/// Exercises every Kubernetes call the agent has: each node action, drains with a
+/// PodDisruptionBudget refusal, an emptyDir pod, DaemonSet and mirror pods, and, when
+/// `events` is on, a Kubernetes event.
+async fn requests_of_every_flow(events: bool) -> Vec<RequestRecord> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    const NODE: &str = "ip-10-0-7-9.ec2.internal";
+    let fake = FakeKube::start().await.expect("start the fake API server");
+    fake.add_node(NODE);
+    fake.add_pod(FakePod::new("default", "web-1", NODE).with_label("app", "web"));
+    fake.add_pod(FakePod::new("default", "cache-1", NODE).with_empty_dir());
+    fake.add_pod(FakePod::new("kube-system", "aws-node-1", NODE).daemon_set());
+    fake.add_pod(FakePod::new("kube-system", "static-1", NODE).mirror());
+    fake.add_pdb("default", "web", &[("app", "web")], 0);
+    fake.set_termination(Termination::After(Duration::from_millis(100)));
+    let client = client_for_url(&fake.url()).expect("client");
+
+    let node = NodeClient::new(client.clone(), NODE, false);
+    let flows = async {
+        node.get().await.expect("get");
+        node.taint("example/key", "v", TaintEffect::NoSchedule)
+            .await
+            .expect("taint");
+        node.cordon().await.expect("cordon");
+        node.set_annotations(&[("example/a", "1")])
+            .await
+            .expect("annotate");
+        node.add_label("example/l", "1").await.expect("label");
+        node.remove_label("example/l").await.expect("unlabel");
+        node.remove_annotations(&["example/a"])
+            .await
+            .expect("unannotate");
+        node.remove_taint("example/key").await.expect("untaint");
+        node.uncordon().await.expect("uncordon");
+        let settings = DrainSettings {
+            timeout: Duration::from_secs(3),
+            eviction_retry_interval: Duration::from_millis(200),
+            poll_interval: Duration::from_millis(100),
+            ..DrainSettings::default()
+        };
+        // First drain: the PDB holds web-1 until the deadline.
+        drain::drain(&client, NODE, &settings, false)
+            .await
+            .expect("drain");
+        fake.set_pdb_max_unavailable("default", "web", 1);
+        drain::drain(&client, NODE, &settings, false)
+            .await
+            .expect("drain");
+        if events {
+            let metadata = NodeMetadata {
+                node_name: NODE.to_owned(),
+                ..NodeMetadata::default()
+            };
+            KubeEvents::new(client.clone(), metadata, "")
+                .expect("event writer")
+                .emit(&ReasonedEvent::normal(reason::CORDON, "Node cordoned"))
+                .await
+                .expect("event");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), flows)
+        .await
+        .expect("the flows finished in time");
+    let requests = fake.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.path.ends_with("/eviction") && r.status == 429),
+        "the flows never met a PDB refusal: {requests:?}"
+    );
+    assert!(
+        fake.pods_on_node(NODE)
+            .iter()
+            .all(|p| { p.metadata.name.as_deref() != Some("web-1") })
+    );
+    requests
+}
+
+/// The (apiGroup, resource, verb) triples the rendered ClusterRole grants.
+fn granted(role: &ClusterRole) -> BTreeSet<(String, String, String)> {
+    let mut grants = BTreeSet::new();
+    for rule in role.rules.iter().flatten() {
+        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    assert!(
+                        group != "*" && resource != "*" && verb != "*",
+                        "wildcard in {rule:?}"
+                    );
+                    grants.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    grants
+}
+
+async fn assert_role_matches_code(values: &'static str, events: bool) {
+    let used: BTreeSet<(String, String, String)> = requests_of_every_flow(events)
+        .await
+        .iter()
+        .map(rbac_attributes)
+        .collect();
+    let objects = tokio::task::spawn_blocking(move || render(values))
+        .await
+        .expect("render");
+    let role: ClusterRole = round_trip(only(&objects, "ClusterRole"));
+    let grants = granted(&role);
+
+    let missing: Vec<_> = used.difference(&grants).collect();
+    assert!(
+        missing.is_empty(),
+        "the code calls {missing:?}, which the ClusterRole does not grant (values: {values})"
+    );
+    let unused: Vec<_> = grants.difference(&used).collect();
+    assert!(
+        unused.is_empty(),
+        "the ClusterRole grants {unused:?}, which the code never calls (values: {values})"
+    );
+
+    let binding: ClusterRoleBinding = round_trip(only(&objects, "ClusterRoleBinding"));
+    let account: ServiceAccount = round_trip(only(&objects, "ServiceAccount"));
+    assert_eq!(
+        binding.role_ref.name,
+        role.metadata.name.clone().unwrap_or_default()
+    );
+    let subject = &binding.subjects.unwrap_or_default()[0];
+    assert_eq!(Some(&subject.name), account.metadata.name.as_ref());
+    assert_eq!(subject.namespace, account.metadata.namespace);
+}
+
+#[tokio::test]
+async fn cluster_role_grants_exactly_the_calls_the_code_makes() {
+    assert_role_matches_code(SPOT_GUARD_VALUES, false).await;
+}
+
+#[tokio::test]
+async fn cluster_role_with_events_grants_exactly_the_calls_the_code_makes() {
+    assert_role_matches_code(EVERYTHING_VALUES, true).await;
+}
