@@ -14,7 +14,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Kubernetes refuses taint values longer than a label value.
 pub const MAX_TAINT_VALUE_LENGTH: usize = 63;
@@ -329,7 +329,7 @@ impl NodeClient {
         loop {
             let node = self.get().await?;
             let Some(patch) = patch_for(&node) else {
-                info!("Nothing to do to {what}: already done");
+                debug!("Nothing to do to {what}: already done");
                 return Ok(false);
             };
             if self.dry_run {

@@ -120,3 +120,13 @@ fn simulate_lists_its_scenarios_and_refuses_unknown_ones() {
     assert_eq!(unknown.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no-such-thing"));
 }
+
+#[tokio::test]
+async fn scheduled_reboot_then_restart() {
+    assert_ends_as_expected("scheduled-reboot-then-restart").await;
+}
+
+#[tokio::test]
+async fn asg_lifecycle_termination() {
+    assert_ends_as_expected("asg-lifecycle-termination").await;
+}

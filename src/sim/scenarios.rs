@@ -14,10 +14,11 @@ use crate::agent::{Agent, AgentSettings};
 use crate::aws::{AwsAutoScaling, AwsSettings};
 use crate::config::SpotGuardConfig;
 use crate::drain::DrainSettings;
-use crate::flow::{ActionSettings, REBALANCE_TAINT, SPOT_ITN_TAINT};
+use crate::flow::{ASG_LIFECYCLE_TAINT, ActionSettings, REBALANCE_TAINT, SPOT_ITN_TAINT};
 use crate::imds::ImdsClient;
 use crate::monitor::{self, MonitorSettings};
 use crate::node::{self, TaintEffect};
+use crate::record::ACTION_TIME_LABEL;
 use crate::sim::asg::{AsgSim, Behaviour, GroupSpec};
 use crate::sim::imds::ImdsSim;
 use crate::sim::kube::{FakeKube, FakePod, Termination};
@@ -64,7 +65,18 @@ pub struct Scenario {
     pub dry_run: bool,
     /// A spot interruption notice this long after the rebalance recommendation.
     pub interruption_after: Option<Duration>,
+    pub trigger: Trigger,
     pub expect: Expectation,
+}
+
+/// What IMDS serves to start the scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    RebalanceRecommendation,
+    /// A scheduled system-reboot; then the instance reboots and the agent starts again.
+    ScheduledRebootThenRestart,
+    /// The ASG's target lifecycle state turns Terminated.
+    AsgLifecycleTermination,
 }
 
 /// What the user should see once the scenario has run.
@@ -164,6 +176,7 @@ const fn scenario(
         pdb_holds_for: None,
         dry_run: false,
         interruption_after: None,
+        trigger: Trigger::RebalanceRecommendation,
         expect,
     }
 }
@@ -244,6 +257,33 @@ pub fn scenarios() -> Vec<Scenario> {
                 drained(1, 0, SPOT_ITN_TAINT),
             )
         },
+        Scenario {
+            trigger: Trigger::ScheduledRebootThenRestart,
+            ..scenario(
+                "scheduled-reboot-then-restart",
+                "a scheduled system-reboot drains the node; after the reboot the restarted agent uncordons it",
+                Healthy,
+                Healthy,
+                Expectation {
+                    spot_desired_change: 0,
+                    on_demand_desired_change: 0,
+                    taint: None,
+                    cordoned: false,
+                    drained: true,
+                    writes: true,
+                },
+            )
+        },
+        Scenario {
+            trigger: Trigger::AsgLifecycleTermination,
+            ..scenario(
+                "asg-lifecycle-termination",
+                "the ASG terminates the instance (target lifecycle state Terminated): taint, cordon, drain",
+                Healthy,
+                Healthy,
+                drained(0, 0, ASG_LIFECYCLE_TAINT),
+            )
+        },
     ]
 }
 
@@ -288,12 +328,6 @@ pub async fn run_scenario(scenario: &Scenario) -> Result<Outcome, ScenarioError>
             detail: error.to_string(),
         }
     };
-    let client = |what: &'static str| {
-        move |error: &dyn std::fmt::Display| ScenarioError::Client {
-            what,
-            detail: error.to_string(),
-        }
-    };
     let imds = ImdsSim::start().await.map_err(|e| simulator("IMDS")(&e))?;
     let asg = AsgSim::start().await.map_err(|e| simulator("ASG")(&e))?;
     let kube = FakeKube::start()
@@ -315,65 +349,45 @@ pub async fn run_scenario(scenario: &Scenario) -> Result<Outcome, ScenarioError>
         kube.add_pdb("default", "web", &[("app", "web")], 0);
     }
 
-    let imds_client = ImdsClient::new(&imds.url(), 3).map_err(|e| client("IMDS")(&e))?;
-    let aws = AwsAutoScaling::for_endpoint(asg.url(), "us-east-1", &AwsSettings::default());
-    let kube_client = node::client_for_url(&kube.url()).map_err(|e| client("Kubernetes")(&e))?;
-
-    let spot_guard_config = SpotGuardConfig {
-        spot_asg_name: SPOT_ASG.to_string(),
-        on_demand_asg_name: ON_DEMAND_ASG.to_string(),
-        scale_timeout: Duration::from_secs(5),
-        capacity_check_timeout: if scenario.interruption_after.is_some() {
-            Duration::from_secs(30)
-        } else {
-            CAPACITY_CHECK_TIMEOUT
-        },
-        check_interval: CHECK_INTERVAL,
-    };
-    let settings = AgentSettings {
-        node_name: NODE.to_string(),
-        dry_run: scenario.dry_run,
-        actions: ActionSettings {
-            spot_guard: true,
-            taint_node: scenario.interruption_after.is_some(),
-            taint_effect: TaintEffect::NoSchedule,
-            cordon_only: false,
-            enable_rebalance_draining: true,
-            exclude_from_load_balancers: false,
-            enable_out_of_service_taint: false,
-        },
-        drain: DrainSettings {
-            timeout: Duration::from_secs(20),
-            eviction_retry_interval: Duration::from_millis(500),
-            poll_interval: Duration::from_millis(200),
-            ..DrainSettings::default()
-        },
-        uptime_file: "/proc/uptime".to_string(),
-    };
-    let spot_guard = SpotGuard::new(aws, spot_guard_config, scenario.dry_run);
-    spot_guard.check_setup().await;
-    let agent = Agent::new(settings, kube_client, Some(spot_guard));
-    let mut handled = agent.handled();
-
-    let shutdown = CancellationToken::new();
-    let (notices_tx, notices_rx) = mpsc::channel(16);
-    let monitor_task = tokio::spawn(monitor::run(
-        imds_client,
-        MonitorSettings {
-            interval: POLL_INTERVAL,
-            rebalance: true,
-            spot_interruption: true,
-            scheduled_events: true,
-            asg_lifecycle: true,
-        },
-        notices_tx,
-        shutdown.clone(),
+    let uptime_file = std::env::temp_dir().join(format!(
+        "spot-guard-simulate-{}-{}.uptime",
+        std::process::id(),
+        scenario.name
     ));
-    let agent_task = tokio::spawn(agent.run(notices_rx, shutdown.clone()));
+    let write_uptime = |seconds: u64| {
+        std::fs::write(&uptime_file, format!("{seconds}.00 1.00\n")).map_err(|e| {
+            ScenarioError::Simulator {
+                what: "uptime file",
+                detail: e.to_string(),
+            }
+        })
+    };
+    write_uptime(100_000)?;
+    let sims = Sims {
+        imds: &imds,
+        asg: &asg,
+        kube: &kube,
+        uptime_file: uptime_file.to_string_lossy().into_owned(),
+    };
+    let agent = start_agent(scenario, &sims).await?;
 
-    let notice_time = "2026-11-24T08:22:00Z";
-    info!("[simulator] IMDS now serves a rebalance recommendation (noticeTime={notice_time})");
-    imds.set_rebalance(Some(notice_time));
+    match scenario.trigger {
+        Trigger::RebalanceRecommendation => {
+            let notice_time = "2026-11-24T08:22:00Z";
+            info!(
+                "[simulator] IMDS now serves a rebalance recommendation (noticeTime={notice_time})"
+            );
+            imds.set_rebalance(Some(notice_time));
+        }
+        Trigger::ScheduledRebootThenRestart => {
+            info!("[simulator] IMDS now serves a scheduled system-reboot (instance-event-0abc)");
+            imds.set_scheduled_events(scheduled_reboot("active"));
+        }
+        Trigger::AsgLifecycleTermination => {
+            info!("[simulator] IMDS now serves target-lifecycle-state Terminated");
+            imds.set_lifecycle_state(Some("Terminated"));
+        }
+    }
     if let Some(after) = scenario.interruption_after {
         tokio::time::sleep(after).await;
         info!("[simulator] IMDS now serves a spot interruption notice (action=terminate)");
@@ -384,18 +398,50 @@ pub async fn run_scenario(scenario: &Scenario) -> Result<Outcome, ScenarioError>
         info!("[simulator] PodDisruptionBudget default/web now allows 1 disruption");
         kube.set_pdb_max_unavailable("default", "web", 1);
     }
+    let finished = agent.finish(scenario).await;
 
-    let finished =
-        tokio::time::timeout(SCENARIO_DEADLINE, handled.wait_for(|count| *count >= 1)).await;
-    shutdown.cancel();
-    let _ = agent_task.await;
-    let _ = monitor_task.await;
-    if finished.is_err() {
-        return Err(ScenarioError::Stuck {
-            name: scenario.name,
-            seconds: SCENARIO_DEADLINE.as_secs(),
+    if finished.is_ok() && scenario.trigger == Trigger::ScheduledRebootThenRestart {
+        info!(
+            "[simulator] an hour later the instance has rebooted: the event is completed and the agent starts again"
+        );
+        let hour_ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .saturating_sub(3600);
+        kube.update_node(NODE, |node| {
+            node.metadata
+                .labels
+                .get_or_insert_with(Default::default)
+                .insert(ACTION_TIME_LABEL.to_string(), hour_ago.to_string());
         });
+        imds.set_scheduled_events(scheduled_reboot("completed"));
+        write_uptime(60)?;
+        let agent = start_agent(scenario, &sims).await?;
+        let uncordoned = async {
+            loop {
+                let cordoned = kube
+                    .node(NODE)
+                    .and_then(|n| n.spec)
+                    .and_then(|s| s.unschedulable)
+                    .unwrap_or(false);
+                if !cordoned {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let back = tokio::time::timeout(SCENARIO_DEADLINE, uncordoned).await;
+        agent.stop().await;
+        if back.is_err() {
+            let _ = std::fs::remove_file(&uptime_file);
+            return Err(ScenarioError::Stuck {
+                name: scenario.name,
+                seconds: SCENARIO_DEADLINE.as_secs(),
+            });
+        }
     }
+    let _ = std::fs::remove_file(&uptime_file);
+    finished?;
 
     let desired = |name: &str| asg.group(name).map(|g| g.desired).unwrap_or_default();
     let node = kube.node(NODE);
@@ -422,6 +468,129 @@ pub async fn run_scenario(scenario: &Scenario) -> Result<Outcome, ScenarioError>
             .iter()
             .filter(|request| request.method != "GET")
             .count(),
+    })
+}
+
+struct Sims<'a> {
+    imds: &'a ImdsSim,
+    asg: &'a AsgSim,
+    kube: &'a FakeKube,
+    uptime_file: String,
+}
+
+/// One agent process, in-process: its monitor and its agent as tasks.
+struct RunningAgent {
+    shutdown: CancellationToken,
+    handled: tokio::sync::watch::Receiver<u32>,
+    monitor: tokio::task::JoinHandle<Result<(), crate::monitor::MonitorError>>,
+    agent: tokio::task::JoinHandle<()>,
+}
+
+impl RunningAgent {
+    /// Waits until the first notice is handled, then stops the agent.
+    async fn finish(mut self, scenario: &Scenario) -> Result<(), ScenarioError> {
+        let finished = tokio::time::timeout(
+            SCENARIO_DEADLINE,
+            self.handled.wait_for(|count| *count >= 1),
+        )
+        .await
+        .map(|_| ());
+        self.stop().await;
+        match finished {
+            Ok(()) => Ok(()),
+            Err(_) => Err(ScenarioError::Stuck {
+                name: scenario.name,
+                seconds: SCENARIO_DEADLINE.as_secs(),
+            }),
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.agent.await;
+        let _ = self.monitor.await;
+    }
+}
+
+fn scheduled_reboot(state: &str) -> serde_json::Value {
+    serde_json::json!([{
+        "Code": "system-reboot",
+        "Description": "scheduled reboot",
+        "EventId": "instance-event-0abc",
+        "NotBefore": "24 Nov 2026 09:00:00 GMT",
+        "NotAfter": "24 Nov 2026 11:00:00 GMT",
+        "NotBeforeDeadline": "",
+        "State": state
+    }])
+}
+
+async fn start_agent(scenario: &Scenario, sims: &Sims<'_>) -> Result<RunningAgent, ScenarioError> {
+    let client = |what: &'static str| {
+        move |error: &dyn std::fmt::Display| ScenarioError::Client {
+            what,
+            detail: error.to_string(),
+        }
+    };
+    let imds_client = ImdsClient::new(&sims.imds.url(), 3).map_err(|e| client("IMDS")(&e))?;
+    let aws = AwsAutoScaling::for_endpoint(sims.asg.url(), "us-east-1", &AwsSettings::default());
+    let kube_client =
+        node::client_for_url(&sims.kube.url()).map_err(|e| client("Kubernetes")(&e))?;
+    let spot_guard_config = SpotGuardConfig {
+        spot_asg_name: SPOT_ASG.to_string(),
+        on_demand_asg_name: ON_DEMAND_ASG.to_string(),
+        scale_timeout: Duration::from_secs(5),
+        capacity_check_timeout: if scenario.interruption_after.is_some() {
+            Duration::from_secs(30)
+        } else {
+            CAPACITY_CHECK_TIMEOUT
+        },
+        check_interval: CHECK_INTERVAL,
+    };
+    let settings = AgentSettings {
+        node_name: NODE.to_string(),
+        dry_run: scenario.dry_run,
+        actions: ActionSettings {
+            spot_guard: true,
+            taint_node: scenario.interruption_after.is_some()
+                || scenario.trigger == Trigger::AsgLifecycleTermination,
+            taint_effect: TaintEffect::NoSchedule,
+            cordon_only: false,
+            enable_rebalance_draining: true,
+            exclude_from_load_balancers: false,
+            enable_out_of_service_taint: false,
+        },
+        drain: DrainSettings {
+            timeout: Duration::from_secs(20),
+            eviction_retry_interval: Duration::from_millis(500),
+            poll_interval: Duration::from_millis(200),
+            ..DrainSettings::default()
+        },
+        uptime_file: sims.uptime_file.clone(),
+    };
+    let spot_guard = SpotGuard::new(aws, spot_guard_config, scenario.dry_run);
+    spot_guard.check_setup().await;
+    let agent = Agent::new(settings, kube_client, Some(spot_guard));
+    let handled = agent.handled();
+    let shutdown = CancellationToken::new();
+    let (notices_tx, notices_rx) = mpsc::channel(16);
+    let monitor = tokio::spawn(monitor::run(
+        imds_client,
+        MonitorSettings {
+            interval: POLL_INTERVAL,
+            rebalance: true,
+            spot_interruption: true,
+            scheduled_events: true,
+            asg_lifecycle: true,
+        },
+        notices_tx,
+        shutdown.clone(),
+    ));
+    let agent = tokio::spawn(agent.run(notices_rx, shutdown.clone()));
+    Ok(RunningAgent {
+        shutdown,
+        handled,
+        monitor,
+        agent,
     })
 }
 
