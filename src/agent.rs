@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -74,6 +75,9 @@ pub struct Agent<A> {
     actions: NodeActions,
     spot_guard: Option<SpotGuard<A>>,
     reporter: Reporter,
+    /// Without Spot Guard: undo a rebalance cordon when the recommendation has left IMDS
+    /// and no interruption came within this window of it (NTH never undoes it).
+    rebalance_uncordon_window: Option<Duration>,
     /// How many notices have been fully handled, for callers that wait on the agent.
     handled: watch::Sender<u32>,
 }
@@ -100,6 +104,10 @@ struct Memory {
     /// A drain-now event (interruption, maintenance, termination) was acted on: the
     /// node is going away, so nothing is undone and rebalance flows are moot.
     draining_for: Option<String>,
+    /// The rebalance recommendation acted on in this run, and when it came.
+    rebalance_received: Option<(String, Instant)>,
+    /// A scheduled undo of a rebalance cordon, cancelled by any drain-now event.
+    pending_rebalance_undo: Option<CancellationToken>,
 }
 
 impl<A: AutoScaling + 'static> Agent<A> {
@@ -121,8 +129,14 @@ impl<A: AutoScaling + 'static> Agent<A> {
             actions,
             spot_guard,
             reporter: Reporter::default(),
+            rebalance_uncordon_window: None,
             handled: watch::Sender::new(0),
         }
+    }
+
+    pub fn with_rebalance_uncordon_window(mut self, window: Option<Duration>) -> Self {
+        self.rebalance_uncordon_window = window;
+        self
     }
 
     /// Reports notices and node actions (and Spot Guard's steps, through the
@@ -149,7 +163,7 @@ impl<A: AutoScaling + 'static> Agent<A> {
         agent.actions.uncordon_if_rebooted(&record).await;
         let mut memory = Memory {
             handled: record.handled_events.into_iter().collect(),
-            draining_for: None,
+            ..Memory::default()
         };
         let mut rebalance: Option<RebalanceTask> = None;
         loop {
@@ -169,7 +183,11 @@ impl<A: AutoScaling + 'static> Agent<A> {
             };
             let event_id = notice.event_id().to_string();
             if memory.handled.contains(&event_id)
-                && !matches!(notice, Notice::ScheduledEventEnded { .. })
+                && !matches!(
+                    notice,
+                    Notice::ScheduledEventEnded { .. }
+                        | Notice::RebalanceRecommendationCleared { .. }
+                )
             {
                 info!(%event_id, "Already acted on {event_id} before this agent restarted; not acting again");
                 continue;
@@ -196,6 +214,7 @@ impl<A: AutoScaling + 'static> Agent<A> {
                         async move { agent.handle_rebalance(&notice, &preempt).await }
                             .instrument(span)
                     });
+                    memory.rebalance_received = Some((event_id.clone(), Instant::now()));
                     rebalance = Some(RebalanceTask {
                         event_id,
                         preempt,
@@ -226,7 +245,15 @@ impl<A: AutoScaling + 'static> Agent<A> {
                         memory.handled.remove(&event_id);
                     }
                 }
+                Notice::RebalanceRecommendationCleared { .. } => {
+                    if let Some(undo) = agent.schedule_rebalance_undo(&event_id, &memory) {
+                        memory.pending_rebalance_undo = Some(undo);
+                    }
+                }
                 drain_now => {
+                    if let Some(undo) = memory.pending_rebalance_undo.take() {
+                        undo.cancel();
+                    }
                     if let Some(task) = rebalance.take().filter(RebalanceTask::running) {
                         warn!(%event_id, "{} preempts the rebalance flow of {}: the replacement may still be pending; draining now", describe(&drain_now), task.event_id);
                         task.preempt.cancel();
@@ -246,6 +273,47 @@ impl<A: AutoScaling + 'static> Agent<A> {
                 }
             }
         }
+    }
+
+    /// When the recommendation has left IMDS: the cordon is undone once the window
+    /// since the recommendation has passed without an interruption, if so configured.
+    fn schedule_rebalance_undo(
+        self: &Arc<Self>,
+        event_id: &str,
+        memory: &Memory,
+    ) -> Option<CancellationToken> {
+        let node = &self.settings.node_name;
+        if self.spot_guard.is_some() {
+            info!(%event_id, "The rebalance recommendation is gone; node {node} stays as Spot Guard left it (its replacement is already bought)");
+            return None;
+        }
+        let Some(window) = self.rebalance_uncordon_window else {
+            info!(%event_id, "The rebalance recommendation is gone; node {node} stays cordoned, as with NTH (REBALANCE_UNCORDON_WINDOW undoes it)");
+            return None;
+        };
+        if let Some(other) = &memory.draining_for {
+            info!(%event_id, "The rebalance recommendation is gone, but node {node} is draining for {other}");
+            return None;
+        }
+        let received = match &memory.rebalance_received {
+            Some((id, at)) if id == event_id => *at,
+            _ => return None,
+        };
+        let wait = window.saturating_sub(received.elapsed());
+        info!(%event_id, "The rebalance recommendation is gone; node {node} is uncordoned in {wait:?} unless an interruption comes first");
+        let cancel = CancellationToken::new();
+        let agent = Arc::clone(self);
+        let event = InterruptionEvent::rebalance_recommendation(event_id, "");
+        let token = cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = tokio::time::sleep(wait) => {
+                    agent.actions.undo(&event, "the rebalance recommendation passed without an interruption").await;
+                }
+            }
+        });
+        Some(cancel)
     }
 
     async fn handle_rebalance(&self, notice: &Notice, preempt: &CancellationToken) {
@@ -296,7 +364,9 @@ impl<A: AutoScaling + 'static> Agent<A> {
                 info!(%event_id, "Handling ASG lifecycle termination");
                 (ASG_LIFECYCLE_TAINT, "ASG lifecycle termination")
             }
-            Notice::RebalanceRecommendation { .. } | Notice::ScheduledEventEnded { .. } => return,
+            Notice::RebalanceRecommendation { .. }
+            | Notice::ScheduledEventEnded { .. }
+            | Notice::RebalanceRecommendationCleared { .. } => return,
         };
         let plan = flow::plan_drain_now(&self.settings.actions, taint_key, event_id);
         self.act(&plan, &event, reason).await;
@@ -314,7 +384,9 @@ fn describe(notice: &Notice) -> &'static str {
         Notice::SpotInterruption { .. } => "A spot interruption notice",
         Notice::ScheduledEvent { .. } => "A scheduled maintenance event",
         Notice::AsgLifecycleTermination { .. } => "An ASG lifecycle termination",
-        Notice::RebalanceRecommendation { .. } | Notice::ScheduledEventEnded { .. } => "A notice",
+        Notice::RebalanceRecommendation { .. }
+        | Notice::ScheduledEventEnded { .. }
+        | Notice::RebalanceRecommendationCleared { .. } => "A notice",
     }
 }
 
@@ -359,6 +431,9 @@ fn report_event(notice: &Notice) -> InterruptionEvent {
         }
         Notice::AsgLifecycleTermination { event_id } => {
             InterruptionEvent::asg_lifecycle(event_id, Some(Timestamp::now()))
+        }
+        Notice::RebalanceRecommendationCleared { event_id } => {
+            InterruptionEvent::rebalance_recommendation(event_id, "")
         }
     }
 }

@@ -221,6 +221,10 @@ pub struct Args {
     #[arg(long, env = "PROBES_SERVER_ENDPOINT", default_value = DEFAULT_PROBES_ENDPOINT)]
     pub probes_server_endpoint: String,
 
+    /// Without Spot Guard: seconds after a rebalance recommendation after which, if it has left IMDS and no interruption came, the node is uncordoned and untainted; 0 keeps NTH's behaviour (stay cordoned).
+    #[arg(long, env = "REBALANCE_UNCORDON_WINDOW", default_value_t = 0)]
+    pub rebalance_uncordon_window: u64,
+
     /// Deprecated NTH name of --pod-termination-grace-period; the newer name wins when both are set.
     #[arg(long, env = "GRACE_PERIOD", allow_negative_numbers = true)]
     pub grace_period: Option<i64>,
@@ -379,6 +383,8 @@ pub struct Config {
     /// Settings given that this agent accepts but does not apply; warned about at start-up.
     pub ignored_settings: Vec<String>,
     pub report: ReportSettings,
+    /// `None` keeps NTH's behaviour: a rebalance cordon is never undone.
+    pub rebalance_uncordon_window: Option<Duration>,
     pub prometheus_port: Option<u16>,
     pub probes: Option<ProbesServer>,
 }
@@ -573,6 +579,8 @@ impl TryFrom<Args> for Config {
                 pod_namespace: non_empty(args.pod_namespace.as_ref()),
                 ignored_settings,
                 report,
+                rebalance_uncordon_window: (args.rebalance_uncordon_window > 0)
+                    .then(|| Duration::from_secs(args.rebalance_uncordon_window)),
                 prometheus_port: args
                     .enable_prometheus_server
                     .then_some(args.prometheus_server_port),

@@ -47,6 +47,8 @@ pub enum Notice {
     ScheduledEventEnded { event_id: String, state: String },
     /// The ASG's target lifecycle state became `Terminated`.
     AsgLifecycleTermination { event_id: String },
+    /// A rebalance recommendation that was served is no longer served.
+    RebalanceRecommendationCleared { event_id: String },
 }
 
 impl Notice {
@@ -56,7 +58,8 @@ impl Notice {
             | Notice::SpotInterruption { event_id, .. }
             | Notice::ScheduledEvent { event_id, .. }
             | Notice::ScheduledEventEnded { event_id, .. }
-            | Notice::AsgLifecycleTermination { event_id } => event_id,
+            | Notice::AsgLifecycleTermination { event_id }
+            | Notice::RebalanceRecommendationCleared { event_id } => event_id,
         }
     }
 
@@ -64,6 +67,7 @@ impl Notice {
     pub fn dedupe_key(&self) -> String {
         match self {
             Notice::ScheduledEventEnded { event_id, state } => format!("{event_id}:{state}"),
+            Notice::RebalanceRecommendationCleared { event_id } => format!("{event_id}:cleared"),
             other => other.event_id().to_string(),
         }
     }
@@ -71,7 +75,8 @@ impl Notice {
     /// NTH's kind names, used in webhooks, events and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            Notice::RebalanceRecommendation { .. } => "REBALANCE_RECOMMENDATION",
+            Notice::RebalanceRecommendation { .. }
+            | Notice::RebalanceRecommendationCleared { .. } => "REBALANCE_RECOMMENDATION",
             Notice::SpotInterruption { .. } => "SPOT_ITN",
             Notice::ScheduledEvent { .. } | Notice::ScheduledEventEnded { .. } => "SCHEDULED_EVENT",
             Notice::AsgLifecycleTermination { .. } => "ASG_LIFECYCLE",
@@ -236,6 +241,7 @@ pub async fn run_with_liveness(
         "Watching IMDS for notices"
     );
     let mut sent: HashSet<String> = HashSet::new();
+    let mut served_rebalance: Option<String> = None;
     let mut failed_polls: u32 = 0;
     loop {
         let poll = tokio::select! {
@@ -248,7 +254,17 @@ pub async fn run_with_liveness(
         } else {
             0
         };
-        for notice in poll.notices {
+        let mut notices_now = poll.notices;
+        match poll.rebalance_served {
+            Some(Some(event_id)) => served_rebalance = Some(event_id),
+            Some(None) => {
+                if let Some(event_id) = served_rebalance.take() {
+                    notices_now.push(Notice::RebalanceRecommendationCleared { event_id });
+                }
+            }
+            None => {}
+        }
+        for notice in notices_now {
             let key = notice.dedupe_key();
             if sent.contains(&key) {
                 continue;
@@ -289,12 +305,15 @@ struct Poll {
     /// Most urgent first: a spot interruption before a rebalance recommendation.
     notices: Vec<Notice>,
     failed: bool,
+    /// The rebalance recommendation served now (`Some(None)`: none); `None` when not read.
+    rebalance_served: Option<Option<String>>,
 }
 
 async fn poll_once(imds: &ImdsClient, settings: &MonitorSettings) -> Poll {
     let mut poll = Poll {
         notices: Vec::new(),
         failed: false,
+        rebalance_served: None,
     };
     if settings.spot_interruption {
         match imds.spot_instance_action().await {
@@ -325,9 +344,11 @@ async fn poll_once(imds: &ImdsClient, settings: &MonitorSettings) -> Poll {
     }
     if settings.rebalance {
         match imds.rebalance_recommendation().await {
-            Ok(recommendation) => poll
-                .notices
-                .extend(recommendation.as_ref().map(Notice::rebalance)),
+            Ok(recommendation) => {
+                let notice = recommendation.as_ref().map(Notice::rebalance);
+                poll.rebalance_served = Some(notice.as_ref().map(|n| n.event_id().to_string()));
+                poll.notices.extend(notice);
+            }
             Err(error) => poll.record_failure(REBALANCE_RECOMMENDATION_PATH, &error),
         }
     }
@@ -371,6 +392,10 @@ fn log_new_notice(notice: &Notice) {
         Notice::ScheduledEventEnded { event_id, state } => {
             info!(event_id, "Scheduled event {event_id} is now {state}")
         }
+        Notice::RebalanceRecommendationCleared { event_id } => info!(
+            event_id,
+            "The rebalance recommendation is no longer served by IMDS"
+        ),
         Notice::AsgLifecycleTermination { event_id } => info!(
             event_id,
             "ASG target lifecycle state is Terminated: the instance is being terminated by its Auto Scaling group"

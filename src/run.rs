@@ -160,7 +160,8 @@ pub async fn run(config: Config) -> ExitCode {
         liveness,
     ));
     let agent = Agent::new(AgentSettings::from_config(&config), kube, spot_guard)
-        .with_reporter(reporter.clone());
+        .with_reporter(reporter.clone())
+        .with_rebalance_uncordon_window(config.rebalance_uncordon_window);
     let agent = tokio::spawn(agent.run(notices_rx, shutdown.clone()));
 
     wait_for_signal().await;

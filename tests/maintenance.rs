@@ -97,13 +97,22 @@ impl Running {
 }
 
 fn start(world: &World, actions: ActionSettings) -> Running {
+    start_with_window(world, actions, None)
+}
+
+fn start_with_window(
+    world: &World,
+    actions: ActionSettings,
+    rebalance_uncordon_window: Option<Duration>,
+) -> Running {
     let imds = ImdsClient::builder(&world.imds.url())
         .tries(2)
         .retry_base_delay(Duration::from_millis(10))
         .build()
         .expect("IMDS client");
     let kube = node::client_for_url(&world.kube.url()).expect("kube client");
-    let agent = Agent::<AwsAutoScaling>::new(settings(world, actions), kube, None);
+    let agent = Agent::<AwsAutoScaling>::new(settings(world, actions), kube, None)
+        .with_rebalance_uncordon_window(rebalance_uncordon_window);
     let handled = agent.handled();
     let shutdown = CancellationToken::new();
     let (tx, rx) = mpsc::channel(16);
@@ -371,4 +380,59 @@ async fn a_restarted_agent_does_not_act_twice_on_the_same_notice() {
         writes_before, writes_after,
         "no second taint, cordon or drain"
     );
+}
+
+const REBALANCE_TAINT: &str = "aws-node-termination-handler/rebalance-recommendation";
+
+#[tokio::test]
+async fn a_rebalance_that_passes_without_interruption_is_undone_when_asked() {
+    let world = world().await;
+    world.imds.set_rebalance(Some("2030-01-01T00:00:00Z"));
+    let mut running = start_with_window(&world, nth_actions(), Some(Duration::from_millis(400)));
+    running.wait_handled(1).await;
+    assert!(cordoned(&node(&world)));
+    assert_eq!(taints(&node(&world)), [REBALANCE_TAINT]);
+    assert!(workload_left(&world), "a rebalance alone only cordons");
+
+    world.imds.set_rebalance(None);
+    wait_until("the node is uncordoned", || !cordoned(&node(&world))).await;
+    wait_until("the rebalance taint is gone", || {
+        taints(&node(&world)).is_empty()
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn without_the_window_a_rebalance_cordon_stays_as_in_nth() {
+    let world = world().await;
+    world.imds.set_rebalance(Some("2030-01-01T00:00:00Z"));
+    let mut running = start(&world, nth_actions());
+    running.wait_handled(1).await;
+    world.imds.set_rebalance(None);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(cordoned(&node(&world)));
+    assert_eq!(taints(&node(&world)), [REBALANCE_TAINT]);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn an_interruption_within_the_window_keeps_the_node_cordoned_and_drains_it() {
+    let world = world().await;
+    world.imds.set_rebalance(Some("2030-01-01T00:00:00Z"));
+    let mut running = start_with_window(&world, nth_actions(), Some(Duration::from_secs(2)));
+    running.wait_handled(1).await;
+    world.imds.set_rebalance(None);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    world
+        .imds
+        .set_spot_action(Some(("terminate", "2030-01-01T00:02:00Z")));
+    running.wait_handled(2).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        cordoned(&node(&world)),
+        "the undo was cancelled by the interruption"
+    );
+    assert!(!workload_left(&world));
+    running.stop().await;
 }

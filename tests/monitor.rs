@@ -135,9 +135,17 @@ async fn reappearing_notice_is_not_resent_but_a_new_notice_time_is() {
     let first = running.next_notice().await;
 
     running.sim.set_rebalance(None);
+    assert_eq!(
+        running.next_notice().await,
+        Notice::RebalanceRecommendationCleared {
+            event_id: first.event_id().to_string()
+        },
+        "its disappearance is told once"
+    );
     running
         .wait_for_polls(REBALANCE_RECOMMENDATION_PATH, 3)
         .await;
+    running.assert_nothing_sent();
     running.sim.set_rebalance(Some(NOTICE_TIME));
     running
         .wait_for_polls(REBALANCE_RECOMMENDATION_PATH, 3)
