@@ -34,7 +34,7 @@ pub fn init(level: &str, json: bool) -> Result<(), LoggingError> {
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .try_init()
     } else {
         // kubectl logs is no terminal: colour codes there would be noise.

@@ -130,3 +130,39 @@ async fn scheduled_reboot_then_restart() {
 async fn asg_lifecycle_termination() {
     assert_ends_as_expected("asg-lifecycle-termination").await;
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_node_event_and_asg() {
+    let output = Command::new(env!("CARGO_BIN_EXE_spot-guard"))
+        .args(["simulate", "--scenario", "spot-success", "--json-logging"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("spot-guard simulate runs");
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let logs: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).expect("each log line is one JSON object"))
+        .collect();
+    let scaling = logs
+        .iter()
+        .find(|log| {
+            log["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Scaling ASG spot-asg"))
+        })
+        .expect("the scale-up is logged");
+    let fields: Vec<&serde_json::Value> = scaling["spans"]
+        .as_array()
+        .expect("the spans are listed")
+        .iter()
+        .collect();
+    for key in ["node", "event_id", "asg"] {
+        assert!(
+            fields.iter().any(|span| span.get(key).is_some()),
+            "{key} missing from {scaling}"
+        );
+    }
+    assert_eq!(scaling["level"], "INFO");
+}
