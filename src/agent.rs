@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::actions::NodeActions;
+use crate::actions::{ActionOutcome, NodeActions};
 use crate::asg::AutoScaling;
 use crate::config::Config;
 use crate::drain::{DrainSettings, PodRef};
@@ -320,8 +320,10 @@ impl<A: AutoScaling + 'static> Agent<A> {
         let node = &self.settings.node_name;
         let event = report_event(notice);
         self.reporter.notice_received(&event);
+        let mut replacement = None;
         if let Some(spot_guard) = &self.spot_guard {
-            match spot_guard.secure_replacement(preempt, &event).await {
+            let outcome = spot_guard.secure_replacement(preempt, &event).await;
+            match &outcome {
                 ReplacementOutcome::Preempted => return,
                 ReplacementOutcome::Spot => info!(
                     "Spot Guard complete: replacement is InService in the spot ASG; tainting, cordoning and draining node {node}"
@@ -336,11 +338,26 @@ impl<A: AutoScaling + 'static> Agent<A> {
                     info!("DRY RUN: Spot Guard complete; node actions follow as a dry run")
                 }
             }
+            replacement = Some((spot_guard, outcome));
         }
         let plan = flow::plan_rebalance(&self.settings.actions, notice.event_id());
+        let act = async {
+            let actions = self
+                .actions
+                .apply(&plan, &event, "rebalance recommendation")
+                .await;
+            // Before the event is recorded as handled, so a restart in between still gives back.
+            if let Some((spot_guard, outcome)) = &replacement {
+                spot_guard
+                    .after_node_actions(outcome, actions == ActionOutcome::Drained, &event)
+                    .await;
+            }
+            self.actions.record_handled(&event.event_id).await;
+            self.count_handled();
+        };
         tokio::select! {
             _ = preempt.cancelled() => info!("Rebalance node actions stopped: a drain-now event or shutdown took over"),
-            _ = self.act(&plan, &event, "rebalance recommendation") => {}
+            _ = act => {}
         }
     }
 

@@ -87,7 +87,7 @@ impl AsgError {
     }
 }
 
-/// The three calls Spot Guard makes by default; each is one IAM permission.
+/// The calls Spot Guard makes; each is one IAM permission.
 pub trait AutoScaling: Send + Sync {
     /// `DescribeAutoScalingGroups` for one group; [`AsgError::NotFound`] if AWS lists none.
     fn describe(&self, asg: &str) -> impl Future<Output = Result<AsgState, AsgError>> + Send;
@@ -105,4 +105,13 @@ pub trait AutoScaling: Send + Sync {
         &self,
         asg: &str,
     ) -> impl Future<Output = Result<Vec<ScalingActivity>, AsgError>> + Send;
+
+    /// `TerminateInstanceInAutoScalingGroup` for this exact instance; with `decrement`
+    /// the group shrinks instead of launching a replacement. Only called when
+    /// SPOT_GUARD_TERMINATE_AFTER_DRAIN is on, and so its own IAM permission.
+    fn terminate_instance(
+        &self,
+        instance_id: &str,
+        decrement: bool,
+    ) -> impl Future<Output = Result<(), AsgError>> + Send;
 }

@@ -172,6 +172,10 @@ impl AutoScaling for AwsAutoScaling {
             .map(to_scaling_activity)
             .collect())
     }
+
+    async fn terminate_instance(&self, instance_id: &str, decrement: bool) -> Result<(), AsgError> {
+        AwsAutoScaling::terminate_instance(self, instance_id, decrement).await
+    }
 }
 
 fn to_asg_state(group: &AutoScalingGroup) -> AsgState {

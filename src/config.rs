@@ -12,6 +12,7 @@ use crate::report::{
     DEFAULT_PROBES_ENDPOINT, DEFAULT_PROBES_PORT, DEFAULT_PROMETHEUS_PORT, DEFAULT_WEBHOOK_HEADERS,
     DEFAULT_WEBHOOK_TEMPLATE, ReportSettings, WebhookSettings,
 };
+use crate::spot_guard::FleetSettings;
 
 /// Go's `strconv.ParseBool`, which NTH uses for every boolean flag and env var, so an
 /// NTH configuration (`TRUE`, `1`, `f`, …) means the same here.
@@ -152,6 +153,23 @@ pub struct Args {
     /// Seconds between two checks of the ASG while waiting for InService.
     #[arg(long, env = "SPOT_GUARD_CHECK_INTERVAL", default_value_t = 10)]
     pub spot_guard_check_interval: u64,
+
+    /// Seconds a Lease on an ASG stays valid without renewal: how long an agent that died
+    /// holding it can keep the other nodes' agents from scaling that ASG.
+    #[arg(long, env = "SPOT_GUARD_LEASE_DURATION", default_value_t = 15)]
+    pub spot_guard_lease_duration: u64,
+
+    /// Instances bought per rebalance recommendation.
+    #[arg(long, env = "SPOT_GUARD_SCALE_COUNT", default_value_t = 1)]
+    pub spot_guard_scale_count: i32,
+
+    /// Seconds during which, after the spot ASG failed for lack of capacity, recommendations go straight to on-demand (0: off).
+    #[arg(long, env = "SPOT_GUARD_CAPACITY_COOL_OFF", default_value_t = 600)]
+    pub spot_guard_capacity_cool_off: u64,
+
+    /// After a complete drain, terminate this instance with ShouldDecrementDesiredCapacity (needs autoscaling:TerminateInstanceInAutoScalingGroup).
+    #[arg(long, env = "SPOT_GUARD_TERMINATE_AFTER_DRAIN", default_value = "false", value_parser = parse_go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub spot_guard_terminate_after_drain: bool,
 
     /// Attempts per AWS API call (SDK standard retry mode, with back-off on throttling).
     #[arg(long, env = "AWS_API_MAX_ATTEMPTS", default_value_t = 3)]
@@ -372,6 +390,8 @@ pub struct Config {
     pub log_level: String,
     pub json_logging: bool,
     pub spot_guard: Option<SpotGuardConfig>,
+    /// How the agents of all nodes share the ASGs; set when Spot Guard is enabled.
+    pub spot_guard_fleet: Option<FleetSettings>,
     pub aws_api_max_attempts: u32,
     pub enable_scheduled_event_draining: bool,
     pub enable_asg_lifecycle_draining: bool,
@@ -544,6 +564,11 @@ impl TryFrom<Args> for Config {
         } else {
             None
         };
+        let spot_guard_fleet = if args.enable_spot_guard {
+            fleet_settings(&args, &mut problems)
+        } else {
+            None
+        };
 
         match (node_name, taint_effect) {
             (Some(node_name), Some(taint_effect)) if problems.is_empty() => Ok(Config {
@@ -569,6 +594,7 @@ impl TryFrom<Args> for Config {
                 log_level: args.log_level.to_ascii_lowercase(),
                 json_logging: args.json_logging,
                 spot_guard,
+                spot_guard_fleet,
                 aws_api_max_attempts: args.aws_api_max_attempts,
                 enable_scheduled_event_draining: args.enable_scheduled_event_draining,
                 enable_asg_lifecycle_draining: args.enable_asg_lifecycle_draining,
@@ -672,6 +698,31 @@ fn spot_guard_config(args: &Args, problems: &mut Vec<String>) -> Option<SpotGuar
     })
 }
 
+fn fleet_settings(args: &Args, problems: &mut Vec<String>) -> Option<FleetSettings> {
+    let before = problems.len();
+    if args.spot_guard_lease_duration == 0 {
+        problems.push(
+            "SPOT_GUARD_LEASE_DURATION (--spot-guard-lease-duration) must be at least 1 second"
+                .to_string(),
+        );
+    }
+    if args.spot_guard_scale_count < 1 {
+        problems.push(format!(
+            "SPOT_GUARD_SCALE_COUNT (--spot-guard-scale-count) is {}: it must be at least 1",
+            args.spot_guard_scale_count
+        ));
+    }
+    (problems.len() == before).then(|| FleetSettings {
+        lease_namespace: non_empty(args.pod_namespace.as_ref())
+            .unwrap_or_else(|| "kube-system".to_string()),
+        lease_duration: Duration::from_secs(args.spot_guard_lease_duration),
+        scale_count: args.spot_guard_scale_count,
+        capacity_cool_off: Duration::from_secs(args.spot_guard_capacity_cool_off),
+        terminate_after_drain: args.spot_guard_terminate_after_drain,
+        ..FleetSettings::default()
+    })
+}
+
 impl fmt::Display for Config {
     /// The one start-up line that says what the agent will do. Webhook settings stay
     /// out of it, as in NTH: URLs and headers may carry secrets.
@@ -764,6 +815,21 @@ impl fmt::Display for Config {
                 ("spot_guard_check_interval", seconds(sg.check_interval)),
             ]);
         }
+        if let Some(fleet) = &self.spot_guard_fleet {
+            settings.extend([
+                ("spot_guard_lease_namespace", fleet.lease_namespace.clone()),
+                ("spot_guard_lease_duration", seconds(fleet.lease_duration)),
+                ("spot_guard_scale_count", fleet.scale_count.to_string()),
+                (
+                    "spot_guard_capacity_cool_off",
+                    seconds(fleet.capacity_cool_off),
+                ),
+                (
+                    "spot_guard_terminate_after_drain",
+                    fleet.terminate_after_drain.to_string(),
+                ),
+            ]);
+        }
         let line: Vec<String> = settings
             .into_iter()
             .map(|(name, value)| format!("{name}={value}"))
@@ -829,6 +895,44 @@ mod tests {
         assert!(message.contains("SPOT_ASG_NAME"), "{message}");
         assert!(message.contains("ON_DEMAND_ASG_NAME"), "{message}");
         assert!(message.contains("ENABLE_REBALANCE_MONITORING"), "{message}");
+    }
+
+    #[test]
+    fn fleet_flags_have_defaults_and_are_checked() {
+        let base = [
+            "--node-name=n1",
+            "--enable-spot-guard=true",
+            "--enable-rebalance-monitoring",
+            "--spot-asg-name=spot",
+            "--on-demand-asg-name=od",
+        ];
+        let fleet = parse(&base).unwrap().spot_guard_fleet.unwrap();
+        assert_eq!(fleet.lease_namespace, "kube-system");
+        assert_eq!(fleet.lease_duration, Duration::from_secs(15));
+        assert_eq!(fleet.scale_count, 1);
+        assert_eq!(fleet.capacity_cool_off, Duration::from_secs(600));
+        assert!(!fleet.terminate_after_drain);
+
+        let mut custom = base.to_vec();
+        custom.extend([
+            "--pod-namespace=spot-guard",
+            "--spot-guard-scale-count=2",
+            "--spot-guard-terminate-after-drain",
+        ]);
+        let fleet = parse(&custom).unwrap().spot_guard_fleet.unwrap();
+        assert_eq!(fleet.lease_namespace, "spot-guard");
+        assert_eq!(fleet.scale_count, 2);
+        assert!(fleet.terminate_after_drain);
+
+        let mut bad = base.to_vec();
+        bad.extend([
+            "--spot-guard-scale-count=0",
+            "--spot-guard-lease-duration=0",
+        ]);
+        let message = parse(&bad).unwrap_err();
+        assert!(message.contains("SPOT_GUARD_SCALE_COUNT"), "{message}");
+        assert!(message.contains("SPOT_GUARD_LEASE_DURATION"), "{message}");
+        assert_eq!(parse(&["--node-name=n1"]).unwrap().spot_guard_fleet, None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::imds::ImdsClient;
 use crate::monitor::{self, DEFAULT_POLL_INTERVAL, Liveness, MonitorSettings};
 use crate::node::{self, NodeClient, NodeError};
 use crate::report::{self, NodeMetadata, ProbeSettings, Reporter};
-use crate::spot_guard::SpotGuard;
+use crate::spot_guard::{Fleet, SpotGuard};
 
 /// IMDS answers within 2 s per try, and failed polls back off up to 8 intervals: a
 /// probe older than this means the loop is stuck, not just IMDS being slow.
@@ -81,6 +81,8 @@ pub async fn run(config: Config) -> ExitCode {
         ),
     }
 
+    let instance_id =
+        (!node_metadata.instance_id.is_empty()).then(|| node_metadata.instance_id.clone());
     let reporter = match Reporter::start(&config.report, node_metadata, Some(kube.clone())) {
         Ok(reporter) => reporter,
         Err(error) => {
@@ -137,8 +139,16 @@ pub async fn run(config: Config) -> ExitCode {
                 max_attempts: config.aws_api_max_attempts,
             })
             .await;
-            let spot_guard = SpotGuard::new(aws, spot_guard_config.clone(), config.dry_run)
+            let mut spot_guard = SpotGuard::new(aws, spot_guard_config.clone(), config.dry_run)
                 .with_reporter(reporter.clone());
+            if let Some(fleet) = &config.spot_guard_fleet {
+                spot_guard = spot_guard.with_fleet(Fleet::new(
+                    kube.clone(),
+                    &config.node_name,
+                    instance_id,
+                    fleet.clone(),
+                ));
+            }
             spot_guard.check_setup().await;
             Some(spot_guard)
         }

@@ -1,6 +1,12 @@
 //! The capacity workflow: scale the spot ASG by one, wait for the new instance to be
 //! InService, and fall back to the on-demand ASG when spot cannot deliver. Every
 //! decision is made by [`crate::flow`]; this module only talks to the ASG and the clock.
+//! With [`SpotGuard::with_fleet`] the workflow is safe for many agents at once and
+//! across restarts ([`fleet`]).
+
+mod fleet;
+
+pub use fleet::{Fleet, FleetSettings};
 
 use std::time::{Duration, SystemTime};
 
@@ -21,6 +27,7 @@ pub struct SpotGuard<A> {
     config: SpotGuardConfig,
     dry_run: bool,
     reporter: Reporter,
+    fleet: Option<Fleet>,
 }
 
 /// A spot interruption notice cut the wait short.
@@ -33,6 +40,29 @@ impl<A: AutoScaling> SpotGuard<A> {
             config,
             dry_run,
             reporter: Reporter::default(),
+            fleet: None,
+        }
+    }
+
+    /// Coordinates with the agents of the other nodes through Leases and records each
+    /// step on the Node: exactly one replacement per recommendation, across restarts.
+    pub fn with_fleet(mut self, fleet: Fleet) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    /// Called after the node actions of a rebalance recommendation: gives the drained
+    /// instance back when configured to (SPOT_GUARD_TERMINATE_AFTER_DRAIN).
+    pub async fn after_node_actions(
+        &self,
+        outcome: &ReplacementOutcome,
+        drained: bool,
+        event: &InterruptionEvent,
+    ) {
+        if let Some(fleet) = &self.fleet
+            && !self.dry_run
+        {
+            self.fleet_give_back(fleet, outcome, drained, event).await;
         }
     }
 
@@ -104,6 +134,9 @@ impl<A: AutoScaling> SpotGuard<A> {
                 }
             }
             return ReplacementOutcome::DryRun;
+        }
+        if let Some(fleet) = &self.fleet {
+            return self.fleet_replacement(fleet, preempt, event).await;
         }
 
         let spot_name = self.config.spot_asg_name.clone();

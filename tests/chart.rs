@@ -12,11 +12,12 @@ use std::time::Duration;
 use clap::CommandFactory;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Container, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use spot_guard::drain::{self, DrainSettings};
+use spot_guard::lease::{LeaseSettings, Leases};
 use spot_guard::node::{NodeClient, TaintEffect, client_for_url};
 use spot_guard::report::{KubeEvents, NodeMetadata, ReasonedEvent, reason};
 use spot_guard::sim::kube::{FakeKube, FakePod, RequestRecord, Termination};
@@ -110,6 +111,8 @@ fn validate_all(objects: &[Value]) {
             "ServiceAccount" => drop(round_trip::<ServiceAccount>(object)),
             "ClusterRole" => drop(round_trip::<ClusterRole>(object)),
             "ClusterRoleBinding" => drop(round_trip::<ClusterRoleBinding>(object)),
+            "Role" => drop(round_trip::<Role>(object)),
+            "RoleBinding" => drop(round_trip::<RoleBinding>(object)),
             "Service" => drop(round_trip::<Service>(object)),
             // Prometheus Operator kinds have no k8s-openapi type: checked by hand below.
             "PodMonitor" | "ServiceMonitor" => {}
@@ -431,7 +434,7 @@ fn rbac_attributes(request: &RequestRecord) -> (String, String, String) {
 /// Exercises every Kubernetes call the agent has: each node action, drains with a
 /// PodDisruptionBudget refusal, an emptyDir pod, DaemonSet and mirror pods, and, when
 /// `events` is on, a Kubernetes event.
-async fn requests_of_every_flow(events: bool) -> Vec<RequestRecord> {
+async fn requests_of_every_flow(events: bool, leases: bool) -> Vec<RequestRecord> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     const NODE: &str = "ip-10-0-7-9.ec2.internal";
     let fake = FakeKube::start().await.expect("start the fake API server");
@@ -475,6 +478,35 @@ async fn requests_of_every_flow(events: bool) -> Vec<RequestRecord> {
         drain::drain(&client, NODE, &settings, false)
             .await
             .expect("drain");
+        if leases {
+            // Spot Guard's turn-taking on an ASG: take (create), release, take again
+            // (replace), note a capacity failure on it.
+            let leases = Leases::new(
+                client.clone(),
+                LeaseSettings {
+                    namespace: "spot-guard".to_owned(),
+                    holder: NODE.to_owned(),
+                    duration: Duration::from_secs(15),
+                    retry_interval: Duration::from_millis(50),
+                },
+            );
+            leases
+                .acquire("spot-guard-asg")
+                .await
+                .expect("lease")
+                .release()
+                .await;
+            leases
+                .acquire("spot-guard-asg")
+                .await
+                .expect("lease again")
+                .release()
+                .await;
+            leases
+                .annotate("spot-guard-asg", &[("example/a", Some("1"))])
+                .await
+                .expect("annotate lease");
+        }
         if events {
             let metadata = NodeMetadata {
                 node_name: NODE.to_owned(),
@@ -505,10 +537,10 @@ async fn requests_of_every_flow(events: bool) -> Vec<RequestRecord> {
     requests
 }
 
-/// The (apiGroup, resource, verb) triples the rendered ClusterRole grants.
-fn granted(role: &ClusterRole) -> BTreeSet<(String, String, String)> {
+/// The (apiGroup, resource, verb) triples a role's rules grant.
+fn granted(rules: &[PolicyRule]) -> BTreeSet<(String, String, String)> {
     let mut grants = BTreeSet::new();
-    for rule in role.rules.iter().flatten() {
+    for rule in rules {
         assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
         for group in rule.api_groups.iter().flatten() {
             for resource in rule.resources.iter().flatten() {
@@ -525,8 +557,8 @@ fn granted(role: &ClusterRole) -> BTreeSet<(String, String, String)> {
     grants
 }
 
-async fn assert_role_matches_code(values: &'static str, events: bool) {
-    let used: BTreeSet<(String, String, String)> = requests_of_every_flow(events)
+async fn assert_role_matches_code(values: &'static str, events: bool, leases: bool) {
+    let used: BTreeSet<(String, String, String)> = requests_of_every_flow(events, leases)
         .await
         .iter()
         .map(rbac_attributes)
@@ -535,7 +567,22 @@ async fn assert_role_matches_code(values: &'static str, events: bool) {
         .await
         .expect("render");
     let role: ClusterRole = round_trip(only(&objects, "ClusterRole"));
-    let grants = granted(&role);
+    let mut grants = granted(role.rules.as_deref().unwrap_or_default());
+    let lease_roles: Vec<&Value> = objects.iter().filter(|o| kind(o) == "Role").collect();
+    assert_eq!(
+        lease_roles.len(),
+        usize::from(leases),
+        "a lease Role exactly with Spot Guard"
+    );
+    for object in lease_roles {
+        let lease_role: Role = round_trip(object);
+        let binding: RoleBinding = round_trip(only(&objects, "RoleBinding"));
+        assert_eq!(
+            binding.role_ref.name,
+            lease_role.metadata.name.clone().unwrap_or_default()
+        );
+        grants.extend(granted(lease_role.rules.as_deref().unwrap_or_default()));
+    }
 
     let missing: Vec<_> = used.difference(&grants).collect();
     assert!(
@@ -561,10 +608,10 @@ async fn assert_role_matches_code(values: &'static str, events: bool) {
 
 #[tokio::test]
 async fn cluster_role_grants_exactly_the_calls_the_code_makes() {
-    assert_role_matches_code(SPOT_GUARD_VALUES, false).await;
+    assert_role_matches_code(SPOT_GUARD_VALUES, false, true).await;
 }
 
 #[tokio::test]
 async fn cluster_role_with_events_grants_exactly_the_calls_the_code_makes() {
-    assert_role_matches_code(EVERYTHING_VALUES, true).await;
+    assert_role_matches_code(EVERYTHING_VALUES, true, true).await;
 }

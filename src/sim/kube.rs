@@ -5,12 +5,14 @@
 //! It serves: `GET`/`PATCH /api/v1/nodes/{name}` (merge patch with the `resourceVersion`
 //! precondition; strategic merge patch only for bodies without lists), pod lists (all
 //! namespaces or one, filtered by `spec.nodeName`), `GET` of one pod, `POST …/pods/{name}/eviction`
-//! (policy/v1, with a simplified PodDisruptionBudget check) and `POST …/events` (core/v1).
+//! (policy/v1, with a simplified PodDisruptionBudget check), `POST …/events` (core/v1) and
+//! `coordination.k8s.io/v1` Leases (`GET`, `POST`, `PUT`, merge `PATCH`, 409 on a stale
+//! `resourceVersion` or an existing name), which spot-guard's agents coordinate through.
 //! Every write bumps a cluster-wide `resourceVersion`. The handle injects faults and latency,
 //! records every request, every eviction (with the grace period it asked for) and every event.
 //!
 //! What it does NOT model, so tests do not lean on it:
-//! - no watch, no `PUT`, no JSON patch, no server-side apply, no dry-run query parameter;
+//! - no watch, no `PUT` except on Leases, no JSON patch, no server-side apply, no dry-run query parameter;
 //! - no authentication, RBAC, admission webhooks or validation beyond JSON shape;
 //! - no scheduler or controllers: an evicted pod is not rescheduled unless the test asked for
 //!   a StatefulSet-like recreation (same name, new uid, on a node the test picks);
@@ -24,6 +26,7 @@
 
 mod events;
 mod http;
+mod leases;
 mod nodes;
 mod pod;
 mod pods;
@@ -33,6 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node, NodeCondition, NodeSpec, NodeStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -103,6 +107,8 @@ struct Cluster {
     pdbs: Vec<Pdb>,
     evictions: Vec<EvictionRecord>,
     events: Vec<Event>,
+    /// By (namespace, name).
+    leases: BTreeMap<(String, String), Lease>,
     requests: Vec<RequestRecord>,
     faults: Vec<Fault>,
     latency: Duration,
@@ -199,6 +205,7 @@ impl FakeKube {
             pdbs: Vec::new(),
             evictions: Vec::new(),
             events: Vec::new(),
+            leases: BTreeMap::new(),
             requests: Vec::new(),
             faults: Vec::new(),
             latency: Duration::ZERO,
@@ -387,6 +394,18 @@ impl FakeKube {
 
     pub fn events(&self) -> Vec<Event> {
         self.cluster().events.clone()
+    }
+
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Lease> {
+        self.cluster()
+            .leases
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// Every Lease, ordered by namespace and name.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.cluster().leases.values().cloned().collect()
     }
 }
 

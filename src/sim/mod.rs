@@ -2,6 +2,7 @@
 //! `spot-guard simulate` and the integration tests both use them.
 
 pub mod asg;
+pub mod fleet;
 pub mod imds;
 pub mod kube;
 pub mod scenarios;

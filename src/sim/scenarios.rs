@@ -43,6 +43,10 @@ pub struct SimulateArgs {
     /// One JSON object per log line, as with JSON_LOGGING.
     #[arg(long)]
     pub json_logging: bool,
+    /// Instead of the scenarios: N agents on N nodes get a rebalance recommendation in
+    /// the same second and share one spot ASG (exactly N replacements expected).
+    #[arg(long, conflicts_with_all = ["scenario", "list"])]
+    pub nodes: Option<usize>,
 }
 
 /// How an ASG of the scenario behaves.
@@ -618,6 +622,9 @@ pub async fn run(args: SimulateArgs) -> ExitCode {
     if let Err(error) = crate::logging::init(&args.log_level, args.json_logging) {
         eprintln!("spot-guard simulate: {error}");
         return ExitCode::from(2);
+    }
+    if let Some(nodes) = args.nodes {
+        return crate::sim::fleet::run(nodes).await;
     }
 
     let mut failed = Vec::new();

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use super::{RequestRecord, Shared, events, lock, nodes, pods};
+use super::{RequestRecord, Shared, events, leases, lock, nodes, pods};
 
 pub(super) fn router(shared: Shared) -> Router {
     Router::new()
@@ -31,6 +31,16 @@ pub(super) fn router(shared: Shared) -> Router {
         .route(
             "/api/v1/namespaces/{ns}/events",
             post(events::create_event).get(events::list_events),
+        )
+        .route(
+            "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
+            post(leases::create_lease),
+        )
+        .route(
+            "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+            get(leases::get_lease)
+                .put(leases::replace_lease)
+                .patch(leases::patch_lease),
         )
         .fallback(unknown_path)
         .layer(middleware::from_fn_with_state(shared.clone(), front_door))

@@ -113,7 +113,7 @@ fn contains_array(value: &Value) -> bool {
 }
 
 /// RFC 7386 JSON merge patch.
-fn merge_patch(target: &mut Value, patch: &Value) {
+pub(super) fn merge_patch(target: &mut Value, patch: &Value) {
     let Value::Object(patch_map) = patch else {
         *target = patch.clone();
         return;

@@ -1,0 +1,405 @@
+//! Many spot nodes at once: one agent per node (each with its own clients, as in a
+//! DaemonSet) against one ASG simulator and one fake Kubernetes API, all getting a
+//! rebalance recommendation together. Used by `spot-guard simulate --nodes N` ([`run`])
+//! and by the fleet tests.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{Agent, AgentSettings};
+use crate::asg::AutoScaling;
+use crate::aws::{AwsAutoScaling, AwsSettings};
+use crate::config::SpotGuardConfig;
+use crate::drain::DrainSettings;
+use crate::flow::{ActionSettings, REBALANCE_TAINT};
+use crate::monitor::Notice;
+use crate::node::{self, TaintEffect};
+use crate::sim::asg::{AsgSim, AsgSimError, Behaviour, Call, GroupSpec};
+use crate::sim::kube::{FakeKube, FakePod};
+use crate::spot_guard::{Fleet, FleetSettings, SpotGuard};
+
+pub const SPOT_ASG: &str = "spot-asg";
+pub const ON_DEMAND_ASG: &str = "on-demand-asg";
+/// Where the agents' Leases live.
+pub const NAMESPACE: &str = "kube-system";
+/// The workload namespace: one pod per node, evicted by the drain.
+pub const WORKLOAD_NAMESPACE: &str = "default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("starting the ASG simulator: {0}")]
+    Asg(#[from] AsgSimError),
+    #[error("starting the fake Kubernetes API: {0}")]
+    Kube(#[source] std::io::Error),
+    #[error("building the Kubernetes client of agent {node}: {detail}")]
+    Client { node: String, detail: String },
+    #[error("the spot ASG has {instances} instances for {nodes} nodes")]
+    TooFewInstances { instances: usize, nodes: usize },
+}
+
+/// The world to build.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    pub nodes: usize,
+    /// Its desired capacity is raised to at least `nodes`: node i runs on instance i.
+    pub spot: GroupSpec,
+    pub on_demand: GroupSpec,
+    pub lease_duration: Duration,
+    pub lease_retry_interval: Duration,
+    pub check_interval: Duration,
+    pub capacity_check_timeout: Duration,
+    pub capacity_cool_off: Duration,
+    pub terminate_after_drain: bool,
+}
+
+impl FleetSpec {
+    /// `nodes` nodes, both ASGs healthy with room for all, short intervals.
+    pub fn new(nodes: usize) -> Self {
+        let size = i32::try_from(nodes).unwrap_or(i32::MAX);
+        FleetSpec {
+            nodes,
+            spot: GroupSpec {
+                min: 0,
+                max: size.saturating_mul(3),
+                desired: size,
+                behaviour: Behaviour::Healthy,
+                launch_delay: Duration::from_millis(300),
+                capacity_rebalance: false,
+            },
+            on_demand: GroupSpec {
+                min: 0,
+                max: size.saturating_mul(2),
+                desired: 0,
+                behaviour: Behaviour::Healthy,
+                launch_delay: Duration::from_millis(300),
+                capacity_rebalance: false,
+            },
+            lease_duration: Duration::from_secs(2),
+            lease_retry_interval: Duration::from_millis(20),
+            check_interval: Duration::from_millis(100),
+            capacity_check_timeout: Duration::from_secs(10),
+            capacity_cool_off: Duration::from_secs(600),
+            terminate_after_drain: false,
+        }
+    }
+}
+
+/// The simulators, with one node and one workload pod per agent.
+pub struct FleetWorld {
+    pub asg: AsgSim,
+    pub kube: FakeKube,
+    pub spec: FleetSpec,
+    instance_ids: Vec<String>,
+}
+
+/// An agent running on some runtime; kill it by shutting that runtime down, or stop it.
+pub struct RunningAgent {
+    pub node: String,
+    pub notices: mpsc::Sender<Notice>,
+    pub handled: watch::Receiver<u32>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl RunningAgent {
+    /// Waits (bounded) until the agent has finished `count` notices; false on timeout.
+    pub async fn wait_handled(&mut self, count: u32, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.handled.wait_for(|n| *n >= count))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// A rebalance recommendation as the monitor delivers it.
+pub fn recommendation(event_id: &str) -> Notice {
+    Notice::RebalanceRecommendation {
+        event_id: event_id.to_owned(),
+        notice_time: "2026-01-01T00:00:00Z".to_owned(),
+    }
+}
+
+pub fn node_name(index: usize) -> String {
+    format!("spot-node-{index:03}")
+}
+
+impl FleetWorld {
+    pub async fn start(spec: FleetSpec) -> Result<FleetWorld, FleetError> {
+        let asg = AsgSim::start().await?;
+        let size = i32::try_from(spec.nodes).unwrap_or(i32::MAX);
+        asg.add_group(
+            SPOT_ASG,
+            GroupSpec {
+                desired: spec.spot.desired.max(size),
+                ..spec.spot.clone()
+            },
+        );
+        asg.add_group(ON_DEMAND_ASG, spec.on_demand.clone());
+        let instance_ids = asg
+            .group(SPOT_ASG)
+            .map(|group| group.instance_ids)
+            .unwrap_or_default();
+        if instance_ids.len() < spec.nodes {
+            return Err(FleetError::TooFewInstances {
+                instances: instance_ids.len(),
+                nodes: spec.nodes,
+            });
+        }
+        let kube = FakeKube::start().await.map_err(FleetError::Kube)?;
+        for index in 0..spec.nodes {
+            let node = node_name(index);
+            kube.add_node(&node);
+            kube.add_pod(FakePod::new(
+                WORKLOAD_NAMESPACE,
+                &format!("app-{index:03}"),
+                &node,
+            ));
+        }
+        Ok(FleetWorld {
+            asg,
+            kube,
+            spec,
+            instance_ids,
+        })
+    }
+
+    /// The instance node `index` runs on.
+    pub fn instance_id(&self, index: usize) -> Option<&str> {
+        self.instance_ids.get(index).map(String::as_str)
+    }
+
+    /// A fresh SDK client for the simulator, as each agent pod has its own.
+    pub fn aws(&self) -> AwsAutoScaling {
+        AwsAutoScaling::for_endpoint(self.asg.url(), "us-east-1", &AwsSettings::default())
+    }
+
+    /// Starts the agent of node `index` on `runtime`, over `asg`.
+    pub fn start_agent<A: AutoScaling + 'static>(
+        &self,
+        index: usize,
+        asg: A,
+        runtime: &Handle,
+    ) -> Result<RunningAgent, FleetError> {
+        let node = node_name(index);
+        let kube = node::client_for_url(&self.kube.url()).map_err(|error| FleetError::Client {
+            node: node.clone(),
+            detail: error.to_string(),
+        })?;
+        let config = SpotGuardConfig {
+            spot_asg_name: SPOT_ASG.to_owned(),
+            on_demand_asg_name: ON_DEMAND_ASG.to_owned(),
+            scale_timeout: Duration::from_secs(60),
+            capacity_check_timeout: self.spec.capacity_check_timeout,
+            check_interval: self.spec.check_interval,
+        };
+        let fleet = Fleet::new(
+            kube.clone(),
+            &node,
+            self.instance_id(index).map(str::to_owned),
+            FleetSettings {
+                lease_namespace: NAMESPACE.to_owned(),
+                lease_duration: self.spec.lease_duration,
+                lease_retry_interval: self.spec.lease_retry_interval,
+                scale_count: 1,
+                capacity_cool_off: self.spec.capacity_cool_off,
+                terminate_after_drain: self.spec.terminate_after_drain,
+            },
+        );
+        let spot_guard = SpotGuard::new(asg, config, false).with_fleet(fleet);
+        let settings = AgentSettings {
+            node_name: node.clone(),
+            dry_run: false,
+            actions: ActionSettings {
+                spot_guard: true,
+                taint_node: false,
+                taint_effect: TaintEffect::NoSchedule,
+                cordon_only: false,
+                enable_rebalance_draining: true,
+                exclude_from_load_balancers: false,
+                enable_out_of_service_taint: false,
+            },
+            drain: DrainSettings {
+                timeout: Duration::from_secs(30),
+                eviction_retry_interval: Duration::from_millis(100),
+                poll_interval: Duration::from_millis(50),
+                ..DrainSettings::default()
+            },
+            uptime_file: "/proc/uptime".to_owned(),
+        };
+        let agent = Agent::new(settings, kube, Some(spot_guard));
+        let handled = agent.handled();
+        let shutdown = CancellationToken::new();
+        let (notices, notices_rx) = mpsc::channel(4);
+        let task = runtime.spawn(agent.run(notices_rx, shutdown.clone()));
+        Ok(RunningAgent {
+            node,
+            notices,
+            handled,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Whether node `index` is tainted, cordoned and has no workload pod left.
+    pub fn node_drained(&self, index: usize) -> bool {
+        let node = node_name(index);
+        let Some(stored) = self.kube.node(&node) else {
+            return false;
+        };
+        let spec = stored.spec.unwrap_or_default();
+        let tainted = spec
+            .taints
+            .unwrap_or_default()
+            .iter()
+            .any(|taint| taint.key == REBALANCE_TAINT);
+        tainted && spec.unschedulable == Some(true) && self.kube.pods_on_node(&node).is_empty()
+    }
+
+    pub fn summary(&self, spot_desired_before: i32, on_demand_desired_before: i32) -> FleetSummary {
+        let calls = self.asg.calls();
+        let desired = |name: &str| self.asg.group(name).map_or(0, |group| group.desired);
+        let mut per_action = BTreeMap::new();
+        for call in &calls {
+            *per_action.entry(call.action.clone()).or_insert(0) += 1;
+        }
+        FleetSummary {
+            nodes: self.spec.nodes,
+            spot_desired: (spot_desired_before, desired(SPOT_ASG)),
+            on_demand_desired: (on_demand_desired_before, desired(ON_DEMAND_ASG)),
+            scale_ups: calls
+                .iter()
+                .filter(|c| c.action == "SetDesiredCapacity" && c.error_code.is_none())
+                .count(),
+            lost_updates: lost_updates(&calls, 1),
+            drained: (0..self.spec.nodes)
+                .filter(|i| self.node_drained(*i))
+                .count(),
+            calls: calls.len(),
+            per_action,
+        }
+    }
+}
+
+/// Successful SetDesiredCapacity calls that did not raise desired by exactly `step`:
+/// the trace of a read-modify-write that raced another.
+pub fn lost_updates(calls: &[Call], step: i32) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|call| call.action == "SetDesiredCapacity" && call.error_code.is_none())
+        .filter(|call| match (call.desired_before, call.desired_after) {
+            (Some(before), Some(after)) => after != before + step,
+            _ => true,
+        })
+        .map(|call| {
+            format!(
+                "SetDesiredCapacity on {}: {:?} -> {:?}",
+                call.group.as_deref().unwrap_or("?"),
+                call.desired_before,
+                call.desired_after
+            )
+        })
+        .collect()
+}
+
+/// What a fleet run did, for `simulate` and test messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSummary {
+    pub nodes: usize,
+    pub spot_desired: (i32, i32),
+    pub on_demand_desired: (i32, i32),
+    pub scale_ups: usize,
+    pub lost_updates: Vec<String>,
+    pub drained: usize,
+    pub calls: usize,
+    pub per_action: BTreeMap<String, usize>,
+}
+
+impl fmt::Display for FleetSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nodes = self.nodes.max(1);
+        writeln!(f, "nodes with a rebalance recommendation: {}", self.nodes)?;
+        writeln!(
+            f,
+            "spot ASG desired: {} -> {}; on-demand ASG desired: {} -> {}",
+            self.spot_desired.0,
+            self.spot_desired.1,
+            self.on_demand_desired.0,
+            self.on_demand_desired.1
+        )?;
+        writeln!(
+            f,
+            "SetDesiredCapacity calls: {}; lost updates: {}",
+            self.scale_ups,
+            self.lost_updates.len()
+        )?;
+        writeln!(f, "nodes drained: {}", self.drained)?;
+        write!(
+            f,
+            "ASG API calls: {} ({:.1} per node:",
+            self.calls,
+            self.calls as f64 / nodes as f64
+        )?;
+        for (action, count) in &self.per_action {
+            write!(f, " {action} {:.1}", *count as f64 / nodes as f64)?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// `spot-guard simulate --nodes N`: N agents get a recommendation in the same second;
+/// prints what happened and fails unless desired grew by exactly N with every node drained.
+pub async fn run(nodes: usize) -> ExitCode {
+    match simulate(nodes).await {
+        Ok(summary) => {
+            println!("{summary}");
+            let grown = (summary.spot_desired.1 - summary.spot_desired.0)
+                + (summary.on_demand_desired.1 - summary.on_demand_desired.0);
+            let expected = i32::try_from(nodes).unwrap_or(i32::MAX);
+            if grown == expected && summary.lost_updates.is_empty() && summary.drained == nodes {
+                println!("PASS: exactly one replacement per node, no lost update");
+                ExitCode::SUCCESS
+            } else {
+                println!(
+                    "FAIL: expected +{expected} capacity, no lost update and {nodes} drained nodes"
+                );
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("spot-guard simulate: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn simulate(nodes: usize) -> Result<FleetSummary, FleetError> {
+    let world = FleetWorld::start(FleetSpec::new(nodes)).await?;
+    let spot_before = world.asg.group(SPOT_ASG).map_or(0, |g| g.desired);
+    let on_demand_before = world.asg.group(ON_DEMAND_ASG).map_or(0, |g| g.desired);
+    let mut agents = Vec::with_capacity(nodes);
+    for index in 0..nodes {
+        agents.push(world.start_agent(index, world.aws(), &Handle::current())?);
+    }
+    for (index, agent) in agents.iter().enumerate() {
+        // A closed channel means the agent stopped; the summary then shows it undrained.
+        let _ = agent
+            .notices
+            .send(recommendation(&format!(
+                "rebalance-recommendation-{index:03}"
+            )))
+            .await;
+    }
+    for agent in &mut agents {
+        agent.wait_handled(1, Duration::from_secs(120)).await;
+    }
+    for agent in &agents {
+        agent.shutdown.cancel();
+    }
+    Ok(world.summary(spot_before, on_demand_before))
+}

@@ -1,0 +1,344 @@
+//! Kubernetes API faults against the fake API server: 5xx on node reads and writes,
+//! conflicts that never stop, errors while listing pods, connections cut mid-drain, a node
+//! that does not exist when a notice comes. Each test asserts what the node and its pods end
+//! like, and that nothing hangs or panics.
+//! (409 retried once, a missing node on a direct write, PDB 429s until the deadline,
+//! eviction 5xx, pods that never terminate: tests/node_actions.rs and tests/drain.rs.)
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use spot_guard::agent::{Agent, AgentSettings};
+use spot_guard::aws::AwsAutoScaling;
+use spot_guard::drain::{DrainSettings, drain};
+use spot_guard::flow::{ActionSettings, SPOT_ITN_TAINT};
+use spot_guard::monitor::Notice;
+use spot_guard::node::{self, NodeClient, TaintEffect};
+use spot_guard::sim::kube::{EvictionOutcome, FakeKube, FakePod};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const NODE: &str = "ip-10-0-4-4.ec2.internal";
+const BOUND: Duration = Duration::from_secs(30);
+
+async fn fake() -> FakeKube {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let fake = FakeKube::start().await.expect("fake Kubernetes API");
+    fake.add_node(NODE);
+    fake
+}
+
+fn node_path() -> String {
+    format!("/api/v1/nodes/{NODE}")
+}
+
+fn taint_keys(fake: &FakeKube) -> Vec<String> {
+    fake.node(NODE)
+        .and_then(|n| n.spec)
+        .and_then(|s| s.taints)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.key)
+        .collect()
+}
+
+fn cordoned(fake: &FakeKube) -> bool {
+    fake.node(NODE)
+        .and_then(|n| n.spec)
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+async fn bounded<T>(step: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(BOUND, step)
+        .await
+        .expect("finished within the bound")
+}
+
+fn fast_drain(timeout: Duration) -> DrainSettings {
+    DrainSettings {
+        timeout,
+        eviction_retry_interval: Duration::from_millis(50),
+        poll_interval: Duration::from_millis(20),
+        ..DrainSettings::default()
+    }
+}
+
+#[tokio::test]
+async fn server_errors_on_the_node_write_are_retried() {
+    for status in [500, 503, 504] {
+        let fake = fake().await;
+        fake.fail_next("PATCH", &node_path(), 2, status);
+        let node = NodeClient::new(
+            node::client_for_url(&fake.url()).expect("client"),
+            NODE,
+            false,
+        );
+
+        let tainted = bounded(node.taint(SPOT_ITN_TAINT, "id", TaintEffect::NoSchedule)).await;
+
+        assert!(matches!(tainted, Ok(true)), "{status}: {tainted:?}");
+        assert_eq!(taint_keys(&fake), [SPOT_ITN_TAINT], "{status}");
+    }
+}
+
+#[tokio::test]
+#[ignore = "bug: NodeClient::write does not retry a transient error (5xx) on the node read that precedes every write, so one 500 loses the taint/cordon"]
+async fn a_server_error_on_the_node_read_before_a_write_is_retried() {
+    let fake = fake().await;
+    fake.fail_next("GET", &node_path(), 1, 503);
+    let node = NodeClient::new(
+        node::client_for_url(&fake.url()).expect("client"),
+        NODE,
+        false,
+    );
+
+    let tainted = bounded(node.taint(SPOT_ITN_TAINT, "id", TaintEffect::NoSchedule)).await;
+
+    assert!(matches!(tainted, Ok(true)), "{tainted:?}");
+    assert_eq!(taint_keys(&fake), [SPOT_ITN_TAINT]);
+}
+
+#[tokio::test]
+async fn conflicts_that_never_stop_end_in_an_error_naming_the_node() {
+    let fake = fake().await;
+    fake.fail_next("PATCH", &node_path(), 1000, 409);
+    let node = NodeClient::new(
+        node::client_for_url(&fake.url()).expect("client"),
+        NODE,
+        false,
+    );
+
+    let tainted = bounded(node.taint(SPOT_ITN_TAINT, "id", TaintEffect::NoSchedule)).await;
+
+    let error = tainted
+        .expect_err("a write that always conflicts fails")
+        .to_string();
+    assert!(error.contains(NODE), "{error}");
+    assert!(taint_keys(&fake).is_empty());
+    let patches = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .count();
+    assert!(
+        (2..=10).contains(&patches),
+        "bounded retries, got {patches}"
+    );
+}
+
+#[tokio::test]
+async fn errors_listing_the_pods_are_retried_and_the_drain_completes() {
+    let fake = fake().await;
+    for i in 0..3 {
+        fake.add_pod(FakePod::new("default", &format!("web-{i}"), NODE));
+    }
+    fake.fail_next("GET", "/api/v1/pods", 3, 503);
+    let client = node::client_for_url(&fake.url()).expect("client");
+
+    let report = bounded(drain(
+        &client,
+        NODE,
+        &fast_drain(Duration::from_secs(10)),
+        false,
+    ))
+    .await
+    .expect("the drain runs");
+
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.evicted.len(), 3);
+    assert!(fake.pods_on_node(NODE).is_empty());
+}
+
+#[tokio::test]
+async fn a_pod_list_that_keeps_failing_ends_the_drain_at_its_deadline_with_an_error() {
+    let fake = fake().await;
+    fake.add_pod(FakePod::new("default", "web-0", NODE));
+    fake.fail_next("GET", "/api/v1/pods", 10_000, 500);
+    let client = node::client_for_url(&fake.url()).expect("client");
+
+    let outcome = bounded(drain(
+        &client,
+        NODE,
+        &fast_drain(Duration::from_secs(1)),
+        false,
+    ))
+    .await;
+
+    let error = outcome.expect_err("no list, no drain").to_string();
+    assert!(error.contains(NODE), "{error}");
+    assert_eq!(fake.pods_on_node(NODE).len(), 1);
+}
+
+// --- Connections cut mid-drain ----------------------------------------------------------------
+
+/// A TCP relay in front of the fake API that can cut every open connection and refuse new
+/// ones for a while, as a restarting API server or a flapping network does.
+struct Relay {
+    url: String,
+    refusing: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: String) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("relay port");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let refusing = Arc::new(AtomicBool::new(false));
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accept = tokio::spawn({
+            let refusing = refusing.clone();
+            let connections = connections.clone();
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if refusing.load(Ordering::SeqCst) {
+                        continue; // dropped: the client sees the connection closed
+                    }
+                    let upstream = upstream.clone();
+                    let relay = tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    connections
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(relay);
+                }
+            }
+        });
+        Relay {
+            url,
+            refusing,
+            connections,
+            accept,
+        }
+    }
+
+    fn cut(&self, refuse_new: bool) {
+        self.refusing.store(refuse_new, Ordering::SeqCst);
+        for connection in self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            connection.abort();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut(true);
+        self.accept.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_cut_mid_drain_are_survived_and_every_pod_goes() {
+    let fake = fake().await;
+    for i in 0..40 {
+        fake.add_pod(FakePod::new("default", &format!("web-{i:02}"), NODE));
+    }
+    fake.set_latency(Duration::from_millis(20));
+    let relay = Relay::start(fake.url().trim_start_matches("http://").to_owned()).await;
+    let client = node::client_for_url(&relay.url).expect("client");
+    let settings = DrainSettings {
+        max_concurrent_evictions: 4,
+        ..fast_drain(Duration::from_secs(20))
+    };
+    let drain_task = tokio::spawn(async move { drain(&client, NODE, &settings, false).await });
+
+    bounded(async {
+        while fake.evictions().len() < 5 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    relay.cut(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.cut(false);
+    let report = bounded(drain_task)
+        .await
+        .expect("the drain did not panic")
+        .expect("the drain runs");
+
+    assert!(report.is_complete(), "{report:?}");
+    assert!(fake.pods_on_node(NODE).is_empty());
+    let allowed = fake
+        .evictions()
+        .iter()
+        .filter(|e| e.outcome == EvictionOutcome::Allowed)
+        .count();
+    assert!(allowed >= 40, "every pod evicted: {allowed}");
+}
+
+// --- Through the agent ----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_missing_when_a_notice_comes_is_reported_and_the_agent_goes_on() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let fake = FakeKube::start().await.expect("fake Kubernetes API");
+    // No node by that name; a pod still claims it (the node object was deleted first).
+    fake.add_pod(FakePod::new("default", "web-0", NODE));
+    let settings = AgentSettings {
+        node_name: NODE.into(),
+        dry_run: false,
+        actions: ActionSettings {
+            spot_guard: false,
+            taint_node: true,
+            taint_effect: TaintEffect::NoSchedule,
+            cordon_only: false,
+            enable_rebalance_draining: false,
+            exclude_from_load_balancers: false,
+            enable_out_of_service_taint: false,
+        },
+        drain: fast_drain(Duration::from_secs(5)),
+        uptime_file: "/proc/uptime".into(),
+    };
+    let agent = Agent::<AwsAutoScaling>::new(
+        settings,
+        node::client_for_url(&fake.url()).expect("client"),
+        None,
+    );
+    let mut handled = agent.handled();
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = mpsc::channel(4);
+    let running = tokio::spawn(agent.run(rx, shutdown.clone()));
+
+    tx.send(Notice::SpotInterruption {
+        event_id: "spot-itn-1".into(),
+        action: "terminate".into(),
+        time: "2026-11-24T10:02:00Z".into(),
+    })
+    .await
+    .expect("agent listens");
+    bounded(handled.wait_for(|n| *n >= 1))
+        .await
+        .expect("agent alive");
+
+    // The node appears (e.g. NODE_NAME fixed by a rollout) and the next notice is acted on.
+    fake.add_node(NODE);
+    tx.send(Notice::SpotInterruption {
+        event_id: "spot-itn-2".into(),
+        action: "terminate".into(),
+        time: "2026-11-24T10:04:00Z".into(),
+    })
+    .await
+    .expect("agent still listens");
+    bounded(handled.wait_for(|n| *n >= 2))
+        .await
+        .expect("agent alive");
+
+    assert_eq!(taint_keys(&fake), [SPOT_ITN_TAINT]);
+    assert!(cordoned(&fake));
+    assert!(!running.is_finished(), "the agent stopped");
+    shutdown.cancel();
+    bounded(running).await.expect("agent did not panic");
+}
