@@ -342,18 +342,14 @@ impl<A: AutoScaling + 'static> Agent<A> {
         }
         let plan = flow::plan_rebalance(&self.settings.actions, notice.event_id());
         let act = async {
-            let actions = self
-                .actions
-                .apply(&plan, &event, "rebalance recommendation")
-                .await;
+            let actions = self.act(&plan, &event, "rebalance recommendation").await;
             // Before the event is recorded as handled, so a restart in between still gives back.
             if let Some((spot_guard, outcome)) = &replacement {
                 spot_guard
                     .after_node_actions(outcome, actions == ActionOutcome::Drained, &event)
                     .await;
             }
-            self.actions.record_handled(&event.event_id).await;
-            self.count_handled();
+            self.done(&event).await;
         };
         tokio::select! {
             _ = preempt.cancelled() => info!("Rebalance node actions stopped: a drain-now event or shutdown took over"),
@@ -387,10 +383,20 @@ impl<A: AutoScaling + 'static> Agent<A> {
         };
         let plan = flow::plan_drain_now(&self.settings.actions, taint_key, event_id);
         self.act(&plan, &event, reason).await;
+        self.done(&event).await;
     }
 
-    async fn act(&self, plan: &NodeActionPlan, event: &InterruptionEvent, reason: &str) {
-        self.actions.apply(plan, event, reason).await;
+    async fn act(
+        &self,
+        plan: &NodeActionPlan,
+        event: &InterruptionEvent,
+        reason: &str,
+    ) -> ActionOutcome {
+        self.actions.apply(plan, event, reason).await
+    }
+
+    /// Records the event as handled on the Node (a restart will not redo it) and counts it.
+    async fn done(&self, event: &InterruptionEvent) {
         self.actions.record_handled(&event.event_id).await;
         self.count_handled();
     }
