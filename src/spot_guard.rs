@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::asg::{AsgState, AutoScaling};
+use crate::asg::{AsgState, AutoScaling, ScalingActivity};
 use crate::config::SpotGuardConfig;
 use crate::flow::{
     self, AttemptOutcome, CapacityFailure, CapacityWatch, ReplacementOutcome, ScalePlan,
@@ -284,16 +284,7 @@ impl<A: AutoScaling> SpotGuard<A> {
                     watch.baseline_in_service
                 }
             };
-            let activities = self
-                .asg
-                .scaling_activities(name)
-                .await
-                .unwrap_or_else(|error| {
-                    warn!(
-                        "Reading scaling activities of ASG {name} failed, will check again: {error}"
-                    );
-                    Vec::new()
-                });
+            let activities = self.activities_while_waiting(name).await;
             match flow::judge_capacity(&watch, in_service, &activities, started.elapsed()) {
                 WatchVerdict::Waiting => info!(
                     "ASG {name}: {in_service} InService, waiting for {} ({:.1}s elapsed)",
@@ -315,6 +306,18 @@ impl<A: AutoScaling> SpotGuard<A> {
                 }
             }
         }
+    }
+
+    /// The ASG's scaling activities during a wait; a failed read counts as none, and
+    /// the next check reads again.
+    async fn activities_while_waiting(&self, name: &str) -> Vec<ScalingActivity> {
+        self.asg
+            .scaling_activities(name)
+            .await
+            .unwrap_or_else(|error| {
+                warn!("Reading scaling activities of ASG {name} failed, will check again: {error}");
+                Vec::new()
+            })
     }
 
     /// Reads the ASG, checks MaxSize and sends SetDesiredCapacity(desired + 1).

@@ -469,16 +469,7 @@ impl<A: AutoScaling> SpotGuard<A> {
                     continue;
                 }
             };
-            let activities = self
-                .asg
-                .scaling_activities(name)
-                .await
-                .unwrap_or_else(|error| {
-                    warn!(
-                        "Reading scaling activities of ASG {name} failed, will check again: {error}"
-                    );
-                    Vec::new()
-                });
+            let activities = self.activities_while_waiting(name).await;
             match fleet_flow::judge(scaled, timeout, &state, &activities, SystemTime::now()) {
                 WatchVerdict::Waiting => info!(
                     "ASG {name}: {} of {} new instance(s) InService ({:.1}s since the request)",
