@@ -327,7 +327,22 @@ impl NodeClient {
     ) -> Result<bool, NodeError> {
         let mut attempt = 1;
         loop {
-            let node = self.get().await?;
+            let node = match self.get().await {
+                Ok(node) => node,
+                // The read before every write is retried like the write itself.
+                Err(NodeError::Api { source, .. })
+                    if attempt < WRITE_ATTEMPTS && is_transient(&source) =>
+                {
+                    warn!(
+                        attempt,
+                        "Retrying to {what}: reading the node failed: {source}"
+                    );
+                    attempt += 1;
+                    tokio::time::sleep(WRITE_RETRY_INTERVAL).await;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             let Some(patch) = patch_for(&node) else {
                 debug!("Nothing to do to {what}: already done");
                 return Ok(false);

@@ -4,8 +4,12 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+#[path = "support/process.rs"]
+mod process;
+
+use process::{node_taints, sigterm, wait_exit, wait_until, write_kubeconfig};
 use spot_guard::sim::asg::{AsgSim, Behaviour, GroupSpec};
 use spot_guard::sim::imds::ImdsSim;
 use spot_guard::sim::kube::{FakeKube, FakePod};
@@ -39,15 +43,6 @@ async fn sims(spot: Behaviour) -> Sims {
     Sims { imds, asg, kube }
 }
 
-fn write_kubeconfig(dir: &Path, server: &str) -> std::path::PathBuf {
-    let path = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n"
-    );
-    std::fs::write(&path, text).expect("kubeconfig written");
-    path
-}
-
 fn start_agent(sims: &Sims, dir: &Path, capacity_check_timeout: &str) -> Child {
     let kubeconfig = write_kubeconfig(dir, &sims.kube.url());
     let log = std::fs::File::create(dir.join("agent.log")).expect("log file");
@@ -78,46 +73,6 @@ fn start_agent(sims: &Sims, dir: &Path, capacity_check_timeout: &str) -> Child {
         .expect("agent starts")
 }
 
-async fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < limit, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
-async fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("agent did not exit within {limit:?} of SIGTERM");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn node_taints(kube: &FakeKube) -> Vec<String> {
-    kube.node(NODE)
-        .and_then(|n| n.spec)
-        .and_then(|s| s.taints)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|t| t.key)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_scales_taints_cordons_drains_and_stops_on_sigterm() {
     let sims = sims(Behaviour::Healthy).await;
@@ -142,7 +97,7 @@ async fn the_binary_scales_taints_cordons_drains_and_stops_on_sigterm() {
     assert_eq!(sims.asg.group("spot").unwrap().desired, 3);
     assert_eq!(sims.asg.group("on-demand").unwrap().desired, 2);
     assert_eq!(
-        node_taints(&sims.kube),
+        node_taints(&sims.kube, NODE),
         ["aws-node-termination-handler/rebalance-recommendation"]
     );
     let node = sims.kube.node(NODE).unwrap();
@@ -178,6 +133,6 @@ async fn sigterm_during_the_capacity_wait_stops_at_once_without_touching_the_nod
     let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains("abandoning the rebalance flow"), "{log}");
-    assert!(node_taints(&sims.kube).is_empty());
+    assert!(node_taints(&sims.kube, NODE).is_empty());
     assert_eq!(sims.asg.group("on-demand").unwrap().desired, 2);
 }

@@ -86,7 +86,6 @@ async fn server_errors_on_the_node_write_are_retried() {
 }
 
 #[tokio::test]
-#[ignore = "bug: NodeClient::write does not retry a transient error (5xx) on the node read that precedes every write, so one 500 loses the taint/cordon"]
 async fn a_server_error_on_the_node_read_before_a_write_is_retried() {
     let fake = fake().await;
     fake.fail_next("GET", &node_path(), 1, 503);

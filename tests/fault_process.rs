@@ -5,8 +5,12 @@
 //! (SIGTERM while idle and during the capacity wait: tests/agent_process.rs.)
 
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+#[path = "support/process.rs"]
+mod process;
+
+use process::{cordoned, node_taints, sigterm, wait_exit, wait_until, write_kubeconfig};
 use spot_guard::sim::asg::{AsgSim, Behaviour, Fault, GroupSpec};
 use spot_guard::sim::imds::ImdsSim;
 use spot_guard::sim::kube::{EvictionOutcome, FakeKube, FakePod};
@@ -54,15 +58,7 @@ async fn sims() -> Sims {
 /// The agent with NTH's defaults plus `env`; its log goes to `<dir>/<log>`.
 fn start_agent(sims: &Sims, log: &str, env: &[(&str, &str)]) -> Child {
     let dir = sims.dir.path();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n",
-            sims.kube.url()
-        ),
-    )
-    .expect("kubeconfig written");
+    let kubeconfig = write_kubeconfig(dir, &sims.kube.url());
     let log = std::fs::File::create(dir.join(log)).expect("log file");
     let mut command = Command::new(env!("CARGO_BIN_EXE_spot-guard"));
     command
@@ -101,57 +97,8 @@ fn read_log(sims: &Sims, log: &str) -> String {
     std::fs::read_to_string(sims.dir.path().join(log)).unwrap_or_default()
 }
 
-async fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < limit, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
-/// Waits for the exit; a process still running after `limit` is killed and the test fails.
-async fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("agent did not exit within {limit:?} of SIGTERM");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn assert_no_panic(log: &str) {
     assert!(!log.contains("panicked"), "the agent panicked:\n{log}");
-}
-
-fn node_taints(kube: &FakeKube) -> Vec<String> {
-    kube.node(NODE)
-        .and_then(|n| n.spec)
-        .and_then(|s| s.taints)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|t| t.key)
-        .collect()
-}
-
-fn cordoned(kube: &FakeKube) -> bool {
-    kube.node(NODE)
-        .and_then(|n| n.spec)
-        .and_then(|s| s.unschedulable)
-        .unwrap_or(false)
 }
 
 fn workload_left(kube: &FakeKube) -> usize {
@@ -190,8 +137,8 @@ async fn sigterm_during_start_up_while_imds_is_unreachable_stops_the_agent() {
         status.code() == Some(0) || status.code().is_none(),
         "{status:?}\n{log}"
     );
-    assert!(node_taints(&sims.kube).is_empty());
-    assert!(!cordoned(&sims.kube));
+    assert!(node_taints(&sims.kube, NODE).is_empty());
+    assert!(!cordoned(&sims.kube, NODE));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,8 +165,8 @@ async fn sigterm_while_the_scale_up_is_being_retried_stops_without_scaling_or_ta
     assert!(log.contains("abandoning the rebalance flow"), "{log}");
     assert_eq!(sims.asg.group("spot").unwrap().desired, 2);
     assert_eq!(sims.asg.group("on-demand").unwrap().desired, 2);
-    assert!(node_taints(&sims.kube).is_empty());
-    assert!(!cordoned(&sims.kube));
+    assert!(node_taints(&sims.kube, NODE).is_empty());
+    assert!(!cordoned(&sims.kube, NODE));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,10 +223,10 @@ async fn sigterm_during_a_pdb_blocked_drain_stops_and_a_restarted_agent_finishes
     assert!(log.contains("abandoning the node actions"), "{log}");
     // Left protected: tainted and cordoned, the workload still there.
     assert_eq!(
-        node_taints(&sims.kube),
+        node_taints(&sims.kube, NODE),
         ["aws-node-termination-handler/spot-itn"]
     );
-    assert!(cordoned(&sims.kube));
+    assert!(cordoned(&sims.kube, NODE));
     assert_eq!(workload_left(&sims.kube), 2);
 
     // The budget relents; the restarted agent sees the notice again and drains.
@@ -299,7 +246,6 @@ async fn sigterm_during_a_pdb_blocked_drain_stops_and_a_restarted_agent_finishes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a restart mid-drain after a Spot Guard scale-up scales the spot ASG a second time (no scale-up progress recorded on the Node)"]
 async fn sigterm_during_a_spot_guard_drain_then_restart_scales_only_once() {
     let sims = sims().await;
     sims.kube.add_pdb("default", "web", &[("app", "web")], 0);
@@ -320,7 +266,7 @@ async fn sigterm_during_a_spot_guard_drain_then_restart_scales_only_once() {
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains("abandoning the rebalance flow"), "{log}");
     assert_eq!(
-        node_taints(&sims.kube),
+        node_taints(&sims.kube, NODE),
         ["aws-node-termination-handler/rebalance-recommendation"]
     );
 
@@ -363,7 +309,7 @@ async fn sigterm_during_a_rebalance_drain_stops_and_leaves_the_node_cordoned() {
     assert_no_panic(&log);
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains("abandoning the rebalance flow"), "{log}");
-    assert!(cordoned(&sims.kube));
+    assert!(cordoned(&sims.kube, NODE));
     assert_eq!(workload_left(&sims.kube), 2);
     assert_eq!(sims.asg.group("on-demand").unwrap().desired, 2);
 }
