@@ -20,6 +20,15 @@ use tracing::{error, info, warn};
 
 use crate::node::is_transient;
 
+/// One request may take this long before it is given up and sent again (on a fresh
+/// connection): a connection that died silently must not eat the drain's whole window.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The end of one attempt: ATTEMPT_TIMEOUT from now, never past the drain's deadline.
+fn attempt_deadline(deadline: Instant) -> Instant {
+    deadline.min(Instant::now() + ATTEMPT_TIMEOUT)
+}
+
 mod classify;
 
 pub use classify::{MIRROR_POD_ANNOTATION, PodDisposition, RefuseReason, SkipReason, classify};
@@ -198,7 +207,11 @@ async fn list_pods_until(
 ) -> Result<Vec<Pod>, DrainError> {
     let api: Api<Pod> = Api::all(client.clone());
     loop {
-        let result = tokio::time::timeout_at(deadline, api.list(&pods_on_node(node_name))).await;
+        let result = tokio::time::timeout_at(
+            attempt_deadline(deadline),
+            api.list(&pods_on_node(node_name)),
+        )
+        .await;
         match result {
             Ok(Ok(list)) => return Ok(list.items),
             Ok(Err(source)) if !is_transient(&source) || Instant::now() >= deadline => {
@@ -211,6 +224,11 @@ async fn list_pods_until(
             Ok(Err(error)) => {
                 warn!("Listing pods on node {node_name} failed, retrying: {error}");
                 sleep_until_before(deadline, settings.eviction_retry_interval).await;
+            }
+            Err(_) if Instant::now() < deadline => {
+                warn!(
+                    "Listing pods on node {node_name} got no answer within {ATTEMPT_TIMEOUT:?}, retrying"
+                );
             }
             Err(_) => {
                 return Err(DrainError::ListTimedOut {
@@ -265,7 +283,7 @@ async fn evict_once(
         &params,
         &eviction,
     );
-    match tokio::time::timeout_at(deadline, request).await {
+    match tokio::time::timeout_at(attempt_deadline(deadline), request).await {
         Ok(Ok(_)) => Attempt::Evicted,
         Ok(Err(kube::Error::Api(status))) if status.code == 404 => Attempt::AlreadyGone,
         Ok(Err(kube::Error::Api(status))) if status.code == 429 => {
@@ -338,9 +356,10 @@ async fn evict_all(
                     pending.push((pod_ref, uid));
                 }
                 Attempt::TimedOut => {
+                    warn!(pod = %pod_ref, "Evicting pod {pod_ref} got no answer in time, will retry");
                     blockers
                         .entry(pod_ref.clone())
-                        .or_insert_with(|| Some("no answer before the drain deadline".to_owned()));
+                        .or_insert_with(|| Some("no answer from the API server".to_owned()));
                     pending.push((pod_ref, uid));
                 }
             }
@@ -377,7 +396,11 @@ async fn wait_until_gone(
     let mut request_deadline = deadline.max(Instant::now() + FINAL_CHECK_TIMEOUT);
     while !remaining.is_empty() {
         let params = pods_on_node(node_name);
-        let answer = tokio::time::timeout_at(request_deadline, api.list(&params)).await;
+        let answer = tokio::time::timeout_at(
+            request_deadline.min(Instant::now() + ATTEMPT_TIMEOUT),
+            api.list(&params),
+        )
+        .await;
         request_deadline = deadline;
         match answer {
             Ok(Ok(list)) => {
@@ -390,6 +413,11 @@ async fn wait_until_gone(
             }
             Ok(Err(error)) => {
                 warn!("Checking which evicted pods are gone failed, retrying: {error}");
+            }
+            Err(_) if Instant::now() < deadline => {
+                warn!(
+                    "Checking which evicted pods are gone got no answer within {ATTEMPT_TIMEOUT:?}, retrying"
+                );
             }
             Err(_) => break,
         }

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
+
+use crate::report::{Reporter, monitor_kind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -228,6 +230,28 @@ pub async fn run_with_liveness(
     shutdown: CancellationToken,
     liveness: Liveness,
 ) -> Result<(), MonitorError> {
+    run_reporting(
+        imds,
+        settings,
+        notices,
+        shutdown,
+        liveness,
+        Reporter::default(),
+    )
+    .await
+}
+
+/// [`run_with_liveness`], reporting failed polls: every failure counts in
+/// `events_error_total`; a MonitorError event marks only the start of a failure streak,
+/// so an IMDS outage does not write an event every few seconds.
+pub async fn run_reporting(
+    imds: ImdsClient,
+    settings: MonitorSettings,
+    notices: mpsc::Sender<Notice>,
+    shutdown: CancellationToken,
+    liveness: Liveness,
+    reporter: Reporter,
+) -> Result<(), MonitorError> {
     if settings.interval.is_zero() {
         return Err(MonitorError::ZeroInterval);
     }
@@ -249,6 +273,13 @@ pub async fn run_with_liveness(
             poll = poll_once(&imds, &settings) => poll,
         };
         liveness.record_poll();
+        for (monitor, error) in &poll.failures {
+            if failed_polls == 0 {
+                reporter.monitor_error(monitor, error);
+            } else if let Some(metrics) = reporter.metrics() {
+                metrics.event_error(monitor);
+            }
+        }
         failed_polls = if poll.failed {
             failed_polls.saturating_add(1)
         } else {
@@ -307,6 +338,8 @@ struct Poll {
     failed: bool,
     /// The rebalance recommendation served now (`Some(None)`: none); `None` when not read.
     rebalance_served: Option<Option<String>>,
+    /// NTH's monitor kind and the error, per failed read.
+    failures: Vec<(&'static str, String)>,
 }
 
 async fn poll_once(imds: &ImdsClient, settings: &MonitorSettings) -> Poll {
@@ -314,13 +347,16 @@ async fn poll_once(imds: &ImdsClient, settings: &MonitorSettings) -> Poll {
         notices: Vec::new(),
         failed: false,
         rebalance_served: None,
+        failures: Vec::new(),
     };
     if settings.spot_interruption {
         match imds.spot_instance_action().await {
             Ok(action) => poll
                 .notices
                 .extend(action.as_ref().map(Notice::spot_interruption)),
-            Err(error) => poll.record_failure(SPOT_INSTANCE_ACTION_PATH, &error),
+            Err(error) => {
+                poll.record_failure(monitor_kind::SPOT_ITN, SPOT_INSTANCE_ACTION_PATH, &error)
+            }
         }
     }
     if settings.asg_lifecycle {
@@ -331,7 +367,11 @@ async fn poll_once(imds: &ImdsClient, settings: &MonitorSettings) -> Poll {
                 })
             }
             Ok(_) => {}
-            Err(error) => poll.record_failure(ASG_TARGET_LIFECYCLE_STATE_PATH, &error),
+            Err(error) => poll.record_failure(
+                monitor_kind::ASG_LIFECYCLE,
+                ASG_TARGET_LIFECYCLE_STATE_PATH,
+                &error,
+            ),
         }
     }
     if settings.scheduled_events {
@@ -339,7 +379,9 @@ async fn poll_once(imds: &ImdsClient, settings: &MonitorSettings) -> Poll {
             Ok(events) => poll
                 .notices
                 .extend(events.iter().filter_map(Notice::scheduled)),
-            Err(error) => poll.record_failure(SCHEDULED_EVENTS_PATH, &error),
+            Err(error) => {
+                poll.record_failure(monitor_kind::SCHEDULED_EVENT, SCHEDULED_EVENTS_PATH, &error)
+            }
         }
     }
     if settings.rebalance {
@@ -349,16 +391,21 @@ async fn poll_once(imds: &ImdsClient, settings: &MonitorSettings) -> Poll {
                 poll.rebalance_served = Some(notice.as_ref().map(|n| n.event_id().to_string()));
                 poll.notices.extend(notice);
             }
-            Err(error) => poll.record_failure(REBALANCE_RECOMMENDATION_PATH, &error),
+            Err(error) => poll.record_failure(
+                monitor_kind::REBALANCE_RECOMMENDATION,
+                REBALANCE_RECOMMENDATION_PATH,
+                &error,
+            ),
         }
     }
     poll
 }
 
 impl Poll {
-    fn record_failure(&mut self, path: &str, error: &ImdsError) {
+    fn record_failure(&mut self, monitor: &'static str, path: &str, error: &ImdsError) {
         warn!(path, "Polling IMDS failed, will poll again: {error}");
         self.failed = true;
+        self.failures.push((monitor, error.to_string()));
     }
 }
 

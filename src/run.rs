@@ -156,7 +156,7 @@ pub async fn run(config: Config) -> ExitCode {
     };
 
     let (notices_tx, notices_rx) = mpsc::channel(16);
-    let monitor = tokio::spawn(monitor::run_with_liveness(
+    let monitor = tokio::spawn(monitor::run_reporting(
         imds,
         MonitorSettings {
             rebalance: config.enable_rebalance_monitoring,
@@ -168,6 +168,7 @@ pub async fn run(config: Config) -> ExitCode {
         notices_tx,
         shutdown.clone(),
         liveness,
+        reporter.clone(),
     ));
     let agent = Agent::new(AgentSettings::from_config(&config), kube, spot_guard)
         .with_reporter(reporter.clone())

@@ -484,3 +484,75 @@ async fn asg_lifecycle_terminated_is_sent_once_and_other_states_are_not() {
     assert!(running.notices.try_recv().is_err());
     running.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_imds_outage_is_one_monitor_error_event_and_counted_every_poll() {
+    use spot_guard::report::{NodeMetadata, ReportSettings, Reporter};
+    use spot_guard::sim::kube::FakeKube;
+
+    let sim = start_sim().await;
+    sim.set_down(true);
+    let kube = FakeKube::start().await.expect("fake Kubernetes API");
+    kube.add_node("n1");
+    let client = spot_guard::node::client_for_url(&kube.url()).expect("kube client");
+    let reporter = Reporter::start(
+        &ReportSettings {
+            emit_kubernetes_events: true,
+            metrics: true,
+            ..ReportSettings::default()
+        },
+        NodeMetadata::new("n1"),
+        Some(client),
+    )
+    .expect("reporter");
+    let imds = ImdsClient::builder(&sim.url())
+        .tries(1)
+        .request_timeout(Duration::from_millis(200))
+        .build()
+        .expect("IMDS client");
+    let (sender, _notices) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(monitor::run_reporting(
+        imds,
+        MonitorSettings {
+            interval: Duration::from_millis(10),
+            rebalance: true,
+            spot_interruption: false,
+            scheduled_events: false,
+            asg_lifecycle: false,
+        },
+        sender,
+        shutdown.clone(),
+        Liveness::default(),
+        reporter.clone(),
+    ));
+    tokio::time::timeout(BOUND, async {
+        while sim.gets(REBALANCE_RECOMMENDATION_PATH) < 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the monitor polls through the outage");
+    shutdown.cancel();
+    task.await.expect("task").expect("clean stop");
+    assert!(reporter.flush(Duration::from_secs(5)).await);
+
+    let monitor_errors = kube
+        .events()
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("MonitorError"))
+        .count();
+    assert_eq!(monitor_errors, 1, "one event for the whole failure streak");
+    let scrape = reporter
+        .metrics()
+        .expect("metrics")
+        .encode()
+        .expect("encode");
+    let counted: f64 = scrape
+        .lines()
+        .find(|l| l.starts_with("events_error_total{") && l.contains("REBALANCE_RECOMMENDATION"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("events_error_total for the rebalance monitor");
+    assert!(counted >= 4.0, "every failed poll counted: {scrape}");
+}
