@@ -165,20 +165,7 @@ impl<A: AutoScaling> SpotGuard<A> {
         };
 
         let on_demand_name = self.config.on_demand_asg_name.clone();
-        warn!(
-            asg = %spot_name,
-            reason = spot_failure.reason(),
-            "Spot ASG {spot_name} could not provide capacity ({spot_failure}); falling back to on-demand ASG {on_demand_name}"
-        );
-        self.reporter.spot_guard(
-            event,
-            SpotGuardStep::Fallback {
-                spot_asg: &spot_name,
-                on_demand_asg: &on_demand_name,
-                reason: spot_failure.reason(),
-                detail: &spot_failure.to_string(),
-            },
-        );
+        self.report_fallback(event, &spot_name, &on_demand_name, &spot_failure);
         let on_demand = match self
             .attempt(&on_demand_name, preempt, event)
             .instrument(info_span!("scale", asg = %on_demand_name))
@@ -223,6 +210,30 @@ impl<A: AutoScaling> SpotGuard<A> {
                 }
             }
         }
+    }
+
+    /// The spot ASG could not deliver: says so in the log and to the reporter.
+    fn report_fallback(
+        &self,
+        event: &InterruptionEvent,
+        spot_name: &str,
+        on_demand_name: &str,
+        failure: &CapacityFailure,
+    ) {
+        warn!(
+            asg = %spot_name,
+            reason = failure.reason(),
+            "Spot ASG {spot_name} could not provide capacity ({failure}); falling back to on-demand ASG {on_demand_name}"
+        );
+        self.reporter.spot_guard(
+            event,
+            SpotGuardStep::Fallback {
+                spot_asg: spot_name,
+                on_demand_asg: on_demand_name,
+                reason: failure.reason(),
+                detail: &failure.to_string(),
+            },
+        );
     }
 
     fn preempted(&self, event: &InterruptionEvent, asg: &str) -> ReplacementOutcome {

@@ -204,20 +204,7 @@ impl<A: AutoScaling> SpotGuard<A> {
                 }
                 (Role::Spot, AttemptOutcome::Failed(failure)) => {
                     let on_demand = self.asg_name(Role::OnDemand);
-                    warn!(
-                        asg = %name,
-                        reason = failure.reason(),
-                        "Spot ASG {name} could not provide capacity ({failure}); falling back to on-demand ASG {on_demand}"
-                    );
-                    self.reporter.spot_guard(
-                        event,
-                        SpotGuardStep::Fallback {
-                            spot_asg: &name,
-                            on_demand_asg: &on_demand,
-                            reason: failure.reason(),
-                            detail: &failure.to_string(),
-                        },
-                    );
+                    self.report_fallback(event, &name, &on_demand, &failure);
                 }
                 (Role::OnDemand, AttemptOutcome::Ready { .. }) => {
                     info!(
