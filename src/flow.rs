@@ -281,6 +281,21 @@ pub struct ActionSettings {
     pub enable_out_of_service_taint: bool,
 }
 
+impl Default for ActionSettings {
+    /// NTH's defaults: no Spot Guard, no taint, NoSchedule, rebalance only cordons.
+    fn default() -> Self {
+        ActionSettings {
+            spot_guard: false,
+            taint_node: false,
+            taint_effect: TaintEffect::NoSchedule,
+            cordon_only: false,
+            enable_rebalance_draining: false,
+            exclude_from_load_balancers: false,
+            enable_out_of_service_taint: false,
+        }
+    }
+}
+
 /// Kubernetes label values (and so NTH's taint values) hold at most 63 characters.
 pub fn taint_value(event_id: &str) -> String {
     event_id.chars().take(63).collect()

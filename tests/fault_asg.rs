@@ -13,7 +13,7 @@ use spot_guard::config::SpotGuardConfig;
 use spot_guard::drain::DrainSettings;
 use spot_guard::flow::{ActionSettings, CapacityFailure, REBALANCE_TAINT, ReplacementOutcome};
 use spot_guard::monitor::Notice;
-use spot_guard::node::{self, TaintEffect};
+use spot_guard::node;
 use spot_guard::report::InterruptionEvent;
 use spot_guard::sim::asg::{AsgSim, Behaviour, Fault, GroupSpec};
 use spot_guard::sim::kube::{FakeKube, FakePod};
@@ -232,12 +232,8 @@ async fn with_both_asgs_unknown_the_node_is_still_tainted_cordoned_and_drained()
         dry_run: false,
         actions: ActionSettings {
             spot_guard: true,
-            taint_node: false,
-            taint_effect: TaintEffect::NoSchedule,
-            cordon_only: false,
             enable_rebalance_draining: true,
-            exclude_from_load_balancers: false,
-            enable_out_of_service_taint: false,
+            ..ActionSettings::default()
         },
         drain: DrainSettings {
             timeout: Duration::from_secs(5),

@@ -14,7 +14,7 @@ use spot_guard::drain::DrainSettings;
 use spot_guard::flow::ActionSettings;
 use spot_guard::imds::{ImdsClient, REBALANCE_RECOMMENDATION_PATH, SPOT_INSTANCE_ACTION_PATH};
 use spot_guard::monitor::{self, MonitorError, MonitorSettings, Notice};
-use spot_guard::node::{self, TaintEffect};
+use spot_guard::node;
 use spot_guard::sim::asg::{AsgSim, Behaviour, GroupSpec};
 use spot_guard::sim::imds::{ImdsSim, TokenMode};
 use spot_guard::sim::kube::{EvictionOutcome, FakeKube, FakePod};
@@ -218,12 +218,8 @@ async fn a_recommendation_that_flaps_with_imds_errors_buys_one_instance_and_drai
         dry_run: false,
         actions: ActionSettings {
             spot_guard: true,
-            taint_node: false,
-            taint_effect: TaintEffect::NoSchedule,
-            cordon_only: false,
             enable_rebalance_draining: true,
-            exclude_from_load_balancers: false,
-            enable_out_of_service_taint: false,
+            ..ActionSettings::default()
         },
         drain: DrainSettings {
             timeout: Duration::from_secs(5),

@@ -290,13 +290,8 @@ async fn a_node_missing_when_a_notice_comes_is_reported_and_the_agent_goes_on() 
         node_name: NODE.into(),
         dry_run: false,
         actions: ActionSettings {
-            spot_guard: false,
             taint_node: true,
-            taint_effect: TaintEffect::NoSchedule,
-            cordon_only: false,
-            enable_rebalance_draining: false,
-            exclude_from_load_balancers: false,
-            enable_out_of_service_taint: false,
+            ..ActionSettings::default()
         },
         drain: fast_drain(Duration::from_secs(5)),
         uptime_file: "/proc/uptime".into(),

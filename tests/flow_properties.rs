@@ -407,11 +407,8 @@ async fn run_script(seed: u64, steps: &[Step]) {
         actions: ActionSettings {
             spot_guard: true,
             taint_node: true,
-            taint_effect: TaintEffect::NoSchedule,
-            cordon_only: false,
             enable_rebalance_draining: true,
-            exclude_from_load_balancers: false,
-            enable_out_of_service_taint: false,
+            ..ActionSettings::default()
         },
         drain: DrainSettings {
             timeout: Duration::from_secs(1),

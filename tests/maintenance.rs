@@ -14,7 +14,7 @@ use spot_guard::flow::{
 };
 use spot_guard::imds::ImdsClient;
 use spot_guard::monitor::{self, MonitorSettings};
-use spot_guard::node::{self, TaintEffect};
+use spot_guard::node;
 use spot_guard::record::{
     ACTION_LABEL, ACTION_TIME_LABEL, CORDONED_BY_ANNOTATION, EVENT_ID_LABEL,
     HANDLED_EVENTS_ANNOTATION, UNCORDON_AFTER_REBOOT,
@@ -64,13 +64,8 @@ fn settings(world: &World, actions: ActionSettings) -> AgentSettings {
 
 fn nth_actions() -> ActionSettings {
     ActionSettings {
-        spot_guard: false,
         taint_node: true,
-        taint_effect: TaintEffect::NoSchedule,
-        cordon_only: false,
-        enable_rebalance_draining: false,
-        exclude_from_load_balancers: false,
-        enable_out_of_service_taint: false,
+        ..ActionSettings::default()
     }
 }
 

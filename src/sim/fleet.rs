@@ -20,7 +20,7 @@ use crate::config::SpotGuardConfig;
 use crate::drain::DrainSettings;
 use crate::flow::{ActionSettings, REBALANCE_TAINT};
 use crate::monitor::Notice;
-use crate::node::{self, TaintEffect};
+use crate::node;
 use crate::sim::asg::{AsgSim, AsgSimError, Behaviour, Call, GroupSpec};
 use crate::sim::kube::{FakeKube, FakePod};
 use crate::spot_guard::{Fleet, FleetSettings, SpotGuard};
@@ -217,12 +217,8 @@ impl FleetWorld {
             dry_run: false,
             actions: ActionSettings {
                 spot_guard: true,
-                taint_node: false,
-                taint_effect: TaintEffect::NoSchedule,
-                cordon_only: false,
                 enable_rebalance_draining: true,
-                exclude_from_load_balancers: false,
-                enable_out_of_service_taint: false,
+                ..ActionSettings::default()
             },
             drain: DrainSettings {
                 timeout: Duration::from_secs(30),
