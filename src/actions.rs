@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 
 use crate::drain::{self, DrainSettings};
 use crate::flow::{
-    self, EXCLUDE_FROM_LB_LABEL, EXCLUDE_FROM_LB_VALUE, NTH_TAINTS, NodeActionPlan,
+    self, AGENT_TAINTS, EXCLUDE_FROM_LB_LABEL, EXCLUDE_FROM_LB_VALUE, NodeActionPlan,
     OUT_OF_SERVICE_TAINT, OUT_OF_SERVICE_VALUE,
 };
 use crate::node::{NodeClient, TaintEffect};
@@ -353,7 +353,7 @@ impl NodeActions {
 
     async fn remove_marks(&self) {
         let name = self.name();
-        for key in NTH_TAINTS.iter().chain([&OUT_OF_SERVICE_TAINT]) {
+        for key in AGENT_TAINTS.iter().chain([&OUT_OF_SERVICE_TAINT]) {
             if let Err(error) = self.node.remove_taint(key).await {
                 warn!("Removing taint {key} from node {name} failed: {error}");
             }

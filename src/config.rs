@@ -12,6 +12,7 @@ use crate::report::{
     DEFAULT_PROBES_ENDPOINT, DEFAULT_PROBES_PORT, DEFAULT_PROMETHEUS_PORT, DEFAULT_WEBHOOK_HEADERS,
     DEFAULT_WEBHOOK_TEMPLATE, ReportSettings, WebhookSettings,
 };
+use crate::scale_back_flow::ScaleBackSettings;
 use crate::spot_guard::FleetSettings;
 
 /// Go's `strconv.ParseBool`, which NTH uses for every boolean flag and env var, so an
@@ -170,6 +171,42 @@ pub struct Args {
     /// After a complete drain, terminate this instance with ShouldDecrementDesiredCapacity (needs autoscaling:TerminateInstanceInAutoScalingGroup).
     #[arg(long, env = "SPOT_GUARD_TERMINATE_AFTER_DRAIN", default_value = "false", value_parser = parse_go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
     pub spot_guard_terminate_after_drain: bool,
+
+    /// Seconds a replacement's node is protected from Cluster Autoscaler scale-down (cluster-autoscaler.kubernetes.io/scale-down-disabled), counted from InService (0: off).
+    #[arg(long, env = "SPOT_GUARD_NEW_NODE_PROTECTION", default_value_t = 900)]
+    pub spot_guard_new_node_protection: u64,
+
+    /// On an on-demand fallback node: give it back (drain, terminate with ShouldDecrementDesiredCapacity) once spot capacity returns (needs autoscaling:TerminateInstanceInAutoScalingGroup, nodes list).
+    #[arg(long, env = "SPOT_GUARD_SCALE_BACK", default_value = "false", value_parser = parse_go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub spot_guard_scale_back: bool,
+
+    /// Seconds after a fallback was bought before it may be given back.
+    #[arg(long, env = "SPOT_GUARD_SCALE_BACK_MIN_WAIT", default_value_t = 600)]
+    pub spot_guard_scale_back_min_wait: u64,
+
+    /// Seconds the spot ASG must be healthy (InService >= desired, nodes Ready) before a fallback is given back.
+    #[arg(
+        long,
+        env = "SPOT_GUARD_SCALE_BACK_STABILITY_PERIOD",
+        default_value_t = 120
+    )]
+    pub spot_guard_scale_back_stability_period: u64,
+
+    /// Percent of allocatable CPU and memory the cluster's pod requests may reach without the fallback node (1-100).
+    #[arg(
+        long,
+        env = "SPOT_GUARD_SCALE_BACK_UTILIZATION_CEILING",
+        default_value_t = 75
+    )]
+    pub spot_guard_scale_back_utilization_ceiling: u8,
+
+    /// Seconds between two scale-back checks on a fallback node.
+    #[arg(
+        long,
+        env = "SPOT_GUARD_SCALE_BACK_CHECK_INTERVAL",
+        default_value_t = 30
+    )]
+    pub spot_guard_scale_back_check_interval: u64,
 
     /// Attempts per AWS API call (SDK standard retry mode, with back-off on throttling).
     #[arg(long, env = "AWS_API_MAX_ATTEMPTS", default_value_t = 3)]
@@ -712,6 +749,20 @@ fn fleet_settings(args: &Args, problems: &mut Vec<String>) -> Option<FleetSettin
             args.spot_guard_scale_count
         ));
     }
+    if args.spot_guard_scale_back {
+        if !(1..=100).contains(&args.spot_guard_scale_back_utilization_ceiling) {
+            problems.push(format!(
+                "SPOT_GUARD_SCALE_BACK_UTILIZATION_CEILING (--spot-guard-scale-back-utilization-ceiling) is {}: it must be a percentage from 1 to 100",
+                args.spot_guard_scale_back_utilization_ceiling
+            ));
+        }
+        if args.spot_guard_scale_back_check_interval == 0 {
+            problems.push(
+                "SPOT_GUARD_SCALE_BACK_CHECK_INTERVAL (--spot-guard-scale-back-check-interval) must be at least 1 second"
+                    .to_string(),
+            );
+        }
+    }
     (problems.len() == before).then(|| FleetSettings {
         lease_namespace: non_empty(args.pod_namespace.as_ref())
             .unwrap_or_else(|| "kube-system".to_string()),
@@ -719,6 +770,13 @@ fn fleet_settings(args: &Args, problems: &mut Vec<String>) -> Option<FleetSettin
         scale_count: args.spot_guard_scale_count,
         capacity_cool_off: Duration::from_secs(args.spot_guard_capacity_cool_off),
         terminate_after_drain: args.spot_guard_terminate_after_drain,
+        new_node_protection: Duration::from_secs(args.spot_guard_new_node_protection),
+        scale_back: args.spot_guard_scale_back.then(|| ScaleBackSettings {
+            min_wait: Duration::from_secs(args.spot_guard_scale_back_min_wait),
+            stability_period: Duration::from_secs(args.spot_guard_scale_back_stability_period),
+            utilization_ceiling: args.spot_guard_scale_back_utilization_ceiling,
+            check_interval: Duration::from_secs(args.spot_guard_scale_back_check_interval),
+        }),
         ..FleetSettings::default()
     })
 }
@@ -827,6 +885,22 @@ impl fmt::Display for Config {
                 (
                     "spot_guard_terminate_after_drain",
                     fleet.terminate_after_drain.to_string(),
+                ),
+                (
+                    "spot_guard_new_node_protection",
+                    seconds(fleet.new_node_protection),
+                ),
+                (
+                    "spot_guard_scale_back",
+                    fleet.scale_back.as_ref().map_or("off".to_string(), |sb| {
+                        format!(
+                            "min_wait={} stability_period={} utilization_ceiling={}% check_interval={}",
+                            seconds(sb.min_wait),
+                            seconds(sb.stability_period),
+                            sb.utilization_ceiling,
+                            seconds(sb.check_interval)
+                        )
+                    }),
                 ),
             ]);
         }

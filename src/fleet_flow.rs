@@ -278,14 +278,18 @@ fn from_unix_millis(millis: u64) -> SystemTime {
 }
 
 /// InService instances that did not exist at the read.
-pub fn new_in_service(scaled: &Scaled, state: &AsgState) -> i32 {
+pub fn new_in_service_ids(scaled: &Scaled, state: &AsgState) -> Vec<String> {
     let known: HashSet<&str> = scaled.known_instances.iter().map(String::as_str).collect();
-    let count = state
+    state
         .instances
         .iter()
         .filter(|i| i.lifecycle_state == "InService" && !known.contains(i.instance_id.as_str()))
-        .count();
-    i32::try_from(count).unwrap_or(i32::MAX)
+        .map(|i| i.instance_id.clone())
+        .collect()
+}
+
+pub fn new_in_service(scaled: &Scaled, state: &AsgState) -> i32 {
+    i32::try_from(new_in_service_ids(scaled, state).len()).unwrap_or(i32::MAX)
 }
 
 /// One check of the wait: [`flow::judge_capacity`] counting new instances only.

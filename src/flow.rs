@@ -13,12 +13,15 @@ pub const REBALANCE_TAINT: &str = "aws-node-termination-handler/rebalance-recomm
 pub const SPOT_ITN_TAINT: &str = "aws-node-termination-handler/spot-itn";
 pub const SCHEDULED_MAINTENANCE_TAINT: &str = "aws-node-termination-handler/scheduled-maintenance";
 pub const ASG_LIFECYCLE_TAINT: &str = "aws-node-termination-handler/asg-lifecycle-termination";
+/// Spot Guard's own: an on-demand fallback node giving itself back (NoSchedule).
+pub const SCALE_BACK_TAINT: &str = "spot-guard/scale-back";
 /// Every taint key this agent may set, removed again when an event is undone.
-pub const NTH_TAINTS: [&str; 4] = [
+pub const AGENT_TAINTS: [&str; 5] = [
     REBALANCE_TAINT,
     SPOT_ITN_TAINT,
     SCHEDULED_MAINTENANCE_TAINT,
     ASG_LIFECYCLE_TAINT,
+    SCALE_BACK_TAINT,
 ];
 /// Tells Kubernetes to force-evict pods and detach volumes of a node that is gone.
 pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";

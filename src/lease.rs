@@ -285,6 +285,18 @@ impl Leases {
         Err(LeaseError::Contended { action })
     }
 
+    /// The annotations of the lease `name`; empty when there is no such lease.
+    pub async fn annotations(&self, name: &str) -> Result<BTreeMap<String, String>, LeaseError> {
+        let lease = self
+            .api
+            .get_opt(name)
+            .await
+            .map_err(self.api_error(format!("reading lease {name}")))?;
+        Ok(lease
+            .and_then(|lease| lease.metadata.annotations)
+            .unwrap_or_default())
+    }
+
     /// Sets (`Some`) or removes (`None`) annotations of the lease `name`, whoever holds
     /// it; creates an unheld lease if there is none.
     pub async fn annotate(

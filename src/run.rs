@@ -132,6 +132,8 @@ pub async fn run(config: Config) -> ExitCode {
         }
     }
 
+    let agent_settings = AgentSettings::from_config(&config);
+    let mut own_node_tasks = Vec::new();
     let spot_guard = match &config.spot_guard {
         Some(spot_guard_config) => {
             let aws = AwsAutoScaling::from_environment(&AwsSettings {
@@ -139,15 +141,21 @@ pub async fn run(config: Config) -> ExitCode {
                 max_attempts: config.aws_api_max_attempts,
             })
             .await;
-            let mut spot_guard = SpotGuard::new(aws, spot_guard_config.clone(), config.dry_run)
-                .with_reporter(reporter.clone());
+            let mut spot_guard =
+                SpotGuard::new(aws.clone(), spot_guard_config.clone(), config.dry_run)
+                    .with_reporter(reporter.clone());
             if let Some(fleet) = &config.spot_guard_fleet {
-                spot_guard = spot_guard.with_fleet(Fleet::new(
+                let fleet = Fleet::new(kube.clone(), &config.node_name, instance_id, fleet.clone());
+                own_node_tasks = fleet.own_node_tasks(
+                    aws.clone(),
                     kube.clone(),
-                    &config.node_name,
-                    instance_id,
-                    fleet.clone(),
-                ));
+                    spot_guard_config,
+                    agent_settings.drain.clone(),
+                    config.dry_run,
+                    reporter.clone(),
+                    &shutdown,
+                );
+                spot_guard = spot_guard.with_fleet(fleet);
             }
             spot_guard.check_setup().await;
             Some(spot_guard)
@@ -170,7 +178,7 @@ pub async fn run(config: Config) -> ExitCode {
         liveness,
         reporter.clone(),
     ));
-    let agent = Agent::new(AgentSettings::from_config(&config), kube, spot_guard)
+    let agent = Agent::new(agent_settings, kube, spot_guard)
         .with_reporter(reporter.clone())
         .with_rebalance_uncordon_window(config.rebalance_uncordon_window);
     let agent = tokio::spawn(agent.run(notices_rx, shutdown.clone()));
@@ -179,6 +187,9 @@ pub async fn run(config: Config) -> ExitCode {
     info!("Signal received: stopping");
     shutdown.cancel();
     let _ = agent.await;
+    for task in own_node_tasks {
+        let _ = task.await;
+    }
     match monitor.await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => error!("Monitor stopped with an error: {error}"),

@@ -196,6 +196,19 @@ impl AsgSim {
         self.change_group(name, |group| group.behaviour = behaviour)
     }
 
+    /// Spot capacity is back: launches go through again, and the group launches what it
+    /// is short of its desired capacity, as AWS keeps retrying a failed launch.
+    pub fn restore_capacity(&self, name: &str) -> Result<(), AsgSimError> {
+        let mut shared = lock(&self.shared);
+        let now = Now::read();
+        shared.world.settle(now.instant);
+        if shared.world.restore_capacity(name, now) {
+            Ok(())
+        } else {
+            Err(AsgSimError::UnknownGroup(name.to_string()))
+        }
+    }
+
     pub fn set_max_size(&self, name: &str, max: i32) -> Result<(), AsgSimError> {
         self.change_group(name, |group| group.max = max)
     }

@@ -21,6 +21,8 @@ use crate::drain::DrainSettings;
 use crate::flow::{ActionSettings, REBALANCE_TAINT};
 use crate::monitor::Notice;
 use crate::node;
+use crate::report::Reporter;
+use crate::scale_back_flow::ScaleBackSettings;
 use crate::sim::asg::{AsgSim, AsgSimError, Behaviour, Call, GroupSpec};
 use crate::sim::kube::{FakeKube, FakePod};
 use crate::spot_guard::{Fleet, FleetSettings, SpotGuard};
@@ -31,6 +33,9 @@ pub const ON_DEMAND_ASG: &str = "on-demand-asg";
 pub const NAMESPACE: &str = "kube-system";
 /// The workload namespace: one pod per node, evicted by the drain.
 pub const WORKLOAD_NAMESPACE: &str = "default";
+/// Allocatable of every simulated node.
+pub const NODE_CPU: &str = "4";
+pub const NODE_MEMORY: &str = "16Gi";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -57,6 +62,9 @@ pub struct FleetSpec {
     pub capacity_check_timeout: Duration,
     pub capacity_cool_off: Duration,
     pub terminate_after_drain: bool,
+    /// Zero: no Cluster Autoscaler protection task.
+    pub new_node_protection: Duration,
+    pub scale_back: Option<ScaleBackSettings>,
 }
 
 impl FleetSpec {
@@ -87,6 +95,8 @@ impl FleetSpec {
             capacity_check_timeout: Duration::from_secs(10),
             capacity_cool_off: Duration::from_secs(600),
             terminate_after_drain: false,
+            new_node_protection: Duration::ZERO,
+            scale_back: None,
         }
     }
 }
@@ -106,6 +116,8 @@ pub struct RunningAgent {
     pub handled: watch::Receiver<u32>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<()>,
+    /// Cluster Autoscaler protection and scale-back of the agent's own node.
+    pub own_node_tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningAgent {
@@ -152,9 +164,9 @@ impl FleetWorld {
             });
         }
         let kube = FakeKube::start().await.map_err(FleetError::Kube)?;
-        for index in 0..spec.nodes {
+        for (index, instance_id) in instance_ids.iter().enumerate().take(spec.nodes) {
             let node = node_name(index);
-            kube.add_node(&node);
+            kube.add_instance_node(&node, instance_id, NODE_CPU, NODE_MEMORY);
             kube.add_pod(FakePod::new(
                 WORKLOAD_NAMESPACE,
                 &format!("app-{index:03}"),
@@ -186,7 +198,49 @@ impl FleetWorld {
         asg: A,
         runtime: &Handle,
     ) -> Result<RunningAgent, FleetError> {
-        let node = node_name(index);
+        let instance_id = self.instance_id(index).map(str::to_owned);
+        self.start_agent_on(&node_name(index), instance_id, asg, runtime)
+    }
+
+    /// Registers a Ready node for every InService instance of either ASG that has none
+    /// yet, as the kubelets of new instances do; returns the new (node, instance) pairs.
+    /// Nodes of instances that left are kept (as cordoned leftovers the tests can read).
+    pub fn run_kubelets(&self) -> Vec<(String, String)> {
+        let nodes = self.kube.nodes();
+        let node_of = |instance: &str| {
+            nodes.iter().find(|node| {
+                node.spec
+                    .as_ref()
+                    .and_then(|spec| spec.provider_id.as_deref())
+                    .is_some_and(|id| id.ends_with(&format!("/{instance}")))
+            })
+        };
+        let mut added = Vec::new();
+        for (asg, prefix) in [(SPOT_ASG, "spot-new"), (ON_DEMAND_ASG, "on-demand")] {
+            let Some(group) = self.asg.group(asg) else {
+                continue;
+            };
+            for instance in group.in_service_ids {
+                if node_of(&instance).is_none() {
+                    let node = format!("{prefix}-{instance}");
+                    self.kube
+                        .add_instance_node(&node, &instance, NODE_CPU, NODE_MEMORY);
+                    added.push((node, instance));
+                }
+            }
+        }
+        added
+    }
+
+    /// Starts an agent on `node` (running `instance_id`) on `runtime`, over `asg`.
+    pub fn start_agent_on<A: AutoScaling + 'static>(
+        &self,
+        node: &str,
+        instance_id: Option<String>,
+        asg: A,
+        runtime: &Handle,
+    ) -> Result<RunningAgent, FleetError> {
+        let node = node.to_owned();
         let kube = node::client_for_url(&self.kube.url()).map_err(|error| FleetError::Client {
             node: node.clone(),
             detail: error.to_string(),
@@ -201,7 +255,7 @@ impl FleetWorld {
         let fleet = Fleet::new(
             kube.clone(),
             &node,
-            self.instance_id(index).map(str::to_owned),
+            instance_id,
             FleetSettings {
                 lease_namespace: NAMESPACE.to_owned(),
                 lease_duration: self.spec.lease_duration,
@@ -209,8 +263,30 @@ impl FleetWorld {
                 scale_count: 1,
                 capacity_cool_off: self.spec.capacity_cool_off,
                 terminate_after_drain: self.spec.terminate_after_drain,
+                new_node_protection: self.spec.new_node_protection,
+                scale_back: self.spec.scale_back.clone(),
             },
         );
+        let drain = DrainSettings {
+            timeout: Duration::from_secs(30),
+            eviction_retry_interval: Duration::from_millis(100),
+            poll_interval: Duration::from_millis(50),
+            ..DrainSettings::default()
+        };
+        let shutdown = CancellationToken::new();
+        let own_node_tasks = {
+            // The tasks run on the agent's runtime, so killing it kills them too.
+            let _entered = runtime.enter();
+            fleet.own_node_tasks(
+                self.aws(),
+                kube.clone(),
+                &config,
+                drain.clone(),
+                false,
+                Reporter::default(),
+                &shutdown,
+            )
+        };
         let spot_guard = SpotGuard::new(asg, config, false).with_fleet(fleet);
         let settings = AgentSettings {
             node_name: node.clone(),
@@ -220,17 +296,11 @@ impl FleetWorld {
                 enable_rebalance_draining: true,
                 ..ActionSettings::default()
             },
-            drain: DrainSettings {
-                timeout: Duration::from_secs(30),
-                eviction_retry_interval: Duration::from_millis(100),
-                poll_interval: Duration::from_millis(50),
-                ..DrainSettings::default()
-            },
+            drain,
             uptime_file: "/proc/uptime".to_owned(),
         };
         let agent = Agent::new(settings, kube, Some(spot_guard));
         let handled = agent.handled();
-        let shutdown = CancellationToken::new();
         let (notices, notices_rx) = mpsc::channel(4);
         let task = runtime.spawn(agent.run(notices_rx, shutdown.clone()));
         Ok(RunningAgent {
@@ -239,6 +309,7 @@ impl FleetWorld {
             handled,
             shutdown,
             task,
+            own_node_tasks,
         })
     }
 

@@ -2,7 +2,7 @@
 //! k8s-openapi types, so the kube client can run against it unchanged
 //! (`kube::Config::new(url)`, no TLS, no auth).
 //!
-//! It serves: `GET`/`PATCH /api/v1/nodes/{name}` (merge patch with the `resourceVersion`
+//! It serves: the node list, `GET`/`PATCH /api/v1/nodes/{name}` (merge patch with the `resourceVersion`
 //! precondition; strategic merge patch only for bodies without lists), pod lists (all
 //! namespaces or one, filtered by `spec.nodeName`), `GET` of one pod, `POST …/pods/{name}/eviction`
 //! (policy/v1, with a simplified PodDisruptionBudget check), `POST …/events` (core/v1) and
@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node, NodeCondition, NodeSpec, NodeStatus, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use tokio::net::TcpListener;
@@ -280,6 +281,29 @@ impl FakeKube {
         };
         cluster.nodes.insert(name.to_owned(), node.clone());
         node
+    }
+
+    /// Adds a Ready node running `instance_id` with this much allocatable CPU and memory
+    /// (Kubernetes quantities), as the kubelet of a new instance registers it.
+    pub fn add_instance_node(&self, name: &str, instance_id: &str, cpu: &str, memory: &str) {
+        self.add_node(name);
+        self.update_node(name, |node| {
+            if let Some(spec) = node.spec.as_mut() {
+                spec.provider_id = Some(format!("aws:///us-east-1a/{instance_id}"));
+            }
+            if let Some(status) = node.status.as_mut() {
+                let resources = BTreeMap::from([
+                    ("cpu".to_owned(), Quantity(cpu.to_owned())),
+                    ("memory".to_owned(), Quantity(memory.to_owned())),
+                ]);
+                status.capacity = Some(resources.clone());
+                status.allocatable = Some(resources);
+            }
+        });
+    }
+
+    pub fn nodes(&self) -> Vec<Node> {
+        self.cluster().nodes.values().cloned().collect()
     }
 
     /// Changes a node as another writer would (bumping its `resourceVersion`); returns whether

@@ -6,20 +6,28 @@
 
 use std::time::{Duration, SystemTime};
 
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use super::{Preempted, SpotGuard};
+use crate::actions::NodeActions;
 use crate::asg::AutoScaling;
+use crate::ca_protection::CaProtection;
+use crate::config::SpotGuardConfig;
+use crate::drain::DrainSettings;
 use crate::fleet_flow::{
     self, AttemptRecord, AttemptResult, CAPACITY_FAILURE_ANNOTATION, CapacityFailureNote, NextStep,
     REPLACEMENT_ANNOTATION, ReplacementRecord, Role, Scaled,
 };
 use crate::flow::{AttemptOutcome, CapacityFailure, ReplacementOutcome, WatchVerdict};
 use crate::lease::{HeldLease, LeaseSettings, Leases};
+use crate::ledger;
 use crate::node::{NodeClient, NodeError};
-use crate::report::{InterruptionEvent, SpotGuardStep};
+use crate::report::{InterruptionEvent, Reporter, SpotGuardStep};
+use crate::scale_back::ScaleBack;
+use crate::scale_back_flow::ScaleBackSettings;
 
 /// The fleet options (SPOT_GUARD_* flags).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +43,11 @@ pub struct FleetSettings {
     pub capacity_cool_off: Duration,
     /// After a complete drain, terminate this instance with ShouldDecrementDesiredCapacity.
     pub terminate_after_drain: bool,
+    /// How long after InService a replacement's node keeps Cluster Autoscaler away;
+    /// zero turns the protection off.
+    pub new_node_protection: Duration,
+    /// Give on-demand fallback nodes back once spot capacity returns.
+    pub scale_back: Option<ScaleBackSettings>,
 }
 
 impl Default for FleetSettings {
@@ -46,6 +59,8 @@ impl Default for FleetSettings {
             scale_count: 1,
             capacity_cool_off: Duration::from_secs(600),
             terminate_after_drain: false,
+            new_node_protection: Duration::from_secs(900),
+            scale_back: None,
         }
     }
 }
@@ -81,6 +96,71 @@ impl Fleet {
             instance_id,
             settings,
         }
+    }
+
+    /// The tasks that look after this agent's own node when it is a replacement Spot
+    /// Guard bought: Cluster Autoscaler protection and, for an on-demand fallback,
+    /// scale-back. None without this instance's id (read from IMDS).
+    #[allow(clippy::too_many_arguments)]
+    pub fn own_node_tasks<A: AutoScaling + 'static>(
+        &self,
+        asg: A,
+        kube: kube::Client,
+        config: &SpotGuardConfig,
+        drain: DrainSettings,
+        dry_run: bool,
+        reporter: Reporter,
+        shutdown: &CancellationToken,
+    ) -> Vec<JoinHandle<()>> {
+        let Some(instance_id) = self.instance_id.clone() else {
+            if self.settings.scale_back.is_some() {
+                warn!(
+                    "SPOT_GUARD_SCALE_BACK is on but this instance's id could not be read from IMDS; this node is never given back"
+                );
+            }
+            return Vec::new();
+        };
+        let node_name = self.node.name();
+        let mut tasks = Vec::new();
+        if !self.settings.new_node_protection.is_zero() {
+            let protection = CaProtection {
+                node: NodeClient::new(kube.clone(), node_name, dry_run),
+                leases: self.leases.clone(),
+                lease_names: vec![
+                    Fleet::lease_name(&config.spot_asg_name),
+                    Fleet::lease_name(&config.on_demand_asg_name),
+                ],
+                instance_id: instance_id.clone(),
+                window: self.settings.new_node_protection,
+                lookup_interval: config.check_interval,
+            };
+            tasks.push(tokio::spawn(protection.run(shutdown.clone())));
+        }
+        if let Some(settings) = &self.settings.scale_back {
+            let mut actions = NodeActions::new(
+                NodeClient::new(kube.clone(), node_name, dry_run),
+                kube.clone(),
+                drain.clone(),
+                dry_run,
+                String::new(),
+            );
+            actions.set_reporter(reporter);
+            let scale_back = ScaleBack {
+                asg,
+                spot_asg: config.spot_asg_name.clone(),
+                on_demand_asg: config.on_demand_asg_name.clone(),
+                settings: settings.clone(),
+                kube: kube.clone(),
+                node: NodeClient::new(kube, node_name, dry_run),
+                leases: self.leases.clone(),
+                actions,
+                drain,
+                instance_id,
+                dry_run,
+            };
+            tasks.push(tokio::spawn(scale_back.run(shutdown.clone())));
+        }
+        tasks
     }
 
     /// `spot-guard-<asg>`, cut to a valid object name.
@@ -286,13 +366,24 @@ impl<A: AutoScaling> SpotGuard<A> {
         };
         let verdict = self.wait_for_new_instances(name, &scaled, preempt).await?;
         let (result, outcome) = match verdict {
-            Ok(()) => (
-                AttemptResult::Ready,
-                AttemptOutcome::Ready {
-                    from: scaled.from,
-                    to: scaled.to,
-                },
-            ),
+            Ok(new_instances) => {
+                ledger::record(
+                    &fleet.leases,
+                    &Fleet::lease_name(name),
+                    name,
+                    role,
+                    fleet.node.name(),
+                    &new_instances,
+                )
+                .await;
+                (
+                    AttemptResult::Ready,
+                    AttemptOutcome::Ready {
+                        from: scaled.from,
+                        to: scaled.to,
+                    },
+                )
+            }
             Err(failure) => {
                 if role == Role::Spot && fleet_flow::is_capacity_shortage(&failure) {
                     self.remember_capacity_failure(fleet, name, &failure).await;
@@ -417,14 +508,15 @@ impl<A: AutoScaling> SpotGuard<A> {
         Ok(scaled)
     }
 
-    /// Polls the ASG until enough new instances are InService, it fails, or the
-    /// capacity check timeout (counted from the request, across restarts) passes.
+    /// Polls the ASG until enough new instances are InService (returning them), it
+    /// fails, or the capacity check timeout (counted from the request, across restarts)
+    /// passes.
     async fn wait_for_new_instances(
         &self,
         name: &str,
         scaled: &Scaled,
         preempt: &CancellationToken,
-    ) -> Result<Result<(), CapacityFailure>, Preempted> {
+    ) -> Result<Result<Vec<String>, CapacityFailure>, Preempted> {
         let timeout = self.config.capacity_check_timeout;
         let requested_at = std::time::UNIX_EPOCH + Duration::from_millis(scaled.requested_at);
         let elapsed = || {
@@ -469,7 +561,7 @@ impl<A: AutoScaling> SpotGuard<A> {
                         "New instance reached InService in ASG {name} ({in_service} new InService, desired {}, was {})",
                         scaled.to, scaled.from
                     );
-                    return Ok(Ok(()));
+                    return Ok(Ok(fleet_flow::new_in_service_ids(scaled, &state)));
                 }
                 WatchVerdict::Failed(failure) => {
                     warn!(

@@ -59,6 +59,8 @@ pub struct GroupSnapshot {
     pub pending: i32,
     /// Instance ids in launch order, oldest first.
     pub instance_ids: Vec<String>,
+    /// The InService ones among them, in the same order.
+    pub in_service_ids: Vec<String>,
     pub behaviour: Behaviour,
     pub capacity_rebalance: bool,
     pub activities: usize,
@@ -174,6 +176,12 @@ impl Group {
             in_service: self.count(LifecycleState::InService),
             pending: self.count(LifecycleState::Pending),
             instance_ids: self.instances.iter().map(|i| i.id.clone()).collect(),
+            in_service_ids: self
+                .instances
+                .iter()
+                .filter(|i| i.state == LifecycleState::InService)
+                .map(|i| i.id.clone())
+                .collect(),
             behaviour: self.behaviour,
             capacity_rebalance: self.capacity_rebalance,
             activities: self.activities.len(),
@@ -390,6 +398,21 @@ impl World {
         let desired = group.desired;
         self.change_desired(&name, desired, &cause, now);
         Ok((name, activity))
+    }
+
+    /// Healthy again, and launching what the group is short of its desired capacity.
+    pub fn restore_capacity(&mut self, name: &str, now: Now) -> bool {
+        let Some(group) = self.groups.get_mut(name) else {
+            return false;
+        };
+        group.behaviour = Behaviour::Healthy;
+        let desired = group.desired;
+        let cause = format!(
+            "At {} an instance was started in response to a difference between desired and actual capacity.",
+            super::xml::timestamp(now.wall)
+        );
+        self.change_desired(name, desired, &cause, now);
+        true
     }
 
     /// Launches or terminates instances until their count matches `desired`.

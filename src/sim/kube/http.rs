@@ -14,6 +14,7 @@ use super::{RequestRecord, Shared, events, leases, lock, nodes, pods};
 
 pub(super) fn router(shared: Shared) -> Router {
     Router::new()
+        .route("/api/v1/nodes", get(nodes::list_nodes))
         .route(
             "/api/v1/nodes/{name}",
             get(nodes::get_node).patch(nodes::patch_node),

@@ -1,14 +1,42 @@
-//! `GET`/`PATCH /api/v1/nodes/{name}`.
+//! `GET /api/v1/nodes` (no selectors) and `GET`/`PATCH /api/v1/nodes/{name}`.
+
+use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use k8s_openapi::api::core::v1::Node;
 use serde_json::{Map, Value, json};
 
 use super::http::{json_response, not_found, status_body};
 use super::{Shared, lock};
+
+pub(super) async fn list_nodes(
+    State(shared): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some((selector, value)) = query
+        .iter()
+        .find(|(key, value)| key.ends_with("Selector") && !value.is_empty())
+    {
+        return status_body(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("FakeKube does not model node list selectors ({selector}={value})"),
+            None,
+        );
+    }
+    let cluster = lock(&shared);
+    let items: Vec<&Node> = cluster.nodes.values().collect();
+    let list = json!({
+        "apiVersion": "v1",
+        "kind": "NodeList",
+        "metadata": {"resourceVersion": cluster.resource_version.to_string()},
+        "items": items,
+    });
+    (StatusCode::OK, axum::Json(list)).into_response()
+}
 
 pub(super) async fn get_node(State(shared): State<Shared>, Path(name): Path<String>) -> Response {
     match lock(&shared).nodes.get(&name) {

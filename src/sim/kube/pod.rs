@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, Pod, PodSpec, PodStatus, Volume,
+    Container, EmptyDirVolumeSource, Pod, PodSpec, PodStatus, ResourceRequirements, Volume,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 
@@ -25,6 +26,8 @@ pub struct FakePod {
     phase: &'static str,
     pub(super) termination: Option<Termination>,
     pub(super) recreate_on: Option<String>,
+    /// CPU and memory requests of its one container, as Kubernetes quantities.
+    requests: Option<(String, String)>,
 }
 
 impl FakePod {
@@ -41,6 +44,7 @@ impl FakePod {
             phase: "Running",
             termination: None,
             recreate_on: None,
+            requests: None,
         }
     }
 
@@ -75,6 +79,12 @@ impl FakePod {
     /// `"Succeeded"` or `"Failed"` for a finished pod.
     pub fn with_phase(mut self, phase: &'static str) -> Self {
         self.phase = phase;
+        self
+    }
+
+    /// Requests of its container, e.g. `("500m", "1Gi")`.
+    pub fn with_requests(mut self, cpu: &str, memory: &str) -> Self {
+        self.requests = Some((cpu.to_owned(), memory.to_owned()));
         self
     }
 
@@ -132,6 +142,16 @@ impl FakePod {
                 containers: vec![Container {
                     name: "main".to_owned(),
                     image: Some("registry.k8s.io/pause:3.10".to_owned()),
+                    resources: self
+                        .requests
+                        .as_ref()
+                        .map(|(cpu, memory)| ResourceRequirements {
+                            requests: Some(BTreeMap::from([
+                                ("cpu".to_owned(), Quantity(cpu.clone())),
+                                ("memory".to_owned(), Quantity(memory.clone())),
+                            ])),
+                            ..ResourceRequirements::default()
+                        }),
                     ..Container::default()
                 }],
                 volumes,
