@@ -1010,6 +1010,47 @@ mod tests {
     }
 
     #[test]
+    fn scale_back_is_opt_in_with_nth_style_defaults_and_checked_values() {
+        let base = [
+            "--node-name=n1",
+            "--enable-spot-guard=true",
+            "--enable-rebalance-monitoring",
+            "--spot-asg-name=spot",
+            "--on-demand-asg-name=od",
+        ];
+        let fleet = parse(&base).unwrap().spot_guard_fleet.unwrap();
+        assert_eq!(fleet.scale_back, None);
+        assert_eq!(fleet.new_node_protection, Duration::from_secs(900));
+
+        let mut on = base.to_vec();
+        on.extend([
+            "--spot-guard-scale-back",
+            "--spot-guard-new-node-protection=0",
+        ]);
+        let fleet = parse(&on).unwrap().spot_guard_fleet.unwrap();
+        assert_eq!(fleet.scale_back, Some(ScaleBackSettings::default()));
+        assert_eq!(fleet.new_node_protection, Duration::ZERO);
+
+        let mut bad = on.clone();
+        bad.extend([
+            "--spot-guard-scale-back-utilization-ceiling=0",
+            "--spot-guard-scale-back-check-interval=0",
+        ]);
+        let message = parse(&bad).unwrap_err();
+        assert!(
+            message.contains("SPOT_GUARD_SCALE_BACK_UTILIZATION_CEILING"),
+            "{message}"
+        );
+        assert!(
+            message.contains("SPOT_GUARD_SCALE_BACK_CHECK_INTERVAL"),
+            "{message}"
+        );
+        let mut over = on.clone();
+        over.push("--spot-guard-scale-back-utilization-ceiling=101");
+        assert!(parse(&over).unwrap_err().contains("1 to 100"));
+    }
+
+    #[test]
     fn same_asg_for_both_is_refused() {
         let message = parse(&[
             "--node-name=n1",

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Container, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Container, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use kube::api::{Api, ListParams};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -68,6 +69,9 @@ spotGuard:
   enabled: true
   spotAsgName: spot
   onDemandAsgName: on-demand
+  scaleBack:
+    enabled: true
+    minWait: 900
 "#;
 
 /// Env vars the chart sets that are not options of the binary: the AWS SDK's default
@@ -434,7 +438,11 @@ fn rbac_attributes(request: &RequestRecord) -> (String, String, String) {
 /// Exercises every Kubernetes call the agent has: each node action, drains with a
 /// PodDisruptionBudget refusal, an emptyDir pod, DaemonSet and mirror pods, and, when
 /// `events` is on, a Kubernetes event.
-async fn requests_of_every_flow(events: bool, leases: bool) -> Vec<RequestRecord> {
+async fn requests_of_every_flow(
+    events: bool,
+    leases: bool,
+    scale_back: bool,
+) -> Vec<RequestRecord> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     const NODE: &str = "ip-10-0-7-9.ec2.internal";
     let fake = FakeKube::start().await.expect("start the fake API server");
@@ -507,6 +515,17 @@ async fn requests_of_every_flow(events: bool, leases: bool) -> Vec<RequestRecord
                 .await
                 .expect("annotate lease");
         }
+        if scale_back {
+            // A fallback node's look at the cluster: every node, every pod.
+            Api::<Node>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+                .expect("list nodes");
+            Api::<Pod>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+                .expect("list pods");
+        }
         if events {
             let metadata = NodeMetadata {
                 node_name: NODE.to_owned(),
@@ -557,12 +576,18 @@ fn granted(rules: &[PolicyRule]) -> BTreeSet<(String, String, String)> {
     grants
 }
 
-async fn assert_role_matches_code(values: &'static str, events: bool, leases: bool) {
-    let used: BTreeSet<(String, String, String)> = requests_of_every_flow(events, leases)
-        .await
-        .iter()
-        .map(rbac_attributes)
-        .collect();
+async fn assert_role_matches_code(
+    values: &'static str,
+    events: bool,
+    leases: bool,
+    scale_back: bool,
+) {
+    let used: BTreeSet<(String, String, String)> =
+        requests_of_every_flow(events, leases, scale_back)
+            .await
+            .iter()
+            .map(rbac_attributes)
+            .collect();
     let objects = tokio::task::spawn_blocking(move || render(values))
         .await
         .expect("render");
@@ -608,10 +633,10 @@ async fn assert_role_matches_code(values: &'static str, events: bool, leases: bo
 
 #[tokio::test]
 async fn cluster_role_grants_exactly_the_calls_the_code_makes() {
-    assert_role_matches_code(SPOT_GUARD_VALUES, false, true).await;
+    assert_role_matches_code(SPOT_GUARD_VALUES, false, true, false).await;
 }
 
 #[tokio::test]
 async fn cluster_role_with_events_grants_exactly_the_calls_the_code_makes() {
-    assert_role_matches_code(EVERYTHING_VALUES, true, true).await;
+    assert_role_matches_code(EVERYTHING_VALUES, true, true, true).await;
 }
