@@ -11,7 +11,6 @@ use spot_guard::flow::SCALE_BACK_TAINT;
 use spot_guard::scale_back_flow::{
     Phase, SCALE_BACK_ANNOTATION, SCALE_BACK_LEASE, ScaleBackRecord, ScaleBackSettings,
 };
-use spot_guard::sim::asg::Behaviour;
 use spot_guard::sim::fleet::{
     self, FleetSpec, FleetWorld, NAMESPACE, ON_DEMAND_ASG, RunningAgent, SPOT_ASG,
     WORKLOAD_NAMESPACE,
@@ -35,24 +34,11 @@ fn scale_back_settings(ceiling: u8) -> ScaleBackSettings {
 async fn world_with_fallback(ceiling: u8) -> (FleetWorld, String, String) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut spec = FleetSpec::new(3);
-    spec.spot.behaviour = Behaviour::InsufficientCapacity;
     spec.scale_back = Some(scale_back_settings(ceiling));
     spec.new_node_protection = Duration::from_secs(120);
     let world = FleetWorld::start(spec).await.expect("simulators start");
-    let mut first = world
-        .start_agent(0, world.aws(), &Handle::current())
-        .expect("agent starts");
-    first
-        .notices
-        .send(fleet::recommendation("rebalance-recommendation-000"))
-        .await
-        .expect("agent runs");
-    assert!(first.wait_handled(1, LIMIT).await, "node 0 handled");
-    assert!(world.node_drained(0), "node 0 drained");
+    let (node, instance) = world.buy_fallback().await.expect("a fallback is bought");
     assert_eq!(desired(&world, ON_DEMAND_ASG), 1, "one fallback bought");
-    let registered = world.run_kubelets();
-    assert_eq!(registered.len(), 1, "the fallback's node registers");
-    let (node, instance) = registered[0].clone();
     (world, node, instance)
 }
 
@@ -356,5 +342,121 @@ async fn cluster_autoscaler_protection_ends_after_its_window_even_across_a_resta
     assert_eq!(
         annotation(&world, other_node, CA_SCALE_DOWN_DISABLED).as_deref(),
         Some("true")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_killed_during_the_scale_back_drain_finishes_it_after_a_restart() {
+    let (world, node, instance) = world_with_fallback(75).await;
+    // A budget holds the fallback's pod, so the drain is still going when the agent dies.
+    world.kube.add_pod(
+        FakePod::new(WORKLOAD_NAMESPACE, "guarded-app", &node)
+            .with_label("app", "guarded")
+            .with_requests("500m", "1Gi"),
+    );
+    world
+        .kube
+        .add_pdb(WORKLOAD_NAMESPACE, "guarded", &[("app", "guarded")], 0);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _victim = world
+        .start_agent_on(&node, Some(instance.clone()), world.aws(), runtime.handle())
+        .expect("agent starts");
+    world.asg.restore_capacity(SPOT_ASG).expect("group exists");
+    let until = tokio::time::Instant::now() + LIMIT;
+    while !matches!(
+        record(&world, &node, &instance).phase,
+        Phase::Draining { .. }
+    ) || !cordoned(&world, &node)
+    {
+        world.run_kubelets();
+        assert!(tokio::time::Instant::now() < until, "the drain starts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    runtime.shutdown_background();
+
+    // The budget lifts; the restarted agent finishes the drain and terminates, once.
+    assert!(
+        world
+            .kube
+            .set_pdb_max_unavailable(WORKLOAD_NAMESPACE, "guarded", 1),
+        "budget exists"
+    );
+    let _restarted = start_on(&world, &node, &instance);
+    while annotation(&world, &node, CA_SCALE_DOWN_DISABLED).is_some() {
+        assert!(tokio::time::Instant::now() < until, "protection removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(annotation(&world, &node, PROTECTED_UNTIL_ANNOTATION), None);
+
+    // An annotation someone else set is never touched.
+    let (other_node, other_instance) = ("spot-node-000", world.instance_id(0).expect("id"));
+    world.kube.update_node(other_node, |n| {
+        n.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(CA_SCALE_DOWN_DISABLED.to_owned(), "true".to_owned());
+    });
+    let _other = start_on(&world, other_node, other_instance);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        annotation(&world, other_node, CA_SCALE_DOWN_DISABLED).as_deref(),
+        Some("true")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_killed_during_the_scale_back_drain_finishes_it_after_a_restart() {
+    let (world, node, instance) = world_with_fallback(75).await;
+    // A budget holds the fallback's pod, so the drain is still going when the agent dies.
+    world.kube.add_pod(
+        FakePod::new(WORKLOAD_NAMESPACE, "guarded-app", &node)
+            .with_label("app", "guarded")
+            .with_requests("500m", "1Gi"),
+    );
+    world
+        .kube
+        .add_pdb(WORKLOAD_NAMESPACE, "guarded", &[("app", "guarded")], 0);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _victim = world
+        .start_agent_on(&node, Some(instance.clone()), world.aws(), runtime.handle())
+        .expect("agent starts");
+    world.asg.restore_capacity(SPOT_ASG).expect("group exists");
+    let until = tokio::time::Instant::now() + LIMIT;
+    while !matches!(
+        record(&world, &node, &instance).phase,
+        Phase::Draining { .. }
+    ) || !cordoned(&world, &node)
+    {
+        world.run_kubelets();
+        assert!(tokio::time::Instant::now() < until, "the drain starts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    runtime.shutdown_background();
+
+    // The budget lifts; the restarted agent finishes the drain and terminates, once.
+    world
+        .kube
+        .set_pdb_max_unavailable(WORKLOAD_NAMESPACE, "guarded", 1)
+        .then_some(())
+        .expect("budget exists");
+    let _restarted = start_on(&world, &node, &instance);
+    wait_terminated(&world, &node, &instance).await;
+    assert_eq!(
+        terminations_of(&world, &instance),
+        1,
+        "terminated exactly once"
+    );
+    assert_eq!(desired(&world, ON_DEMAND_ASG), 0);
+    assert!(
+        world.kube.pods_on_node(&node).is_empty(),
+        "the node ends drained"
     );
 }

@@ -47,6 +47,10 @@ pub struct SimulateArgs {
     /// the same second and share one spot ASG (exactly N replacements expected).
     #[arg(long, conflicts_with_all = ["scenario", "list"])]
     pub nodes: Option<usize>,
+    /// Instead of the scenarios: a spot shortage buys an on-demand fallback, spot capacity
+    /// returns, and the fallback's agent gives it back (exactly one termination expected).
+    #[arg(long, conflicts_with_all = ["scenario", "list", "nodes"])]
+    pub scale_back: bool,
 }
 
 /// How an ASG of the scenario behaves.
@@ -625,6 +629,9 @@ pub async fn run(args: SimulateArgs) -> ExitCode {
     }
     if let Some(nodes) = args.nodes {
         return crate::sim::fleet::run(nodes).await;
+    }
+    if args.scale_back {
+        return crate::sim::fleet::run_scale_back().await;
     }
 
     let mut failed = Vec::new();
