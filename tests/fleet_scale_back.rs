@@ -386,68 +386,6 @@ async fn an_agent_killed_during_the_scale_back_drain_finishes_it_after_a_restart
         "budget exists"
     );
     let _restarted = start_on(&world, &node, &instance);
-    while annotation(&world, &node, CA_SCALE_DOWN_DISABLED).is_some() {
-        assert!(tokio::time::Instant::now() < until, "protection removed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(annotation(&world, &node, PROTECTED_UNTIL_ANNOTATION), None);
-
-    // An annotation someone else set is never touched.
-    let (other_node, other_instance) = ("spot-node-000", world.instance_id(0).expect("id"));
-    world.kube.update_node(other_node, |n| {
-        n.metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert(CA_SCALE_DOWN_DISABLED.to_owned(), "true".to_owned());
-    });
-    let _other = start_on(&world, other_node, other_instance);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        annotation(&world, other_node, CA_SCALE_DOWN_DISABLED).as_deref(),
-        Some("true")
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_agent_killed_during_the_scale_back_drain_finishes_it_after_a_restart() {
-    let (world, node, instance) = world_with_fallback(75).await;
-    // A budget holds the fallback's pod, so the drain is still going when the agent dies.
-    world.kube.add_pod(
-        FakePod::new(WORKLOAD_NAMESPACE, "guarded-app", &node)
-            .with_label("app", "guarded")
-            .with_requests("500m", "1Gi"),
-    );
-    world
-        .kube
-        .add_pdb(WORKLOAD_NAMESPACE, "guarded", &[("app", "guarded")], 0);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let _victim = world
-        .start_agent_on(&node, Some(instance.clone()), world.aws(), runtime.handle())
-        .expect("agent starts");
-    world.asg.restore_capacity(SPOT_ASG).expect("group exists");
-    let until = tokio::time::Instant::now() + LIMIT;
-    while !matches!(
-        record(&world, &node, &instance).phase,
-        Phase::Draining { .. }
-    ) || !cordoned(&world, &node)
-    {
-        world.run_kubelets();
-        assert!(tokio::time::Instant::now() < until, "the drain starts");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    runtime.shutdown_background();
-
-    // The budget lifts; the restarted agent finishes the drain and terminates, once.
-    world
-        .kube
-        .set_pdb_max_unavailable(WORKLOAD_NAMESPACE, "guarded", 1)
-        .then_some(())
-        .expect("budget exists");
-    let _restarted = start_on(&world, &node, &instance);
     wait_terminated(&world, &node, &instance).await;
     assert_eq!(
         terminations_of(&world, &instance),
