@@ -127,6 +127,13 @@ impl<A: AutoScaling> ScaleBack<A> {
                         last_reason = reason;
                     }
                 }
+                Decision::ScaleSpotFirst if self.dry_run => {
+                    info!(
+                        "DRY RUN: the pods of node {name} would not fit on the other nodes; would scale spot ASG {} by one, then give the node back",
+                        self.spot_asg
+                    );
+                    return;
+                }
                 Decision::ScaleSpotFirst => self.scale_spot_first(&mut record).await,
                 Decision::DrainAndTerminate => {
                     if self.dry_run {

@@ -11,6 +11,7 @@ use spot_guard::flow::SCALE_BACK_TAINT;
 use spot_guard::scale_back_flow::{
     Phase, SCALE_BACK_ANNOTATION, SCALE_BACK_LEASE, ScaleBackRecord, ScaleBackSettings,
 };
+use spot_guard::sim::asg::Behaviour;
 use spot_guard::sim::fleet::{
     self, FleetSpec, FleetWorld, NAMESPACE, ON_DEMAND_ASG, RunningAgent, SPOT_ASG,
     WORKLOAD_NAMESPACE,
@@ -397,4 +398,75 @@ async fn an_agent_killed_during_the_scale_back_drain_finishes_it_after_a_restart
         world.kube.pods_on_node(&node).is_empty(),
         "the node ends drained"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fallback_nodes_go_one_at_a_time_and_stop_at_the_ceiling() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut spec = FleetSpec::new(3);
+    spec.spot.behaviour = Behaviour::InsufficientCapacity;
+    spec.scale_back = Some(scale_back_settings(60));
+    let world = FleetWorld::start(spec).await.expect("simulators start");
+    // Nodes 0 and 1 get recommendations while spot is short: two fallbacks.
+    for index in [0, 1] {
+        let mut agent = world
+            .start_agent(index, world.aws(), &Handle::current())
+            .expect("agent starts");
+        agent
+            .notices
+            .send(fleet::recommendation(&format!("rebalance-{index}")))
+            .await
+            .expect("agent runs");
+        assert!(agent.wait_handled(1, LIMIT).await, "node {index} handled");
+    }
+    assert_eq!(desired(&world, ON_DEMAND_ASG), 2, "two fallbacks bought");
+    let fallbacks = world.run_kubelets();
+    assert_eq!(fallbacks.len(), 2);
+    // Node 2 carries 3 of its 4 CPUs; each fallback runs a 1-CPU pod that, once evicted,
+    // comes back on node 2 (as a controller would reschedule it).
+    world.kube.add_pod(
+        FakePod::new(WORKLOAD_NAMESPACE, "hog", &fleet::node_name(2)).with_requests("3", "1Gi"),
+    );
+    for (node, _) in &fallbacks {
+        world.kube.add_pod(
+            FakePod::new(WORKLOAD_NAMESPACE, &format!("app-on-{node}"), node)
+                .with_requests("1", "1Gi")
+                .recreated_on(&fleet::node_name(2)),
+        );
+    }
+    let _agents: Vec<RunningAgent> = fallbacks
+        .iter()
+        .map(|(node, instance)| start_on(&world, node, instance))
+        .collect();
+    world.asg.restore_capacity(SPOT_ASG).expect("group exists");
+
+    // Without either fallback: 5 of 12 CPUs requested (42%), so the first one goes. Then,
+    // without the second: 5 of 8 (62%), over the 60% ceiling, so it stays.
+    let gone = |world: &FleetWorld| {
+        fallbacks
+            .iter()
+            .filter(|(_, instance)| terminations_of(world, instance) > 0)
+            .count()
+    };
+    let until = tokio::time::Instant::now() + LIMIT;
+    while gone(&world) == 0 {
+        world.run_kubelets();
+        assert!(tokio::time::Instant::now() < until, "one fallback goes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (kept_node, kept_instance) = fallbacks
+        .iter()
+        .find(|(_, instance)| terminations_of(&world, instance) == 0)
+        .cloned()
+        .expect("one fallback left");
+    assert_kept_for(
+        &world,
+        &kept_node,
+        &kept_instance,
+        Duration::from_secs(2),
+        "the second would breach the ceiling",
+    )
+    .await;
+    assert_eq!(gone(&world), 1, "exactly one fallback given back");
+    assert_eq!(desired(&world, ON_DEMAND_ASG), 1);
 }

@@ -132,7 +132,9 @@ impl Fleet {
                 ],
                 instance_id: instance_id.clone(),
                 window: self.settings.new_node_protection,
-                lookup_interval: config.check_interval,
+                // The entry is usually there before the agent starts; this only
+                // covers a buyer slower than the kubelet.
+                lookup_interval: config.check_interval * 3,
             };
             tasks.push(tokio::spawn(protection.run(shutdown.clone())));
         }
