@@ -357,6 +357,7 @@ impl FleetWorld {
 
     pub fn summary(&self, spot_desired_before: i32, on_demand_desired_before: i32) -> FleetSummary {
         let calls = self.asg.calls();
+        let requests = self.kube.requests();
         let desired = |name: &str| self.asg.group(name).map_or(0, |group| group.desired);
         let mut per_action = BTreeMap::new();
         for call in &calls {
@@ -376,6 +377,11 @@ impl FleetWorld {
                 .count(),
             calls: calls.len(),
             per_action,
+            kube_requests: requests.len(),
+            lease_requests: requests
+                .iter()
+                .filter(|r| r.path.contains("/leases"))
+                .count(),
         }
     }
 }
@@ -412,6 +418,9 @@ pub struct FleetSummary {
     pub drained: usize,
     pub calls: usize,
     pub per_action: BTreeMap<String, usize>,
+    /// Every request the fake API server answered, and those on Leases.
+    pub kube_requests: usize,
+    pub lease_requests: usize,
 }
 
 impl fmt::Display for FleetSummary {
@@ -442,7 +451,14 @@ impl fmt::Display for FleetSummary {
         for (action, count) in &self.per_action {
             write!(f, " {action} {:.1}", *count as f64 / nodes as f64)?;
         }
-        write!(f, ")")
+        writeln!(f, ")")?;
+        write!(
+            f,
+            "Kubernetes API requests: {} ({:.1} per node, of which {:.1} on Leases)",
+            self.kube_requests,
+            self.kube_requests as f64 / nodes as f64,
+            self.lease_requests as f64 / nodes as f64
+        )
     }
 }
 

@@ -136,7 +136,10 @@ impl Fleet {
                 // covers a buyer slower than the kubelet.
                 lookup_interval: config.check_interval * 3,
             };
-            tasks.push(tokio::spawn(protection.run(shutdown.clone())));
+            let span = info_span!("ca_protection", node = %node_name, instance = %instance_id);
+            tasks.push(tokio::spawn(
+                protection.run(shutdown.clone()).instrument(span),
+            ));
         }
         if let Some(settings) = &self.settings.scale_back {
             let mut actions = NodeActions::new(
@@ -160,7 +163,14 @@ impl Fleet {
                 instance_id,
                 dry_run,
             };
-            tasks.push(tokio::spawn(scale_back.run(shutdown.clone())));
+            let span = info_span!(
+                "scale_back",
+                node = %node_name,
+                on_demand_asg = %config.on_demand_asg_name
+            );
+            tasks.push(tokio::spawn(
+                scale_back.run(shutdown.clone()).instrument(span),
+            ));
         }
         tasks
     }
