@@ -25,7 +25,7 @@ use crate::flow::{NodeActionPlan, SCALE_BACK_TAINT, Taint};
 use crate::lease::{LeaseError, Leases};
 use crate::ledger::{self, LedgerEntry};
 use crate::node::{NodeClient, NodeError, TaintEffect};
-use crate::report::InterruptionEvent;
+use crate::report::{InterruptionEvent, Reporter, SpotGuardStep};
 use crate::scale_back_flow::{
     self, Decision, NodeView, Observation, Phase, PodView, Resume, SCALE_BACK_ANNOTATION,
     SCALE_BACK_LEASE, ScaleBackRecord, ScaleBackSettings,
@@ -61,6 +61,7 @@ pub struct ScaleBack<A> {
     pub drain: DrainSettings,
     pub instance_id: String,
     pub dry_run: bool,
+    pub reporter: Reporter,
 }
 
 impl<A: AutoScaling> ScaleBack<A> {
@@ -378,6 +379,13 @@ impl<A: AutoScaling> ScaleBack<A> {
         };
         match result {
             Ok(()) => {
+                self.reporter.spot_guard(
+                    &event,
+                    SpotGuardStep::ScaleBack {
+                        asg: &self.on_demand_asg,
+                        instance: &self.instance_id,
+                    },
+                );
                 record.phase = Phase::Terminated { at: now() };
                 if let Err(error) = self.save(record).await {
                     warn!("Recording the termination on node {name} failed: {error}");
@@ -398,6 +406,13 @@ impl<A: AutoScaling> ScaleBack<A> {
                     self.settings.min_wait.as_secs()
                 );
                 self.actions.undo(&event, "scale-back given up").await;
+                self.reporter.spot_guard(
+                    &event,
+                    SpotGuardStep::ScaleBackAborted {
+                        asg: &self.on_demand_asg,
+                        detail: &reason,
+                    },
+                );
                 record.phase = Phase::Aborted { at: now(), reason };
                 if let Err(error) = self.save(record).await {
                     warn!("Recording the given-up scale-back on node {name} failed: {error}");

@@ -37,6 +37,7 @@ async fn world_with_fallback(ceiling: u8) -> (FleetWorld, String, String) {
     let mut spec = FleetSpec::new(3);
     spec.scale_back = Some(scale_back_settings(ceiling));
     spec.new_node_protection = Duration::from_secs(120);
+    spec.reports = true;
     let world = FleetWorld::start(spec).await.expect("simulators start");
     let (node, instance) = world.buy_fallback().await.expect("a fallback is bought");
     assert_eq!(desired(&world, ON_DEMAND_ASG), 1, "one fallback bought");
@@ -227,6 +228,28 @@ async fn a_fallback_gives_itself_back_once_spot_is_back_and_the_cluster_has_room
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // Reported on the Node and in the metrics, as every Spot Guard step is.
+    assert!(agent.reporter.flush(LIMIT).await, "reports delivered");
+    let scale_back_events: Vec<String> = world
+        .kube
+        .events()
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("SpotGuardScaleBack"))
+        .filter_map(|e| e.message.clone())
+        .collect();
+    assert_eq!(scale_back_events.len(), 1, "{scale_back_events:?}");
+    assert!(scale_back_events[0].contains(&instance));
+    let metrics = agent
+        .reporter
+        .metrics()
+        .expect("metrics on")
+        .encode()
+        .expect("encode");
+    assert!(
+        metrics.contains("spot_guard_scale_backs_total{outcome=\"terminated\"} 1"),
+        "{metrics}"
+    );
 
     // A restarted agent reads the record and does not terminate again.
     agent.shutdown.cancel();

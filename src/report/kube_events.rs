@@ -46,6 +46,8 @@ pub mod reason {
     pub const SPOT_GUARD_FALLBACK: &str = "SpotGuardFallback";
     pub const SPOT_GUARD_FAILED: &str = "SpotGuardFailed";
     pub const SPOT_GUARD_PREEMPTED: &str = "SpotGuardPreempted";
+    pub const SPOT_GUARD_SCALE_BACK: &str = "SpotGuardScaleBack";
+    pub const SPOT_GUARD_SCALE_BACK_ABORTED: &str = "SpotGuardScaleBackAborted";
 
     /// The reason of the event announcing a notice of this kind.
     pub fn for_kind(event_kind: &str) -> &'static str {

@@ -25,6 +25,7 @@ pub mod metric {
     pub const DRAIN_SECONDS: &str = "spot_guard_drain_duration_seconds";
     pub const PDB_EVICTION_RETRIES: &str = "spot_guard_pdb_eviction_retries_total";
     pub const REPORT_ERRORS: &str = "spot_guard_report_errors_total";
+    pub const SCALE_BACKS: &str = "spot_guard_scale_backs_total";
 }
 
 /// Notice → replacement InService: spot usually takes one to a few minutes.
@@ -97,6 +98,7 @@ pub struct Metrics {
     drain_seconds: HistogramFamily<OutcomeLabels>,
     pdb_eviction_retries: Counter,
     report_errors: Family<SinkLabels, Counter>,
+    scale_backs: Family<OutcomeLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -147,6 +149,12 @@ impl Metrics {
             "Fallbacks from the spot ASG to the on-demand ASG, by reason",
             fallbacks.clone(),
         );
+        let scale_backs = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "spot_guard_scale_backs",
+            "On-demand fallback nodes given back (terminated) or whose scale-back was given up (aborted)",
+            scale_backs.clone(),
+        );
         let drain_seconds: HistogramFamily<OutcomeLabels> =
             Family::new_with_constructor(|| Histogram::new(DRAIN_BUCKETS));
         registry.register(
@@ -177,6 +185,7 @@ impl Metrics {
             drain_seconds,
             pdb_eviction_retries,
             report_errors,
+            scale_backs,
         }
     }
 
@@ -228,6 +237,15 @@ impl Metrics {
         self.scale_attempts
             .get_or_create(&AttemptLabels {
                 asg: asg.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// `terminated` or `aborted`.
+    pub fn scale_back(&self, outcome: &str) {
+        self.scale_backs
+            .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_owned(),
             })
             .inc();

@@ -100,6 +100,10 @@ pub enum SpotGuardStep<'a> {
     },
     /// A spot interruption notice stopped the wait on `asg`.
     Preempted { asg: &'a str },
+    /// An on-demand fallback was drained and `instance` terminated in `asg` (decremented).
+    ScaleBack { asg: &'a str, instance: &'a str },
+    /// A fallback's scale-back was given up and the node put back in service.
+    ScaleBackAborted { asg: &'a str, detail: &'a str },
 }
 
 /// Webhook `.Kind` values of Spot Guard's posts.
@@ -107,6 +111,7 @@ pub mod webhook_kind {
     pub const SPOT_GUARD_IN_SERVICE: &str = "SPOT_GUARD_IN_SERVICE";
     pub const SPOT_GUARD_FALLBACK: &str = "SPOT_GUARD_FALLBACK";
     pub const SPOT_GUARD_FAILED: &str = "SPOT_GUARD_FAILED";
+    pub const SPOT_GUARD_SCALE_BACK: &str = "SPOT_GUARD_SCALE_BACK";
 }
 
 enum Job<T> {
@@ -366,6 +371,31 @@ impl Reporter {
                 self.emit(ReasonedEvent::warning(
                     reason::SPOT_GUARD_PREEMPTED,
                     format!("A spot interruption notice stopped the wait for a replacement in ASG {asg}; draining now"),
+                ));
+            }
+            SpotGuardStep::ScaleBack { asg, instance } => {
+                if let Some(metrics) = metrics {
+                    metrics.scale_back("terminated");
+                }
+                let message = format!(
+                    "Spot capacity is back: on-demand fallback drained and instance {instance} terminated in ASG {asg} (desired capacity decremented)"
+                );
+                self.emit(ReasonedEvent::normal(
+                    reason::SPOT_GUARD_SCALE_BACK,
+                    message.clone(),
+                ));
+                self.post(
+                    spot_guard_event(event, webhook_kind::SPOT_GUARD_SCALE_BACK, asg, message),
+                    "",
+                );
+            }
+            SpotGuardStep::ScaleBackAborted { asg, detail } => {
+                if let Some(metrics) = metrics {
+                    metrics.scale_back("aborted");
+                }
+                self.emit(ReasonedEvent::warning(
+                    reason::SPOT_GUARD_SCALE_BACK_ABORTED,
+                    format!("Scale-back of this on-demand fallback (ASG {asg}) given up: {detail}; the node is back in service"),
                 ));
             }
         }

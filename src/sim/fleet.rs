@@ -21,7 +21,7 @@ use crate::drain::DrainSettings;
 use crate::flow::{ActionSettings, REBALANCE_TAINT};
 use crate::monitor::Notice;
 use crate::node;
-use crate::report::Reporter;
+use crate::report::{NodeMetadata, ReportSettings, Reporter};
 use crate::scale_back_flow::ScaleBackSettings;
 use crate::sim::asg::{AsgSim, AsgSimError, Behaviour, Call, GroupSpec};
 use crate::sim::kube::{FakeKube, FakePod};
@@ -67,6 +67,8 @@ pub struct FleetSpec {
     /// Zero: no Cluster Autoscaler protection task.
     pub new_node_protection: Duration,
     pub scale_back: Option<ScaleBackSettings>,
+    /// Agents write Kubernetes events (EMIT_KUBERNETES_EVENTS) and keep metrics.
+    pub reports: bool,
 }
 
 impl FleetSpec {
@@ -99,6 +101,7 @@ impl FleetSpec {
             terminate_after_drain: false,
             new_node_protection: Duration::ZERO,
             scale_back: None,
+            reports: false,
         }
     }
 }
@@ -120,6 +123,8 @@ pub struct RunningAgent {
     pub task: JoinHandle<()>,
     /// Cluster Autoscaler protection and scale-back of the agent's own node.
     pub own_node_tasks: Vec<JoinHandle<()>>,
+    /// With [`FleetSpec::reports`], its metrics are readable here.
+    pub reporter: Reporter,
 }
 
 impl RunningAgent {
@@ -300,6 +305,22 @@ impl FleetWorld {
             poll_interval: Duration::from_millis(50),
             ..DrainSettings::default()
         };
+        let reporter = if self.spec.reports {
+            let settings = ReportSettings {
+                emit_kubernetes_events: true,
+                metrics: true,
+                ..ReportSettings::default()
+            };
+            let _entered = runtime.enter();
+            Reporter::start(&settings, NodeMetadata::new(&node), Some(kube.clone())).map_err(
+                |error| FleetError::Client {
+                    node: node.clone(),
+                    detail: error.to_string(),
+                },
+            )?
+        } else {
+            Reporter::default()
+        };
         let shutdown = CancellationToken::new();
         let own_node_tasks = {
             // The tasks run on the agent's runtime, so killing it kills them too.
@@ -310,11 +331,13 @@ impl FleetWorld {
                 &config,
                 drain.clone(),
                 false,
-                Reporter::default(),
+                reporter.clone(),
                 &shutdown,
             )
         };
-        let spot_guard = SpotGuard::new(asg, config, false).with_fleet(fleet);
+        let spot_guard = SpotGuard::new(asg, config, false)
+            .with_reporter(reporter.clone())
+            .with_fleet(fleet);
         let settings = AgentSettings {
             node_name: node.clone(),
             dry_run: false,
@@ -326,7 +349,7 @@ impl FleetWorld {
             drain,
             uptime_file: "/proc/uptime".to_owned(),
         };
-        let agent = Agent::new(settings, kube, Some(spot_guard));
+        let agent = Agent::new(settings, kube, Some(spot_guard)).with_reporter(reporter.clone());
         let handled = agent.handled();
         let (notices, notices_rx) = mpsc::channel(4);
         let task = runtime.spawn(agent.run(notices_rx, shutdown.clone()));
@@ -337,6 +360,7 @@ impl FleetWorld {
             shutdown,
             task,
             own_node_tasks,
+            reporter,
         })
     }
 

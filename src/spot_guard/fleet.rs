@@ -149,7 +149,7 @@ impl Fleet {
                 dry_run,
                 String::new(),
             );
-            actions.set_reporter(reporter);
+            actions.set_reporter(reporter.clone());
             let scale_back = ScaleBack {
                 asg,
                 spot_asg: config.spot_asg_name.clone(),
@@ -162,6 +162,7 @@ impl Fleet {
                 drain,
                 instance_id,
                 dry_run,
+                reporter,
             };
             let span = info_span!(
                 "scale_back",
