@@ -596,6 +596,21 @@ impl TryFrom<Args> for Config {
             ));
         }
 
+        if !args.enable_spot_guard {
+            for (set, name) in [
+                (
+                    args.spot_guard_terminate_after_drain,
+                    "SPOT_GUARD_TERMINATE_AFTER_DRAIN",
+                ),
+                (args.spot_guard_scale_back, "SPOT_GUARD_SCALE_BACK"),
+            ] {
+                if set {
+                    problems.push(format!(
+                        "{name} is true but ENABLE_SPOT_GUARD is false: it gives back capacity that Spot Guard bought, so it needs ENABLE_SPOT_GUARD=true"
+                    ));
+                }
+            }
+        }
         let spot_guard = if args.enable_spot_guard {
             spot_guard_config(&args, &mut problems)
         } else {
@@ -1048,6 +1063,21 @@ mod tests {
         let mut over = on.clone();
         over.push("--spot-guard-scale-back-utilization-ceiling=101");
         assert!(parse(&over).unwrap_err().contains("1 to 100"));
+
+        let message = parse(&[
+            "--node-name=n1",
+            "--spot-guard-scale-back=true",
+            "--spot-guard-terminate-after-drain=true",
+        ])
+        .unwrap_err();
+        assert!(
+            message.contains("SPOT_GUARD_SCALE_BACK is true but ENABLE_SPOT_GUARD is false"),
+            "{message}"
+        );
+        assert!(
+            message.contains("SPOT_GUARD_TERMINATE_AFTER_DRAIN is true"),
+            "{message}"
+        );
     }
 
     #[test]
