@@ -25,6 +25,9 @@ use crate::report::{InterruptionEvent, Reporter};
 use crate::spot_guard::SpotGuard;
 use k8s_openapi::jiff::Timestamp;
 
+/// On shutdown, how long a rebalance flow may take to return before it is abandoned.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
+
 /// What the agent needs to act; built once from [`Config`].
 #[derive(Debug, Clone)]
 pub struct AgentSettings {
@@ -174,10 +177,14 @@ impl<A: AutoScaling + 'static> Agent<A> {
             };
             // The monitor closes the channel only when it stops, i.e. on shutdown too.
             let Some(notice) = notice else {
-                if let Some(task) = rebalance.take().filter(RebalanceTask::running) {
-                    warn!(event_id = %task.event_id, "Shutting down: abandoning the rebalance flow in progress; a restarted agent will see the recommendation again");
-                    task.preempt.cancel();
-                    let _ = task.handle.await;
+                if let Some(mut task) = rebalance.take().filter(RebalanceTask::running) {
+                    // A flow that has just counted itself handled is only returning.
+                    let finishing = tokio::time::timeout(SHUTDOWN_GRACE, &mut task.handle).await;
+                    if finishing.is_err() {
+                        warn!(event_id = %task.event_id, "Shutting down: abandoning the rebalance flow in progress; a restarted agent will see the recommendation again");
+                        task.preempt.cancel();
+                        let _ = task.handle.await;
+                    }
                 }
                 return;
             };

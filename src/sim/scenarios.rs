@@ -51,6 +51,10 @@ pub struct SimulateArgs {
     /// returns, and the fallback's agent gives it back (exactly one termination expected).
     #[arg(long, conflicts_with_all = ["scenario", "list", "nodes"])]
     pub scale_back: bool,
+    /// Instead of the scenarios: the agent is killed at each step of the flow and
+    /// restarted (one scale-up per recommendation and a drained node expected).
+    #[arg(long, conflicts_with_all = ["scenario", "list", "nodes", "scale_back"])]
+    pub restarts: bool,
 }
 
 /// How an ASG of the scenario behaves.
@@ -632,6 +636,9 @@ pub async fn run(args: SimulateArgs) -> ExitCode {
     }
     if args.scale_back {
         return crate::sim::fleet::run_scale_back().await;
+    }
+    if args.restarts {
+        return crate::sim::fleet::run_restarts().await;
     }
 
     let mut failed = Vec::new();
