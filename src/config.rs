@@ -931,6 +931,15 @@ impl fmt::Display for Config {
 mod tests {
     use super::*;
 
+    /// The least that turns Spot Guard on.
+    const SPOT_GUARD_ON: [&str; 5] = [
+        "--node-name=n1",
+        "--enable-spot-guard=true",
+        "--enable-rebalance-monitoring",
+        "--spot-asg-name=spot",
+        "--on-demand-asg-name=od",
+    ];
+
     fn parse(argv: &[&str]) -> Result<Config, String> {
         let mut full = vec!["spot-guard"];
         full.extend_from_slice(argv);
@@ -962,14 +971,7 @@ mod tests {
 
     #[test]
     fn spot_guard_takes_nth_style_booleans_and_its_defaults() {
-        let config = parse(&[
-            "--node-name=n1",
-            "--enable-spot-guard=true",
-            "--enable-rebalance-monitoring",
-            "--spot-asg-name=spot",
-            "--on-demand-asg-name=od",
-        ])
-        .unwrap();
+        let config = parse(&SPOT_GUARD_ON).unwrap();
         let sg = config.spot_guard.unwrap();
         assert_eq!(sg.spot_asg_name, "spot");
         assert_eq!(sg.on_demand_asg_name, "od");
@@ -988,13 +990,7 @@ mod tests {
 
     #[test]
     fn fleet_flags_have_defaults_and_are_checked() {
-        let base = [
-            "--node-name=n1",
-            "--enable-spot-guard=true",
-            "--enable-rebalance-monitoring",
-            "--spot-asg-name=spot",
-            "--on-demand-asg-name=od",
-        ];
+        let base = SPOT_GUARD_ON;
         let fleet = parse(&base).unwrap().spot_guard_fleet.unwrap();
         assert_eq!(fleet.lease_namespace, "kube-system");
         assert_eq!(fleet.lease_duration, Duration::from_secs(15));
@@ -1026,13 +1022,7 @@ mod tests {
 
     #[test]
     fn scale_back_is_opt_in_with_nth_style_defaults_and_checked_values() {
-        let base = [
-            "--node-name=n1",
-            "--enable-spot-guard=true",
-            "--enable-rebalance-monitoring",
-            "--spot-asg-name=spot",
-            "--on-demand-asg-name=od",
-        ];
+        let base = SPOT_GUARD_ON;
         let fleet = parse(&base).unwrap().spot_guard_fleet.unwrap();
         assert_eq!(fleet.scale_back, None);
         assert_eq!(fleet.new_node_protection, Duration::from_secs(900));
