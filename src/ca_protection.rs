@@ -12,10 +12,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::fleet_flow::unix_millis;
+use crate::fleet_flow::{from_unix_millis, unix_millis};
 use crate::lease::Leases;
 use crate::ledger::{self, LedgerEntry};
 use crate::node::NodeClient;
+use crate::record;
 
 pub const CA_SCALE_DOWN_DISABLED: &str = "cluster-autoscaler.kubernetes.io/scale-down-disabled";
 pub const PROTECTED_UNTIL_ANNOTATION: &str = "spot-guard/scale-down-disabled-until";
@@ -43,9 +44,7 @@ pub fn plan(
     now: SystemTime,
 ) -> Step {
     if let Some(ours) = ours {
-        let until = ours
-            .parse::<u64>()
-            .map_or(UNIX_EPOCH, |ms| UNIX_EPOCH + Duration::from_millis(ms));
+        let until = ours.parse::<u64>().map_or(UNIX_EPOCH, from_unix_millis);
         return if now >= until {
             Step::RemoveNow
         } else {
@@ -57,7 +56,7 @@ pub fn plan(
     }
     match entry {
         Some(entry) => {
-            let until = UNIX_EPOCH + Duration::from_millis(entry.at) + window;
+            let until = from_unix_millis(entry.at) + window;
             if now < until {
                 Step::Protect { until }
             } else {
@@ -83,17 +82,10 @@ pub struct CaProtection {
 impl CaProtection {
     pub async fn run(self, shutdown: CancellationToken) {
         let name = self.node.name().to_owned();
-        let annotation = |node: &k8s_openapi::api::core::v1::Node, key: &str| {
-            node.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(key))
-                .cloned()
-        };
         let (ours, ca_set) = match self.node.get().await {
             Ok(node) => (
-                annotation(&node, PROTECTED_UNTIL_ANNOTATION),
-                annotation(&node, CA_SCALE_DOWN_DISABLED).is_some(),
+                record::annotation(&node, PROTECTED_UNTIL_ANNOTATION).map(str::to_owned),
+                record::annotation(&node, CA_SCALE_DOWN_DISABLED).is_some(),
             ),
             Err(error) => {
                 error!(

@@ -273,8 +273,14 @@ pub fn unix_millis(time: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn from_unix_millis(millis: u64) -> SystemTime {
+pub fn from_unix_millis(millis: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(millis)
+}
+
+/// How long before `now` the Unix-millisecond time `millis` was; zero if it is later.
+pub fn millis_ago(millis: u64, now: SystemTime) -> Duration {
+    now.duration_since(from_unix_millis(millis))
+        .unwrap_or_default()
 }
 
 /// InService instances that did not exist at the read.
@@ -342,9 +348,7 @@ pub fn cool_off(
     window: Duration,
 ) -> Option<CapacityFailureNote> {
     let note: CapacityFailureNote = serde_json::from_str(annotation?).ok()?;
-    let since = now
-        .duration_since(from_unix_millis(note.at))
-        .unwrap_or_default();
+    let since = millis_ago(note.at, now);
     (since < window).then_some(note)
 }
 

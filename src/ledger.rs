@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::fleet_flow::{Role, unix_millis};
+use crate::fleet_flow::{Role, millis_ago, unix_millis};
 use crate::lease::{LeaseError, Leases};
 use crate::node::NodeClient;
 
@@ -41,8 +41,7 @@ pub struct LedgerEntry {
 
 impl LedgerEntry {
     pub fn age(&self, now: SystemTime) -> Duration {
-        let at = std::time::UNIX_EPOCH + Duration::from_millis(self.at);
-        now.duration_since(at).unwrap_or_default()
+        millis_ago(self.at, now)
     }
 }
 

@@ -36,7 +36,7 @@ fn labels(node: &Node) -> Option<&BTreeMap<String, String>> {
     node.metadata.labels.as_ref()
 }
 
-fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+pub fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
     node.metadata
         .annotations
         .as_ref()

@@ -25,6 +25,7 @@ use crate::flow::{NodeActionPlan, SCALE_BACK_TAINT, Taint};
 use crate::lease::{LeaseError, Leases};
 use crate::ledger::{self, LedgerEntry};
 use crate::node::{NodeClient, NodeError, TaintEffect};
+use crate::record;
 use crate::report::{InterruptionEvent, Reporter, SpotGuardStep};
 use crate::scale_back_flow::{
     self, Decision, NodeView, Observation, Phase, PodView, Resume, SCALE_BACK_ANNOTATION,
@@ -158,10 +159,7 @@ impl<A: AutoScaling> ScaleBack<A> {
 
     async fn load_record(&self) -> ScaleBackRecord {
         let annotation = match self.node.get().await {
-            Ok(node) => node
-                .metadata
-                .annotations
-                .and_then(|mut a| a.remove(SCALE_BACK_ANNOTATION)),
+            Ok(node) => record::annotation(&node, SCALE_BACK_ANNOTATION).map(str::to_owned),
             Err(error) => {
                 warn!(
                     "Cannot read the scale-back record of node {}: {error}",
@@ -188,12 +186,8 @@ impl<A: AutoScaling> ScaleBack<A> {
         healthy_since: &mut Option<Instant>,
     ) -> Result<Observation, ScaleBackError> {
         let now = SystemTime::now();
-        let ago = |ms: u64| {
-            now.duration_since(std::time::UNIX_EPOCH + Duration::from_millis(ms))
-                .unwrap_or_default()
-        };
         let aborted_ago = match &record.phase {
-            Phase::Aborted { at, .. } => Some(ago(*at)),
+            Phase::Aborted { at, .. } => Some(fleet_flow::millis_ago(*at, now)),
             _ => None,
         };
         let spot = self.asg.describe(&self.spot_asg).await?;

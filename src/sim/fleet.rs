@@ -22,6 +22,7 @@ use crate::fleet_flow::{REPLACEMENT_ANNOTATION, ReplacementRecord};
 use crate::flow::{ActionSettings, REBALANCE_TAINT};
 use crate::monitor::Notice;
 use crate::node;
+use crate::record;
 use crate::report::{NodeMetadata, ReportSettings, Reporter};
 use crate::scale_back_flow::ScaleBackSettings;
 use crate::sim::asg::{AsgSim, AsgSimError, Behaviour, Call, GroupSpec};
@@ -747,9 +748,9 @@ pub async fn kill_and_restart(point: KillPoint) -> Result<RestartOutcome, FleetE
     let recorded_event = world
         .kube
         .node(&node_name(0))
-        .and_then(|node| node.metadata.annotations)
-        .and_then(|a| a.get(REPLACEMENT_ANNOTATION).cloned())
-        .and_then(|record| ReplacementRecord::parse(Some(&record)))
+        .and_then(|node| {
+            ReplacementRecord::parse(record::annotation(&node, REPLACEMENT_ANNOTATION))
+        })
         .map(|record| record.event_id);
     Ok(RestartOutcome {
         killed_mid_flow,

@@ -25,6 +25,7 @@ use crate::flow::{AttemptOutcome, CapacityFailure, ReplacementOutcome, WatchVerd
 use crate::lease::{HeldLease, LeaseSettings, Leases};
 use crate::ledger;
 use crate::node::{NodeClient, NodeError};
+use crate::record;
 use crate::report::{InterruptionEvent, Reporter, SpotGuardStep};
 use crate::scale_back::ScaleBack;
 use crate::scale_back_flow::ScaleBackSettings;
@@ -195,13 +196,7 @@ impl Fleet {
 
     async fn load_record(&self, event_id: &str) -> ReplacementRecord {
         let stored = match self.node.get().await {
-            Ok(node) => ReplacementRecord::parse(
-                node.metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(REPLACEMENT_ANNOTATION))
-                    .map(String::as_str),
-            ),
+            Ok(node) => ReplacementRecord::parse(record::annotation(&node, REPLACEMENT_ANNOTATION)),
             Err(error) => {
                 warn!(
                     "Cannot read node {} for its replacement record ({error}); starting the flow from the beginning",
@@ -452,9 +447,7 @@ impl<A: AutoScaling> SpotGuard<A> {
                 fleet.settings.capacity_cool_off,
             )
         {
-            let ago = SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH + Duration::from_millis(note.at))
-                .unwrap_or_default();
+            let ago = fleet_flow::millis_ago(note.at, SystemTime::now());
             return Err(CapacityFailure::InsufficientCapacity {
                 message: format!(
                     "spot ASG {name} failed for lack of capacity {}s ago ({}, seen by node {}); within SPOT_GUARD_CAPACITY_COOL_OFF ({}s) recommendations go straight to on-demand",
@@ -531,12 +524,7 @@ impl<A: AutoScaling> SpotGuard<A> {
         preempt: &CancellationToken,
     ) -> Result<Result<Vec<String>, CapacityFailure>, Preempted> {
         let timeout = self.config.capacity_check_timeout;
-        let requested_at = std::time::UNIX_EPOCH + Duration::from_millis(scaled.requested_at);
-        let elapsed = || {
-            SystemTime::now()
-                .duration_since(requested_at)
-                .unwrap_or_default()
-        };
+        let elapsed = || fleet_flow::millis_ago(scaled.requested_at, SystemTime::now());
         info!(
             "Waiting up to {:?} for {} new instance(s) to reach InService in ASG {name} (checking every {:?})",
             timeout, scaled.needed, self.config.check_interval
