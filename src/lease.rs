@@ -304,8 +304,7 @@ impl Leases {
         name: &str,
         annotations: &[(&str, Option<&str>)],
     ) -> Result<(), LeaseError> {
-        self.update(name, "writing annotations", |lease| {
-            let map = lease.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        self.edit_annotations(name, |map| {
             let mut changed = false;
             for (key, value) in annotations {
                 let before = map.get(*key).map(String::as_str);
@@ -319,6 +318,19 @@ impl Leases {
                 };
             }
             changed
+        })
+        .await
+    }
+
+    /// Lets `change` edit the annotations of the lease `name` as just read (again after a
+    /// conflict), whoever holds it; `change` returns false when there is nothing to write.
+    pub async fn edit_annotations(
+        &self,
+        name: &str,
+        change: impl Fn(&mut BTreeMap<String, String>) -> bool,
+    ) -> Result<(), LeaseError> {
+        self.update(name, "writing annotations", |lease| {
+            change(lease.metadata.annotations.get_or_insert_with(BTreeMap::new))
         })
         .await
     }

@@ -88,20 +88,19 @@ pub async fn record(
         at: unix_millis(now),
     };
     let value = serde_json::to_string(&entry).unwrap_or_default();
-    let stale = match leases.annotations(lease).await {
-        Ok(annotations) => stale_keys(&annotations, now),
-        Err(error) => {
-            warn!("Reading lease {lease} before recording the new instances failed: {error}");
-            Vec::new()
-        }
-    };
-    let keys: Vec<String> = instances.iter().map(|id| key(id)).collect();
-    let mut changes: Vec<(&str, Option<&str>)> = keys
-        .iter()
-        .map(|key| (key.as_str(), Some(value.as_str())))
-        .collect();
-    changes.extend(stale.iter().map(|key| (key.as_str(), None)));
-    match leases.annotate(lease, &changes).await {
+    // Pruned on the same read the entries are written on: one read-modify-write.
+    let written = leases
+        .edit_annotations(lease, |annotations| {
+            for stale in stale_keys(annotations, now) {
+                annotations.remove(&stale);
+            }
+            for id in instances {
+                annotations.insert(key(id), value.clone());
+            }
+            true
+        })
+        .await;
+    match written {
         Ok(()) => info!(
             "Recorded on lease {lease}: {} bought in ASG {asg} for node {for_node}",
             instances.join(", ")
