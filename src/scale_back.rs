@@ -31,7 +31,7 @@ use crate::scale_back_flow::{
     self, Decision, NodeView, Observation, Phase, PodView, Resume, SCALE_BACK_ANNOTATION,
     SCALE_BACK_LEASE, ScaleBackRecord, ScaleBackSettings,
 };
-use crate::spot_guard::Fleet;
+use crate::spot_guard::{Fleet, terminate_with_decrement};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScaleBackError {
@@ -367,7 +367,14 @@ impl<A: AutoScaling> ScaleBack<A> {
             .apply(&plan, &event, "on-demand scale-back")
             .await;
         let result = if outcome == ActionOutcome::Drained {
-            self.terminate().await
+            terminate_with_decrement(
+                &self.asg,
+                &self.leases,
+                &self.on_demand_asg,
+                &self.instance_id,
+            )
+            .await
+            .map(|_| ())
         } else {
             Err("the drain did not complete".to_owned())
         };
@@ -414,37 +421,6 @@ impl<A: AutoScaling> ScaleBack<A> {
                 false
             }
         }
-    }
-
-    /// Under the on-demand ASG's Lease, since the decrement must not land between another
-    /// agent's read and write of its desired capacity.
-    async fn terminate(&self) -> Result<(), String> {
-        let asg = &self.on_demand_asg;
-        let id = &self.instance_id;
-        let held = self
-            .leases
-            .acquire(&Fleet::lease_name(asg))
-            .await
-            .map_err(|error| error.to_string())?;
-        let result = async {
-            let state = self.asg.describe(asg).await.map_err(|e| e.to_string())?;
-            if !state.instances.iter().any(|i| &i.instance_id == id) {
-                info!("Instance {id} is no longer in ASG {asg}; nothing to terminate");
-                return Ok(());
-            }
-            info!(
-                "Terminating instance {id} in ASG {asg} with ShouldDecrementDesiredCapacity: desired capacity {} -> {}",
-                state.desired_capacity,
-                state.desired_capacity - 1
-            );
-            self.asg
-                .terminate_instance(id, true)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .await;
-        held.release().await;
-        result
     }
 
     fn event(&self) -> InterruptionEvent {

@@ -6,7 +6,7 @@
 
 mod fleet;
 
-pub use fleet::{Fleet, FleetSettings};
+pub use fleet::{Fleet, FleetSettings, terminate_with_decrement};
 
 use std::time::{Duration, SystemTime};
 

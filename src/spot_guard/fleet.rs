@@ -643,7 +643,7 @@ impl<A: AutoScaling> SpotGuard<A> {
         let spot = self.config.spot_asg_name.clone();
         let given_back = tokio::time::timeout(
             self.config.scale_timeout,
-            self.terminate_under_lease(fleet, &spot, instance_id),
+            terminate_with_decrement(&self.asg, &fleet.leases, &spot, instance_id),
         )
         .await
         .unwrap_or_else(|_| {
@@ -664,41 +664,40 @@ impl<A: AutoScaling> SpotGuard<A> {
             ),
         }
     }
+}
 
-    /// Under the spot ASG's lease, since the decrement must not land between another
-    /// agent's read and write of desired capacity. Returns whether it terminated.
-    async fn terminate_under_lease(
-        &self,
-        fleet: &Fleet,
-        spot: &str,
-        instance_id: &str,
-    ) -> Result<bool, String> {
-        let held = fleet.acquire(spot).await.map_err(|f| f.to_string())?;
-        let result = async {
-            let state = self
-                .asg
-                .describe(spot)
-                .await
-                .map_err(|error| error.to_string())?;
-            if !state.instances.iter().any(|i| i.instance_id == instance_id) {
-                info!(
-                    "Instance {instance_id} is not in spot ASG {spot}; not terminating it"
-                );
-                return Ok(false);
-            }
-            info!(
-                "Terminating drained instance {instance_id} in ASG {spot} with ShouldDecrementDesiredCapacity: desired capacity {} -> {}",
-                state.desired_capacity,
-                state.desired_capacity - 1
-            );
-            self.asg
-                .terminate_instance(instance_id, true)
-                .await
-                .map_err(|error| error.to_string())?;
-            Ok(true)
+/// Terminates `instance_id` with ShouldDecrementDesiredCapacity if it is still a member of
+/// `asg`, under the ASG's Lease, since the decrement must not land between another
+/// agent's read and write of desired capacity. Returns whether it terminated. Used to
+/// give back a drained spot instance and an on-demand fallback.
+pub async fn terminate_with_decrement<A: AutoScaling>(
+    client: &A,
+    leases: &Leases,
+    asg: &str,
+    instance_id: &str,
+) -> Result<bool, String> {
+    let held = leases
+        .acquire(&Fleet::lease_name(asg))
+        .await
+        .map_err(|error| format!("taking the lease for ASG {asg}: {error}"))?;
+    let result = async {
+        let state = client.describe(asg).await.map_err(|e| e.to_string())?;
+        if !state.instances.iter().any(|i| i.instance_id == instance_id) {
+            info!("Instance {instance_id} is no longer in ASG {asg}; nothing to terminate");
+            return Ok(false);
         }
-        .await;
-        held.release().await;
-        result
+        info!(
+            "Terminating instance {instance_id} in ASG {asg} with ShouldDecrementDesiredCapacity: desired capacity {} -> {}",
+            state.desired_capacity,
+            state.desired_capacity - 1
+        );
+        client
+            .terminate_instance(instance_id, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(true)
     }
+    .await;
+    held.release().await;
+    result
 }
