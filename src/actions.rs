@@ -10,11 +10,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tracing::{error, info, warn};
 
 use crate::drain::{self, DrainSettings};
-use crate::flow::{
-    self, AGENT_TAINTS, EXCLUDE_FROM_LB_LABEL, EXCLUDE_FROM_LB_VALUE, NodeActionPlan,
-    OUT_OF_SERVICE_TAINT, OUT_OF_SERVICE_VALUE,
+use crate::config::TaintEffect;
+use crate::names::{
+    self, ACTION_LABEL, ACTION_TIME_LABEL, AGENT_TAINTS, CORDONED_BY_ANNOTATION, EVENT_ID_LABEL,
+    EXCLUDE_FROM_LB_LABEL, EXCLUDE_FROM_LB_VALUE, HANDLED_EVENTS_ANNOTATION, NTH_LABELS,
+    OUT_OF_SERVICE_TAINT, OUT_OF_SERVICE_VALUE, UNCORDON_AFTER_REBOOT,
 };
-use crate::node::{NodeClient, TaintEffect};
+use crate::node::NodeClient;
+use crate::plan::{self, NodeActionPlan};
 use crate::record::{self, NodeRecord};
 use crate::report::{InterruptionEvent, NodeAction, Reporter};
 
@@ -186,7 +189,7 @@ impl NodeActions {
             Ok(true) if !self.dry_run => {
                 if let Err(error) = self
                     .node
-                    .set_annotations(&[(record::CORDONED_BY_ANNOTATION, event_id)])
+                    .set_annotations(&[(CORDONED_BY_ANNOTATION, event_id)])
                     .await
                 {
                     warn!(
@@ -218,7 +221,7 @@ impl NodeActions {
         let name = self.name();
         if let Err(error) = self
             .node
-            .add_label(record::EVENT_ID_LABEL, flow::taint_value(event_id).as_str())
+            .add_label(EVENT_ID_LABEL, names::taint_value(event_id))
             .await
         {
             warn!("Labelling node {name} with the event id failed: {error}");
@@ -232,9 +235,9 @@ impl NodeActions {
             Ok(_) => {
                 let now = unix_now().to_string();
                 let marked = async {
-                    self.node.add_label(record::ACTION_TIME_LABEL, &now).await?;
+                    self.node.add_label(ACTION_TIME_LABEL, &now).await?;
                     self.node
-                        .add_label(record::ACTION_LABEL, record::UNCORDON_AFTER_REBOOT)
+                        .add_label(ACTION_LABEL, UNCORDON_AFTER_REBOOT)
                         .await
                 };
                 match marked.await {
@@ -259,7 +262,7 @@ impl NodeActions {
         let value = record.handled_events_with(event_id);
         if let Err(error) = self
             .node
-            .set_annotations(&[(record::HANDLED_EVENTS_ANNOTATION, value.as_str())])
+            .set_annotations(&[(HANDLED_EVENTS_ANNOTATION, value.as_str())])
             .await
         {
             warn!(
@@ -303,7 +306,7 @@ impl NodeActions {
                 return;
             }
         };
-        if !flow::has_rebooted_since(marked_at, unix_now(), uptime) {
+        if !plan::has_rebooted_since(marked_at, unix_now(), uptime) {
             info!(
                 "Node {} is marked for uncordon after a reboot that has not happened yet",
                 self.name()
@@ -343,7 +346,7 @@ impl NodeActions {
         }
         if let Err(error) = self
             .node
-            .remove_annotations(&[record::CORDONED_BY_ANNOTATION])
+            .remove_annotations(&[CORDONED_BY_ANNOTATION])
             .await
         {
             warn!("Removing the cordon record from node {name} failed: {error}");
@@ -358,7 +361,7 @@ impl NodeActions {
                 warn!("Removing taint {key} from node {name} failed: {error}");
             }
         }
-        for key in record::NTH_LABELS {
+        for key in NTH_LABELS {
             if let Err(error) = self.node.remove_label(key).await {
                 warn!("Removing label {key} from node {name} failed: {error}");
             }

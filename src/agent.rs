@@ -14,10 +14,9 @@ use crate::actions::{ActionOutcome, NodeActions};
 use crate::asg::AutoScaling;
 use crate::config::Config;
 use crate::drain::{DrainSettings, PodRef};
-use crate::flow::{
-    self, ASG_LIFECYCLE_TAINT, ActionSettings, NodeActionPlan, ReplacementOutcome,
-    SCHEDULED_MAINTENANCE_TAINT, SPOT_ITN_TAINT,
-};
+use crate::names::{ASG_LIFECYCLE_TAINT, SCHEDULED_MAINTENANCE_TAINT, SPOT_ITN_TAINT};
+use crate::plan::{self, ActionSettings, NodeActionPlan};
+use crate::spot_guard::decide::ReplacementOutcome;
 use crate::imds::parse_scheduled_event_time;
 use crate::monitor::Notice;
 use crate::node::NodeClient;
@@ -66,7 +65,8 @@ impl AgentSettings {
                 timeout: config.node_termination_grace_period,
                 max_concurrent_evictions: config.drain_concurrency,
                 own_pod,
-                ..DrainSettings::default()
+                eviction_retry_interval: config.tuning.eviction_retry_interval,
+                poll_interval: config.tuning.drain_poll_interval,
             },
             uptime_file: config.uptime_from_file.clone(),
         }
@@ -347,7 +347,7 @@ impl<A: AutoScaling + 'static> Agent<A> {
             }
             replacement = Some((spot_guard, outcome));
         }
-        let plan = flow::plan_rebalance(&self.settings.actions, notice.event_id());
+        let plan = plan::plan_rebalance(&self.settings.actions, notice.event_id());
         let act = async {
             let actions = self.act(&plan, &event, "rebalance recommendation").await;
             // Before the event is recorded as handled, so a restart in between still gives back.
@@ -375,7 +375,7 @@ impl<A: AutoScaling + 'static> Agent<A> {
             }
             Notice::ScheduledEvent { code, .. } => {
                 info!(%event_id, "Handling scheduled event {code}");
-                if flow::is_restart_event(code) && !self.settings.dry_run {
+                if plan::is_restart_event(code) && !self.settings.dry_run {
                     self.actions.prepare_for_reboot(event_id).await;
                 }
                 (SCHEDULED_MAINTENANCE_TAINT, "scheduled maintenance")
@@ -388,7 +388,7 @@ impl<A: AutoScaling + 'static> Agent<A> {
             | Notice::ScheduledEventEnded { .. }
             | Notice::RebalanceRecommendationCleared { .. } => return,
         };
-        let plan = flow::plan_drain_now(&self.settings.actions, taint_key, event_id);
+        let plan = plan::plan_drain_now(&self.settings.actions, taint_key, event_id);
         self.act(&plan, &event, reason).await;
         self.done(&event).await;
     }

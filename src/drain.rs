@@ -31,7 +31,7 @@ fn attempt_deadline(deadline: Instant) -> Instant {
 
 mod classify;
 
-pub use classify::{MIRROR_POD_ANNOTATION, PodDisposition, RefuseReason, SkipReason, classify};
+pub use classify::{PodDisposition, RefuseReason, SkipReason, classify};
 
 /// How long the one check for gone pods may run past the deadline.
 const FINAL_CHECK_TIMEOUT: Duration = Duration::from_secs(2);

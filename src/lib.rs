@@ -1,29 +1,28 @@
 //! spot-guard: a node-local agent for EC2 spot nodes of a Kubernetes cluster.
 //!
-//! The pipeline: IMDS notices ([`imds`], [`monitor`]) → decisions ([`flow`]) →
-//! replacement capacity ([`spot_guard`] over [`asg`], implemented by [`aws`]) →
-//! node actions ([`node`], [`drain`]), tied together by [`agent`].
-//! [`sim`] holds the in-process simulators used by `spot-guard simulate` and the tests.
+//! The pipeline: IMDS notices ([`imds`], [`monitor`]) → NTH's node-action plans
+//! ([`plan`]) → replacement capacity ([`spot_guard`] over [`asg`], implemented by
+//! [`aws`]) → node actions ([`actions`], [`node`], [`drain`]), tied together by
+//! [`agent`] and started in one place, [`run`]. Every name written into the cluster is
+//! in [`names`]. The simulators (`sim`, feature `sim`) are not part of the shipped
+//! agent.
 
 pub mod actions;
 pub mod agent;
 pub mod asg;
 pub mod aws;
-pub mod ca_protection;
 pub mod config;
 pub mod drain;
-pub mod fleet_flow;
-pub mod flow;
 pub mod imds;
 pub mod lease;
-pub mod ledger;
 pub mod logging;
 pub mod monitor;
+pub mod names;
 pub mod node;
+pub mod plan;
 pub mod record;
 pub mod report;
 pub mod run;
-pub mod scale_back;
-pub mod scale_back_flow;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod spot_guard;

@@ -7,8 +7,6 @@
 //! reports whether it changed anything; in dry run it reads, logs "DRY RUN: would …" and
 //! writes nothing.
 
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Taint};
@@ -16,8 +14,8 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
-/// Kubernetes refuses taint values longer than a label value.
-pub const MAX_TAINT_VALUE_LENGTH: usize = 63;
+use crate::config::TaintEffect;
+use crate::names::taint_value;
 
 /// Attempts per write, the first included; NTH retries conflicts for about 5 s.
 const WRITE_ATTEMPTS: u32 = 5;
@@ -74,54 +72,6 @@ pub(crate) fn is_transient(error: &kube::Error) -> bool {
         kube::Error::Api(status) => matches!(status.code, 409 | 429 | 500 | 502 | 503 | 504),
         kube::Error::HyperError(_) | kube::Error::Service(_) => true,
         _ => false,
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaintEffect {
-    NoSchedule,
-    PreferNoSchedule,
-    NoExecute,
-}
-
-impl TaintEffect {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaintEffect::NoSchedule => "NoSchedule",
-            TaintEffect::PreferNoSchedule => "PreferNoSchedule",
-            TaintEffect::NoExecute => "NoExecute",
-        }
-    }
-}
-
-impl fmt::Display for TaintEffect {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid taint effect {0:?}: expected one of NoSchedule, PreferNoSchedule, NoExecute")]
-pub struct ParseTaintEffectError(String);
-
-impl FromStr for TaintEffect {
-    type Err = ParseTaintEffectError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "NoSchedule" => Ok(TaintEffect::NoSchedule),
-            "PreferNoSchedule" => Ok(TaintEffect::PreferNoSchedule),
-            "NoExecute" => Ok(TaintEffect::NoExecute),
-            other => Err(ParseTaintEffectError(other.to_owned())),
-        }
-    }
-}
-
-/// Cuts a taint value to 63 characters as NTH does with its event ids.
-pub fn taint_value(value: &str) -> &str {
-    match value.char_indices().nth(MAX_TAINT_VALUE_LENGTH) {
-        Some((cut, _)) => &value[..cut],
-        None => value,
     }
 }
 
@@ -450,13 +400,6 @@ mod tests {
             Some(vec![taint("other", "x", "NoExecute")])
         );
         assert_eq!(without_taint(&current, "missing"), None);
-    }
-
-    #[test]
-    fn taint_value_is_cut_to_63_characters() {
-        let long = "a".repeat(100);
-        assert_eq!(taint_value(&long).len(), 63);
-        assert_eq!(taint_value("short"), "short");
     }
 
     #[test]

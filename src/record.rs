@@ -6,19 +6,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Node;
 
-/// NTH: the action to take after a reboot, with the time it was set.
-pub const ACTION_LABEL: &str = "aws-node-termination-handler/action";
-pub const ACTION_TIME_LABEL: &str = "aws-node-termination-handler/action-time";
-/// NTH: the scheduled event the node was prepared for.
-pub const EVENT_ID_LABEL: &str = "aws-node-termination-handler/event-id";
-pub const UNCORDON_AFTER_REBOOT: &str = "UncordonAfterReboot";
-/// NTH's labels, removed when what they describe is over.
-pub const NTH_LABELS: [&str; 3] = [EVENT_ID_LABEL, ACTION_LABEL, ACTION_TIME_LABEL];
+use crate::names::{
+    ACTION_LABEL, ACTION_TIME_LABEL, CORDONED_BY_ANNOTATION, EVENT_ID_LABEL, HANDLED_EVENTS_ANNOTATION,
+    UNCORDON_AFTER_REBOOT,
+};
 
-/// Event ids whose node actions finished, newest last, so a restart does not redo them.
-pub const HANDLED_EVENTS_ANNOTATION: &str = "spot-guard/handled-events";
-/// The event whose cordon this agent set: only that cordon is ever undone by it.
-pub const CORDONED_BY_ANNOTATION: &str = "spot-guard/cordoned-by";
 /// Enough to cover every notice one instance can get; older ids cannot come back.
 const REMEMBERED_EVENTS: usize = 10;
 

@@ -1,34 +1,121 @@
-//! The agent process: real clients from the configuration, the monitor, the agent and
-//! the metrics and probes servers as tasks, and a clean stop on SIGTERM or SIGINT.
+//! The one composition point: [`start`] turns a [`Config`] and the clients to talk
+//! through into a running agent (IMDS monitor, agent, Spot Guard and its own-node tasks,
+//! reporters, metrics and probes servers). Production ([`run`]), the simulator, the
+//! tests and the benchmarks all start the agent here, so what they run is what ships.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::agent::{Agent, AgentSettings};
+use crate::asg::AutoScaling;
 use crate::aws::{AwsAutoScaling, AwsSettings};
 use crate::config::Config;
-use crate::imds::ImdsClient;
-use crate::monitor::{self, DEFAULT_POLL_INTERVAL, Liveness, MonitorSettings};
+use crate::imds::{ImdsClient, ImdsError};
+use crate::monitor::{self, Liveness, MonitorError, MonitorSettings};
 use crate::node::{self, NodeClient, NodeError};
-use crate::report::{self, NodeMetadata, ProbeSettings, Reporter};
-use crate::spot_guard::{Fleet, SpotGuard};
+use crate::report::{self, NodeMetadata, ProbeSettings, ReportError, Reporter, ServeError};
+use crate::spot_guard::SpotGuard;
+
+/// What the agent talks through: the real clients in production, clients pointed at
+/// the simulators elsewhere.
+pub struct Clients<A> {
+    pub kube: kube::Client,
+    /// Auto Scaling; only used when Spot Guard is on.
+    pub asg: Option<A>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Imds(#[from] ImdsError),
+    #[error("{0}; check NODE_NAME (the chart sets it from spec.nodeName)")]
+    NodeNotFound(#[source] NodeError),
+    #[error("cannot set up reporting: {0}")]
+    Report(#[from] ReportError),
+    #[error("{0}")]
+    Serve(#[from] ServeError),
+    #[error("ENABLE_SPOT_GUARD is on but no Auto Scaling client was given")]
+    NoAutoScaling,
+}
+
+impl StartError {
+    /// 2 for what the user configured wrong, 1 for what the world refused.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            StartError::Imds(_) | StartError::Report(_) | StartError::NoAutoScaling => {
+                ExitCode::from(2)
+            }
+            StartError::NodeNotFound(_) | StartError::Serve(_) => ExitCode::FAILURE,
+        }
+    }
+}
+
+/// A started agent: its tasks run until [`RunningAgent::stop`].
+pub struct RunningAgent {
+    pub shutdown: CancellationToken,
+    pub reporter: Reporter,
+    handled: watch::Receiver<u32>,
+    monitor: JoinHandle<Result<(), MonitorError>>,
+    agent: JoinHandle<()>,
+    own_node_tasks: Vec<JoinHandle<()>>,
+    servers: Vec<JoinHandle<Result<(), ServeError>>>,
+}
+
+impl RunningAgent {
+    /// How many notices the agent has fully handled.
+    pub fn handled(&self) -> watch::Receiver<u32> {
+        self.handled.clone()
+    }
+
+    /// Waits (bounded) until the agent has finished `count` notices; false on timeout.
+    pub async fn wait_handled(&mut self, count: u32, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.handled.wait_for(|n| *n >= count))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Stops every task and waits for them; queued reports get a few seconds to go.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.agent.await;
+        for task in self.own_node_tasks {
+            let _ = task.await;
+        }
+        match self.monitor.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => error!("Monitor stopped with an error: {error}"),
+            Err(error) => error!("Monitor task failed: {error}"),
+        }
+        for server in self.servers {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => error!("{error}"),
+                Err(error) => error!("Server task failed: {error}"),
+            }
+        }
+        if !self.reporter.flush(Duration::from_secs(5)).await {
+            warn!("Some events or webhook posts were still queued at shutdown");
+        }
+    }
+}
 
 /// IMDS answers within 2 s per try, and failed polls back off up to 8 intervals: a
 /// probe older than this means the loop is stuck, not just IMDS being slow.
-fn probe_staleness(metadata_tries: u32) -> Duration {
-    DEFAULT_POLL_INTERVAL * 3 + Duration::from_secs(2) * metadata_tries + DEFAULT_POLL_INTERVAL * 8
+fn probe_staleness(poll_interval: Duration, metadata_tries: u32) -> Duration {
+    poll_interval * 3 + Duration::from_secs(2) * metadata_tries + poll_interval * 8
 }
 
-pub async fn run(config: Config) -> ExitCode {
-    if let Err(error) = crate::logging::init(&config.log_level, config.json_logging) {
-        eprintln!("spot-guard: {error}");
-        return ExitCode::from(2);
-    }
+/// Starts every part of the agent from `config`, talking through `clients`.
+pub async fn start<A: AutoScaling + Clone + 'static>(
+    config: &Config,
+    clients: Clients<A>,
+) -> Result<RunningAgent, StartError> {
     info!(
         "spot-guard {} starting: {config}",
         env!("CARGO_PKG_VERSION")
@@ -36,14 +123,9 @@ pub async fn run(config: Config) -> ExitCode {
     for setting in &config.ignored_settings {
         warn!("{setting} is set but has no effect in spot-guard");
     }
+    let Clients { kube, asg } = clients;
 
-    let imds = match ImdsClient::new(&config.metadata_url, config.metadata_tries) {
-        Ok(imds) => imds,
-        Err(error) => {
-            error!("{error}");
-            return ExitCode::from(2);
-        }
-    };
+    let imds = ImdsClient::new(&config.metadata_url, config.metadata_tries)?;
     let mut node_metadata = NodeMetadata::new(&config.node_name);
     match imds.instance_id().await {
         Ok(instance_id) => {
@@ -55,14 +137,6 @@ pub async fn run(config: Config) -> ExitCode {
             config.metadata_url
         ),
     }
-
-    let kube = match node::connect().await {
-        Ok(client) => client,
-        Err(error) => {
-            error!("Cannot build a Kubernetes client: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
     match NodeClient::new(kube.clone(), &config.node_name, config.dry_run)
         .get()
         .await
@@ -71,92 +145,60 @@ pub async fn run(config: Config) -> ExitCode {
             info!("Acting on node {}", config.node_name);
             node_metadata.node_uid = node.metadata.uid;
         }
-        Err(error @ NodeError::NotFound { .. }) => {
-            error!("{error}; check NODE_NAME (the chart sets it from spec.nodeName)");
-            return ExitCode::FAILURE;
-        }
+        Err(error @ NodeError::NotFound { .. }) => return Err(StartError::NodeNotFound(error)),
         Err(error) => warn!(
             "Cannot read node {} yet ({error}); actions will be attempted when a notice comes",
             config.node_name
         ),
     }
-
     let instance_id =
         (!node_metadata.instance_id.is_empty()).then(|| node_metadata.instance_id.clone());
-    let reporter = match Reporter::start(&config.report, node_metadata, Some(kube.clone())) {
-        Ok(reporter) => reporter,
-        Err(error) => {
-            error!("Cannot set up reporting: {error}");
-            return ExitCode::from(2);
-        }
-    };
+    let reporter = Reporter::start(&config.report, node_metadata, Some(kube.clone()))?;
+
     let shutdown = CancellationToken::new();
     let liveness = Liveness::default();
     let mut servers = Vec::new();
     if let Some(port) = config.prometheus_port {
         let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-        match report::bind("metrics", address).await {
-            Ok(listener) => {
-                info!("Serving Prometheus metrics on {address}/metrics");
-                servers.push(tokio::spawn(report::serve_metrics(
-                    listener,
-                    reporter.metrics().unwrap_or_default(),
-                    shutdown.clone(),
-                )));
-            }
-            Err(error) => {
-                error!("{error}");
-                return ExitCode::FAILURE;
-            }
-        }
+        let listener = report::bind("metrics", address).await?;
+        info!("Serving Prometheus metrics on {address}/metrics");
+        servers.push(tokio::spawn(report::serve_metrics(
+            listener,
+            reporter.metrics().unwrap_or_default(),
+            shutdown.clone(),
+        )));
     }
     if let Some(probes) = &config.probes {
         let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, probes.port));
-        match report::bind("probes", address).await {
-            Ok(listener) => {
-                info!("Serving the liveness probe on {address}{}", probes.endpoint);
-                servers.push(tokio::spawn(report::serve_probes(
-                    listener,
-                    ProbeSettings {
-                        endpoint: probes.endpoint.clone(),
-                        max_staleness: probe_staleness(config.metadata_tries),
-                    },
-                    liveness.clone(),
-                    shutdown.clone(),
-                )));
-            }
-            Err(error) => {
-                error!("{error}");
-                return ExitCode::FAILURE;
-            }
-        }
+        let listener = report::bind("probes", address).await?;
+        info!("Serving the liveness probe on {address}{}", probes.endpoint);
+        servers.push(tokio::spawn(report::serve_probes(
+            listener,
+            ProbeSettings {
+                endpoint: probes.endpoint.clone(),
+                max_staleness: probe_staleness(config.tuning.poll_interval, config.metadata_tries),
+            },
+            liveness.clone(),
+            shutdown.clone(),
+        )));
     }
 
-    let agent_settings = AgentSettings::from_config(&config);
+    let agent_settings = AgentSettings::from_config(config);
     let mut own_node_tasks = Vec::new();
     let spot_guard = match &config.spot_guard {
-        Some(spot_guard_config) => {
-            let aws = AwsAutoScaling::from_environment(&AwsSettings {
-                endpoint_url: None,
-                max_attempts: config.aws_api_max_attempts,
-            })
-            .await;
-            let mut spot_guard =
-                SpotGuard::new(aws.clone(), spot_guard_config.clone(), config.dry_run)
-                    .with_reporter(reporter.clone());
-            if let Some(fleet) = &config.spot_guard_fleet {
-                let fleet = Fleet::new(kube.clone(), &config.node_name, instance_id, fleet.clone());
-                own_node_tasks = fleet.own_node_tasks(
-                    aws.clone(),
-                    kube.clone(),
-                    spot_guard_config,
-                    agent_settings.drain.clone(),
-                    config.dry_run,
-                    reporter.clone(),
-                    &shutdown,
-                );
-                spot_guard = spot_guard.with_fleet(fleet);
-            }
+        Some(settings) => {
+            let asg = asg.ok_or(StartError::NoAutoScaling)?;
+            let spot_guard = SpotGuard::new(
+                asg,
+                kube.clone(),
+                &config.node_name,
+                instance_id,
+                settings.clone(),
+                config.dry_run,
+                reporter.clone(),
+            );
+            own_node_tasks =
+                spot_guard.own_node_tasks(kube.clone(), agent_settings.drain.clone(), &shutdown);
             spot_guard.check_setup().await;
             Some(spot_guard)
         }
@@ -167,11 +209,11 @@ pub async fn run(config: Config) -> ExitCode {
     let monitor = tokio::spawn(monitor::run_reporting(
         imds,
         MonitorSettings {
+            interval: config.tuning.poll_interval,
             rebalance: config.enable_rebalance_monitoring,
             spot_interruption: config.enable_spot_interruption_draining,
             scheduled_events: config.enable_scheduled_event_draining,
             asg_lifecycle: config.enable_asg_lifecycle_draining,
-            ..MonitorSettings::default()
         },
         notices_tx,
         shutdown.clone(),
@@ -181,30 +223,53 @@ pub async fn run(config: Config) -> ExitCode {
     let agent = Agent::new(agent_settings, kube, spot_guard)
         .with_reporter(reporter.clone())
         .with_rebalance_uncordon_window(config.rebalance_uncordon_window);
+    let handled = agent.handled();
     let agent = tokio::spawn(agent.run(notices_rx, shutdown.clone()));
+    Ok(RunningAgent {
+        shutdown,
+        reporter,
+        handled,
+        monitor,
+        agent,
+        own_node_tasks,
+        servers,
+    })
+}
 
+/// The agent process: real clients from the environment, every part started by
+/// [`start`], and a clean stop on SIGTERM or SIGINT.
+pub async fn run(config: Config) -> ExitCode {
+    if let Err(error) = crate::logging::init(&config.log_level, config.json_logging) {
+        eprintln!("spot-guard: {error}");
+        return ExitCode::from(2);
+    }
+    let kube = match node::connect().await {
+        Ok(client) => client,
+        Err(error) => {
+            error!("Cannot build a Kubernetes client: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let asg = match &config.spot_guard {
+        Some(_) => Some(
+            AwsAutoScaling::from_environment(&AwsSettings {
+                endpoint_url: None,
+                max_attempts: config.aws_api_max_attempts,
+            })
+            .await,
+        ),
+        None => None,
+    };
+    let agent = match start(&config, Clients { kube, asg }).await {
+        Ok(agent) => agent,
+        Err(error) => {
+            error!("{error}");
+            return error.exit_code();
+        }
+    };
     wait_for_signal().await;
     info!("Signal received: stopping");
-    shutdown.cancel();
-    let _ = agent.await;
-    for task in own_node_tasks {
-        let _ = task.await;
-    }
-    match monitor.await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => error!("Monitor stopped with an error: {error}"),
-        Err(error) => error!("Monitor task failed: {error}"),
-    }
-    for server in servers {
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => error!("{error}"),
-            Err(error) => error!("Server task failed: {error}"),
-        }
-    }
-    if !reporter.flush(Duration::from_secs(5)).await {
-        warn!("Some events or webhook posts were still queued at shutdown");
-    }
+    agent.stop().await;
     info!("spot-guard stopped");
     ExitCode::SUCCESS
 }

@@ -3,9 +3,7 @@
 use k8s_openapi::api::core::v1::Pod;
 
 use super::DrainSettings;
-
-/// Annotation the kubelet puts on the API-server copy of a static pod.
-pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
+use crate::names::MIRROR_POD_ANNOTATION;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SkipReason {

@@ -16,15 +16,15 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{Agent, AgentSettings};
 use crate::asg::AutoScaling;
 use crate::aws::{AwsAutoScaling, AwsSettings};
-use crate::config::SpotGuardConfig;
+use crate::config::SpotGuardSettings;
 use crate::drain::DrainSettings;
-use crate::fleet_flow::{REPLACEMENT_ANNOTATION, ReplacementRecord};
+use crate::spot_guard::decide::{REPLACEMENT_ANNOTATION, ReplacementRecord};
 use crate::flow::{ActionSettings, REBALANCE_TAINT};
 use crate::monitor::Notice;
 use crate::node;
 use crate::record;
 use crate::report::{NodeMetadata, ReportSettings, Reporter};
-use crate::scale_back_flow::ScaleBackSettings;
+use crate::spot_guard::scale_back::decide::ScaleBackSettings;
 use crate::sim::asg::{AsgSim, AsgSimError, Behaviour, Call, GroupSpec};
 use crate::sim::kube::{FakeKube, FakePod, Termination};
 use crate::spot_guard::{Fleet, FleetSettings, SpotGuard};
@@ -279,7 +279,7 @@ impl FleetWorld {
             node: node.clone(),
             detail: error.to_string(),
         })?;
-        let config = SpotGuardConfig {
+        let config = SpotGuardSettings {
             spot_asg_name: SPOT_ASG.to_owned(),
             on_demand_asg_name: ON_DEMAND_ASG.to_owned(),
             scale_timeout: Duration::from_secs(60),

@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::agent::{Agent, AgentSettings};
 use crate::aws::{AwsAutoScaling, AwsSettings};
-use crate::config::SpotGuardConfig;
+use crate::config::SpotGuardSettings;
 use crate::drain::DrainSettings;
 use crate::flow::{ASG_LIFECYCLE_TAINT, ActionSettings, REBALANCE_TAINT, SPOT_ITN_TAINT};
 use crate::imds::ImdsClient;
@@ -547,7 +547,7 @@ async fn start_agent(scenario: &Scenario, sims: &Sims<'_>) -> Result<RunningAgen
     let aws = AwsAutoScaling::for_endpoint(sims.asg.url(), "us-east-1", &AwsSettings::default());
     let kube_client =
         node::client_for_url(&sims.kube.url()).map_err(|e| client("Kubernetes")(&e))?;
-    let spot_guard_config = SpotGuardConfig {
+    let spot_guard_config = SpotGuardSettings {
         spot_asg_name: SPOT_ASG.to_string(),
         on_demand_asg_name: ON_DEMAND_ASG.to_string(),
         scale_timeout: Duration::from_secs(5),

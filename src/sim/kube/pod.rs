@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference,
 use k8s_openapi::jiff::Timestamp;
 
 use super::Termination;
-use crate::drain::MIRROR_POD_ANNOTATION;
+use crate::names::MIRROR_POD_ANNOTATION;
 
 /// A pod to add with [`FakeKube::add_pod`]; by default a running, ReplicaSet-owned pod.
 #[derive(Debug, Clone)]

@@ -2,8 +2,8 @@
 //! Lease of the ASG it was bought in (`replacement.spot-guard/<instance-id>`), written by
 //! the agent that bought it once it is InService. The agent on the new instance reads
 //! its own entry: to keep Cluster Autoscaler from removing it while the evicted pods
-//! land ([`crate::ca_protection`]) and, for an on-demand fallback, to give it back once
-//! spot capacity returns ([`crate::scale_back`]).
+//! land ([`crate::spot_guard::ca_protection`]) and, for an on-demand fallback, to give it back once
+//! spot capacity returns ([`crate::spot_guard::scale_back`]).
 //!
 //! Agents that wait on the same ASG at once may each see the others' new instances: they
 //! all write the same entries (one key per instance, so no write is lost). An instance
@@ -19,11 +19,11 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::fleet_flow::{Role, millis_ago, unix_millis};
+use super::decide::{Role, millis_ago, unix_millis};
+use crate::names::LEDGER_KEY_PREFIX;
 use crate::lease::{LeaseError, Leases};
 use crate::node::NodeClient;
 
-const KEY_PREFIX: &str = "replacement.spot-guard/";
 /// Entries older than this are pruned when the next entry is written: by then the
 /// instance is long protected, and given back or kept on purpose.
 const KEEP_ENTRIES: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -46,7 +46,7 @@ impl LedgerEntry {
 }
 
 pub fn key(instance_id: &str) -> String {
-    format!("{KEY_PREFIX}{instance_id}")
+    format!("{LEDGER_KEY_PREFIX}{instance_id}")
 }
 
 /// The entry of `instance_id` among a lease's annotations; an unreadable one is none.
@@ -58,7 +58,7 @@ pub fn entry_of(annotations: &BTreeMap<String, String>, instance_id: &str) -> Op
 pub fn stale_keys(annotations: &BTreeMap<String, String>, now: SystemTime) -> Vec<String> {
     annotations
         .iter()
-        .filter(|(key, _)| key.starts_with(KEY_PREFIX))
+        .filter(|(key, _)| key.starts_with(LEDGER_KEY_PREFIX))
         .filter(|(_, value)| {
             serde_json::from_str::<LedgerEntry>(value)
                 .map_or(true, |entry| entry.age(now) > KEEP_ENTRIES)

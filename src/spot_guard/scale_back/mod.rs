@@ -7,7 +7,7 @@
 //! node at a time), it taints, cordons and drains its node and terminates this exact
 //! instance with ShouldDecrementDesiredCapacity. Each step is recorded on the Node
 //! first, so a restarted agent finishes a started drain and never terminates twice.
-//! The decisions are [`crate::scale_back_flow`]'s.
+//! The decisions are [`decide`]'s.
 
 use std::time::{Duration, SystemTime};
 
@@ -20,18 +20,20 @@ use tracing::{error, info, warn};
 use crate::actions::{ActionOutcome, NodeActions};
 use crate::asg::{AsgError, AutoScaling};
 use crate::drain::DrainSettings;
-use crate::fleet_flow::{self, Role};
-use crate::flow::{NodeActionPlan, SCALE_BACK_TAINT, Taint};
+pub mod decide;
+
+use decide::{Decision, NodeView, Observation, Phase, PodView, Resume, ScaleBackRecord};
+
+use super::decide::Role;
+use super::ledger::{self, LedgerEntry};
+use super::terminate_with_decrement;
+use crate::config::{ScaleBackSettings, TaintEffect};
 use crate::lease::{LeaseError, Leases};
-use crate::ledger::{self, LedgerEntry};
-use crate::node::{NodeClient, NodeError, TaintEffect};
+use crate::names::{self, SCALE_BACK_ANNOTATION, SCALE_BACK_LEASE, SCALE_BACK_TAINT};
+use crate::node::{NodeClient, NodeError};
+use crate::plan::{NodeActionPlan, Taint};
 use crate::record;
 use crate::report::{InterruptionEvent, Reporter, SpotGuardStep};
-use crate::scale_back_flow::{
-    self, Decision, NodeView, Observation, Phase, PodView, Resume, SCALE_BACK_ANNOTATION,
-    SCALE_BACK_LEASE, ScaleBackRecord, ScaleBackSettings,
-};
-use crate::spot_guard::{Fleet, terminate_with_decrement};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScaleBackError {
@@ -67,7 +69,7 @@ pub struct ScaleBack<A> {
 
 impl<A: AutoScaling> ScaleBack<A> {
     pub async fn run(self, shutdown: CancellationToken) {
-        let lease_names = vec![Fleet::lease_name(&self.on_demand_asg)];
+        let lease_names = vec![names::asg_lease(&self.on_demand_asg)];
         let Some((lease, entry)) = ledger::wait_for_entry(
             &self.leases,
             &lease_names,
@@ -89,7 +91,7 @@ impl<A: AutoScaling> ScaleBack<A> {
             self.instance_id, entry.for_node, self.spot_asg
         );
         let mut record = self.load_record().await;
-        match scale_back_flow::resume(&record) {
+        match decide::resume(&record) {
             Resume::Done => {
                 info!(
                     "Node {name} was already given back (instance {} terminated)",
@@ -122,7 +124,7 @@ impl<A: AutoScaling> ScaleBack<A> {
                     continue;
                 }
             };
-            match scale_back_flow::decide(&seen, &self.settings) {
+            match decide::decide(&seen, &self.settings) {
                 Decision::Wait(reason) => {
                     if reason != last_reason {
                         info!("Keeping on-demand node {name}: {reason}");
@@ -187,7 +189,7 @@ impl<A: AutoScaling> ScaleBack<A> {
     ) -> Result<Observation, ScaleBackError> {
         let now = SystemTime::now();
         let aborted_ago = match &record.phase {
-            Phase::Aborted { at, .. } => Some(fleet_flow::millis_ago(*at, now)),
+            Phase::Aborted { at, .. } => Some(super::decide::millis_ago(*at, now)),
             _ => None,
         };
         let spot = self.asg.describe(&self.spot_asg).await?;
@@ -214,7 +216,7 @@ impl<A: AutoScaling> ScaleBack<A> {
             .iter()
             .filter_map(|pod| PodView::of(pod, &self.drain))
             .collect();
-        let spot_health = scale_back_flow::spot_health(&spot, &nodes);
+        let spot_health = decide::spot_health(&spot, &nodes);
         let healthy_for = match (&spot_health, *healthy_since) {
             (Ok(()), Some(since)) => since.elapsed(),
             (Ok(()), None) => {
@@ -230,11 +232,11 @@ impl<A: AutoScaling> ScaleBack<A> {
         Ok(Observation {
             bought_ago: entry.age(now),
             aborted_ago,
-            on_demand: scale_back_flow::can_shrink(&on_demand, &self.instance_id),
+            on_demand: decide::can_shrink(&on_demand, &self.instance_id),
             spot_health,
             healthy_for,
-            utilization: scale_back_flow::utilization_without(name, &nodes, &pods),
-            pods_fit: scale_back_flow::pods_fit_elsewhere(name, &nodes, &pods),
+            utilization: decide::utilization_without(name, &nodes, &pods),
+            pods_fit: decide::pods_fit_elsewhere(name, &nodes, &pods),
             spot_requested: record.spot_requested_at.is_some(),
         })
     }
@@ -243,13 +245,13 @@ impl<A: AutoScaling> ScaleBack<A> {
     async fn scale_spot_first(&self, record: &mut ScaleBackRecord) {
         let spot = self.spot_asg.clone();
         let name = self.node.name().to_owned();
-        record.spot_requested_at = Some(fleet_flow::unix_millis(SystemTime::now()));
+        record.spot_requested_at = Some(super::decide::unix_millis(SystemTime::now()));
         if let Err(error) = self.save(record).await {
             warn!("Recording the spot scale-up on node {name} failed, so it was not sent: {error}");
             record.spot_requested_at = None;
             return;
         }
-        let held = match self.leases.acquire(&Fleet::lease_name(&spot)).await {
+        let held = match self.leases.acquire(&names::asg_lease(&spot)).await {
             Ok(held) => held,
             Err(error) => {
                 warn!("Taking the lease of spot ASG {spot} failed; not scaling it: {error}");
@@ -258,7 +260,7 @@ impl<A: AutoScaling> ScaleBack<A> {
         };
         let scaled = async {
             let state = self.asg.describe(&spot).await.map_err(|e| e.to_string())?;
-            let plan = fleet_flow::plan_target(&state, 1, &[], SystemTime::now())
+            let plan = super::decide::plan_target(&state, 1, &[], SystemTime::now())
                 .map_err(|failure| failure.to_string())?;
             self.asg
                 .set_desired_capacity(&spot, plan.to)
@@ -314,7 +316,7 @@ impl<A: AutoScaling> ScaleBack<A> {
         // load, the fit and the on-demand ASG.
         let mut healthy_since = Instant::now().checked_sub(self.settings.stability_period);
         match self.observe(entry, record, &mut healthy_since).await {
-            Ok(seen) => match scale_back_flow::decide(&seen, &self.settings) {
+            Ok(seen) => match decide::decide(&seen, &self.settings) {
                 Decision::DrainAndTerminate => true,
                 Decision::Wait(reason) => {
                     info!(
@@ -336,7 +338,7 @@ impl<A: AutoScaling> ScaleBack<A> {
     /// instance is gone.
     async fn give_back(&self, record: &mut ScaleBackRecord, ledger_lease: &str) -> bool {
         let name = self.node.name().to_owned();
-        let now = || fleet_flow::unix_millis(SystemTime::now());
+        let now = || super::decide::unix_millis(SystemTime::now());
         if !matches!(record.phase, Phase::Draining { .. }) {
             record.phase = Phase::Draining { since: now() };
             if let Err(error) = self.save(record).await {

@@ -1,6 +1,6 @@
 //! The decisions of on-demand scale-back, pure: is the spot ASG healthy, how loaded
 //! would the cluster be without this node, would this node's pods fit on the others, and
-//! so what to do next. [`crate::scale_back`] reads the world and acts on the answers.
+//! so what to do next. [`crate::spot_guard::scale_back`] reads the world and acts on the answers.
 //!
 //! The load is what the scheduler reasons with: the CPU and memory *requests* of the
 //! pods against the allocatable of the Ready, schedulable nodes. The fit check packs the
@@ -16,12 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::asg::AsgState;
 use crate::drain::{DrainSettings, PodDisposition, classify};
-use crate::record::{CORDONED_BY_ANNOTATION, is_unschedulable};
+use crate::config::ScaleBackSettings;
+use crate::names::CORDONED_BY_ANNOTATION;
+use crate::record::is_unschedulable;
 
-/// On the Node: how far its scale-back got, so a restarted agent goes on from there.
-pub const SCALE_BACK_ANNOTATION: &str = "spot-guard/scale-back";
-/// One fallback node at a time per cluster gives itself back.
-pub const SCALE_BACK_LEASE: &str = "spot-guard-scale-back";
 
 /// CPU in millicores and memory in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -323,30 +321,6 @@ pub fn pods_fit_elsewhere(node: &str, nodes: &[NodeView], pods: &[PodView]) -> b
             .map(|room| *room = room.minus(pod))
             .is_some()
     })
-}
-
-/// Scale-back's options (SPOT_GUARD_SCALE_BACK_*).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScaleBackSettings {
-    /// Not before this long after the fallback was bought.
-    pub min_wait: Duration,
-    /// The spot ASG must have been healthy this long without a break.
-    pub stability_period: Duration,
-    /// Percent of allocatable CPU and memory the cluster's requests may reach without
-    /// this node.
-    pub utilization_ceiling: u8,
-    pub check_interval: Duration,
-}
-
-impl Default for ScaleBackSettings {
-    fn default() -> Self {
-        ScaleBackSettings {
-            min_wait: Duration::from_secs(600),
-            stability_period: Duration::from_secs(120),
-            utilization_ceiling: 75,
-            check_interval: Duration::from_secs(30),
-        }
-    }
 }
 
 /// One look at the world by a fallback node's agent.

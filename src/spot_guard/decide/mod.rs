@@ -1,34 +1,29 @@
-//! The decisions, pure: given what IMDS and the ASG said, and how long we waited,
-//! what to do next. No I/O here; [`crate::spot_guard`] and [`crate::agent`] act on
-//! these answers, and the table tests below cover every scenario of the flow.
+//! Spot Guard's capacity decisions, pure: which desired capacity to ask for, when a
+//! replacement counts as ready or failed, what the agents remember together and when
+//! capacity is given back. [`super::replace`] acts on these answers; the node's record of
+//! each step is [`record`].
+//!
+//! Many agents scale one ASG, one at a time under a Lease, each from the desired
+//! capacity it reads (which includes every earlier agent's request), so N
+//! recommendations raise desired by exactly N. A replacement is ready when enough
+//! instances that did not exist at the agent's read are InService: `to` minus the live
+//! instances it saw, which also waits for earlier agents' launches that AWS had not
+//! listed yet, and is not fooled by other nodes' instances being terminated.
+
+mod record;
+
+pub use record::{
+    AttemptRecord, AttemptResult, NextStep, RecordedFailure, ReplacementRecord, Role, Scaled,
+    failed, next_step,
+};
 
 use std::collections::HashSet;
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
 
 use crate::asg::{AsgError, AsgState, ScalingActivity};
-use crate::node::TaintEffect;
-
-pub const REBALANCE_TAINT: &str = "aws-node-termination-handler/rebalance-recommendation";
-pub const SPOT_ITN_TAINT: &str = "aws-node-termination-handler/spot-itn";
-pub const SCHEDULED_MAINTENANCE_TAINT: &str = "aws-node-termination-handler/scheduled-maintenance";
-pub const ASG_LIFECYCLE_TAINT: &str = "aws-node-termination-handler/asg-lifecycle-termination";
-/// Spot Guard's own: an on-demand fallback node giving itself back (NoSchedule).
-pub const SCALE_BACK_TAINT: &str = "spot-guard/scale-back";
-/// Every taint key this agent may set, removed again when an event is undone.
-pub const AGENT_TAINTS: [&str; 5] = [
-    REBALANCE_TAINT,
-    SPOT_ITN_TAINT,
-    SCHEDULED_MAINTENANCE_TAINT,
-    ASG_LIFECYCLE_TAINT,
-    SCALE_BACK_TAINT,
-];
-/// Tells Kubernetes to force-evict pods and detach volumes of a node that is gone.
-pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";
-pub const OUT_OF_SERVICE_VALUE: &str = "nodeshutdown";
-pub const EXCLUDE_FROM_LB_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
-/// NTH's value, so that only a label this agent (or NTH) set is removed again.
-pub const EXCLUDE_FROM_LB_VALUE: &str = "aws-node-termination-handler";
 
 /// Phrases AWS puts in scaling activity messages when EC2 has no capacity to give.
 const CAPACITY_PHRASES: [&str; 8] = [
@@ -116,26 +111,6 @@ impl CapacityFailure {
 }
 
 /// What to ask of an ASG before the scale-up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ScalePlan {
-    Scale { from: i32, to: i32 },
-    CannotScale(CapacityFailure),
-}
-
-/// Desired + 1, unless that would pass MaxSize (which AWS would refuse anyway).
-pub fn plan_scale_up(state: &AsgState) -> ScalePlan {
-    if state.desired_capacity >= state.max_size {
-        ScalePlan::CannotScale(CapacityFailure::AtMaxSize {
-            desired: state.desired_capacity,
-            max_size: state.max_size,
-        })
-    } else {
-        ScalePlan::Scale {
-            from: state.desired_capacity,
-            to: state.desired_capacity + 1,
-        }
-    }
-}
 
 /// What we knew when we raised desired capacity, to judge what comes after.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,118 +223,153 @@ pub enum ReplacementOutcome {
     DryRun,
 }
 
-/// Whether the on-demand ASG is tried after the spot ASG's attempt.
-pub fn needs_fallback(spot: &AttemptOutcome) -> bool {
-    matches!(spot, AttemptOutcome::Failed(_))
+/// Lifecycle states of instances that are on their way out.
+const LEAVING_STATES: [&str; 6] = [
+    "Terminating",
+    "Terminating:Wait",
+    "Terminating:Proceed",
+    "Terminated",
+    "Detaching",
+    "Detached",
+];
+
+fn is_live(lifecycle_state: &str) -> bool {
+    !LEAVING_STATES.contains(&lifecycle_state)
 }
 
-/// What a notice does to the node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeActionPlan {
-    pub taint: Option<Taint>,
-    pub cordon: bool,
-    pub drain: bool,
-    /// Label the node out of external load balancers when cordoning it.
-    pub exclude_from_load_balancers: bool,
-    /// After a complete drain, taint the node out-of-service (NoExecute).
-    pub out_of_service_after_drain: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Taint {
-    pub key: &'static str,
-    pub value: String,
-    pub effect: TaintEffect,
-}
-
-/// The options that shape node actions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActionSettings {
-    pub spot_guard: bool,
-    pub taint_node: bool,
-    pub taint_effect: TaintEffect,
-    pub cordon_only: bool,
-    pub enable_rebalance_draining: bool,
-    pub exclude_from_load_balancers: bool,
-    pub enable_out_of_service_taint: bool,
-}
-
-impl Default for ActionSettings {
-    /// NTH's defaults: no Spot Guard, no taint, NoSchedule, rebalance only cordons.
-    fn default() -> Self {
-        ActionSettings {
-            spot_guard: false,
-            taint_node: false,
-            taint_effect: TaintEffect::NoSchedule,
-            cordon_only: false,
-            enable_rebalance_draining: false,
-            exclude_from_load_balancers: false,
-            enable_out_of_service_taint: false,
-        }
+/// Desired + `count` from the state read under the lease, with what must come of it;
+/// a request that does not fit under MaxSize as a whole goes to the fallback.
+pub fn plan_target(
+    state: &AsgState,
+    count: i32,
+    activities: &[ScalingActivity],
+    requested_at: SystemTime,
+) -> Result<Scaled, CapacityFailure> {
+    let to = state.desired_capacity.saturating_add(count);
+    if to > state.max_size {
+        return Err(CapacityFailure::AtMaxSize {
+            desired: state.desired_capacity,
+            max_size: state.max_size,
+        });
     }
+    let live = state
+        .instances
+        .iter()
+        .filter(|i| is_live(&i.lifecycle_state))
+        .count();
+    let live = i32::try_from(live).unwrap_or(i32::MAX);
+    Ok(Scaled {
+        from: state.desired_capacity,
+        to,
+        requested_at: unix_millis(requested_at),
+        known_instances: state
+            .instances
+            .iter()
+            .map(|i| i.instance_id.clone())
+            .collect(),
+        needed: (to - live).max(count),
+        known_activities: activities.iter().map(|a| a.activity_id.clone()).collect(),
+    })
 }
 
-/// Kubernetes label values (and so NTH's taint values) hold at most 63 characters.
-pub fn taint_value(event_id: &str) -> String {
-    event_id.chars().take(63).collect()
+pub fn unix_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// NTH's rule: a rebalance recommendation alone only cordons unless rebalance
-/// draining is on; Spot Guard always taints, since its flow promises it.
-pub fn plan_rebalance(settings: &ActionSettings, event_id: &str) -> NodeActionPlan {
-    let drain = settings.enable_rebalance_draining && !settings.cordon_only;
-    NodeActionPlan {
-        taint: (settings.spot_guard || settings.taint_node).then(|| Taint {
-            key: REBALANCE_TAINT,
-            value: taint_value(event_id),
-            effect: settings.taint_effect,
-        }),
-        cordon: true,
-        drain,
-        exclude_from_load_balancers: settings.exclude_from_load_balancers,
-        out_of_service_after_drain: drain && settings.enable_out_of_service_taint,
-    }
+pub fn from_unix_millis(millis: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(millis)
 }
 
-/// A spot interruption, scheduled maintenance or ASG termination: cordon and drain
-/// at once, tainting with the event's key when TAINT_NODE is on.
-pub fn plan_drain_now(
-    settings: &ActionSettings,
-    taint_key: &'static str,
-    event_id: &str,
-) -> NodeActionPlan {
-    let drain = !settings.cordon_only;
-    NodeActionPlan {
-        taint: settings.taint_node.then(|| Taint {
-            key: taint_key,
-            value: taint_value(event_id),
-            effect: settings.taint_effect,
-        }),
-        cordon: true,
-        drain,
-        exclude_from_load_balancers: settings.exclude_from_load_balancers,
-        out_of_service_after_drain: drain && settings.enable_out_of_service_taint,
-    }
+/// How long before `now` the Unix-millisecond time `millis` was; zero if it is later.
+pub fn millis_ago(millis: u64, now: SystemTime) -> Duration {
+    now.duration_since(from_unix_millis(millis))
+        .unwrap_or_default()
 }
 
-/// Maintenance codes after which the instance comes back: the agent then undoes its cordon.
-pub fn is_restart_event(code: &str) -> bool {
+/// InService instances that did not exist at the read.
+pub fn new_in_service_ids(scaled: &Scaled, state: &AsgState) -> Vec<String> {
+    let known: HashSet<&str> = scaled.known_instances.iter().map(String::as_str).collect();
+    state
+        .instances
+        .iter()
+        .filter(|i| i.lifecycle_state == "InService" && !known.contains(i.instance_id.as_str()))
+        .map(|i| i.instance_id.clone())
+        .collect()
+}
+
+pub fn new_in_service(scaled: &Scaled, state: &AsgState) -> i32 {
+    i32::try_from(new_in_service_ids(scaled, state).len()).unwrap_or(i32::MAX)
+}
+
+/// One check of the wait: [`flow::judge_capacity`] counting new instances only.
+pub fn judge(
+    scaled: &Scaled,
+    timeout: Duration,
+    state: &AsgState,
+    activities: &[ScalingActivity],
+    now: SystemTime,
+) -> WatchVerdict {
+    let requested_at = from_unix_millis(scaled.requested_at);
+    let watch = CapacityWatch {
+        baseline_in_service: scaled.needed - 1,
+        requested_at,
+        known_activity_ids: scaled.known_activities.iter().cloned().collect(),
+        timeout,
+    };
+    let elapsed = now.duration_since(requested_at).unwrap_or_default();
+    judge_capacity(&watch, new_in_service(scaled, state), activities, elapsed)
+}
+
+/// Failures that say the spot pool is short, worth remembering for everyone.
+pub fn is_capacity_shortage(failure: &CapacityFailure) -> bool {
     matches!(
-        code,
-        "instance-stop" | "instance-retirement" | "instance-reboot" | "system-reboot"
+        failure,
+        CapacityFailure::InsufficientCapacity { .. } | CapacityFailure::Timeout { .. }
     )
 }
 
-/// A node marked before a reboot has rebooted when the mark is older than its uptime.
-pub fn has_rebooted_since(marked_at_unix: i64, now_unix: i64, uptime_seconds: i64) -> bool {
-    now_unix - marked_at_unix >= uptime_seconds
+/// The shared memory of a capacity failure, on the spot ASG's Lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacityFailureNote {
+    /// Unix milliseconds.
+    pub at: u64,
+    pub reason: String,
+    pub node: String,
 }
+
+impl CapacityFailureNote {
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The failure that puts the spot ASG in cool-off now, if any.
+pub fn cool_off(
+    annotation: Option<&str>,
+    now: SystemTime,
+    window: Duration,
+) -> Option<CapacityFailureNote> {
+    let note: CapacityFailureNote = serde_json::from_str(annotation?).ok()?;
+    let since = millis_ago(note.at, now);
+    (since < window).then_some(note)
+}
+
+/// The instance is given back only when its replacement arrived and it was drained.
+pub fn may_give_back(outcome: &ReplacementOutcome, drained: bool) -> bool {
+    drained
+        && matches!(
+            outcome,
+            ReplacementOutcome::Spot | ReplacementOutcome::OnDemand { .. }
+        )
+}
+
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::asg::AsgInstance;
-
     fn asg(desired: i32, max: i32, in_service: i32) -> AsgState {
         AsgState {
             name: "spot".into(),
@@ -387,21 +397,6 @@ mod tests {
     }
 
     const ICE: &str = "We currently do not have sufficient m5.large capacity in the Availability Zone you requested (us-east-1a). Launching EC2 instance failed. InsufficientInstanceCapacity";
-
-    #[test]
-    fn scale_plan_adds_one_or_reports_max_size() {
-        assert_eq!(
-            plan_scale_up(&asg(3, 10, 3)),
-            ScalePlan::Scale { from: 3, to: 4 }
-        );
-        assert_eq!(
-            plan_scale_up(&asg(4, 4, 4)),
-            ScalePlan::CannotScale(CapacityFailure::AtMaxSize {
-                desired: 4,
-                max_size: 4
-            })
-        );
-    }
 
     #[test]
     fn capacity_verdicts_for_every_scenario() {
@@ -533,111 +528,168 @@ mod tests {
             "api-error"
         );
     }
-
-    #[test]
-    fn fallback_only_after_a_failed_spot_attempt() {
-        assert!(!needs_fallback(&AttemptOutcome::Ready { from: 3, to: 4 }));
-        assert!(needs_fallback(&AttemptOutcome::Failed(
-            CapacityFailure::Timeout {
-                waited: Duration::from_secs(120)
-            }
-        )));
+    fn state(desired: i32, max: i32, instances: &[(&str, &str)]) -> AsgState {
+        AsgState {
+            name: "spot".into(),
+            min_size: 0,
+            max_size: max,
+            desired_capacity: desired,
+            instances: instances
+                .iter()
+                .map(|(id, lifecycle)| AsgInstance {
+                    instance_id: (*id).into(),
+                    lifecycle_state: (*lifecycle).into(),
+                })
+                .collect(),
+            capacity_rebalance: false,
+        }
     }
 
-    fn settings() -> ActionSettings {
-        ActionSettings {
-            spot_guard: false,
-            taint_node: false,
-            taint_effect: TaintEffect::NoSchedule,
-            cordon_only: false,
-            enable_rebalance_draining: false,
-            exclude_from_load_balancers: false,
-            enable_out_of_service_taint: false,
+    fn scaled(to: i32, known: &[&str], needed: i32) -> Scaled {
+        Scaled {
+            from: to - 1,
+            to,
+            requested_at: unix_millis(SystemTime::now()),
+            known_instances: known.iter().map(|s| (*s).to_owned()).collect(),
+            needed,
+            known_activities: vec![],
         }
     }
 
     #[test]
-    fn rebalance_plans_follow_nth_and_spot_guard() {
-        let id = "rebalance-recommendation-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        let nth_default = plan_rebalance(&settings(), id);
+    fn targets_count_from_desired_and_wait_for_unlisted_launches() {
+        let now = SystemTime::now();
+        // Earlier agents raised desired to 12; AWS lists only 10 live instances so far.
+        let lagging = state(
+            12,
+            20,
+            &[
+                ("i-1", "InService"),
+                ("i-2", "InService"),
+                ("i-3", "InService"),
+                ("i-4", "InService"),
+                ("i-5", "InService"),
+                ("i-6", "InService"),
+                ("i-7", "InService"),
+                ("i-8", "InService"),
+                ("i-9", "InService"),
+                ("i-10", "Terminating"),
+                ("i-11", "Pending"),
+            ],
+        );
+        let plan = plan_target(&lagging, 1, &[], now).unwrap();
+        assert_eq!((plan.from, plan.to, plan.needed), (12, 13, 3));
+        assert_eq!(plan.known_instances.len(), 11);
+
+        // More live instances than desired (terminations to come): still our own one.
+        let surplus = state(
+            2,
+            20,
+            &[("a", "InService"), ("b", "InService"), ("c", "InService")],
+        );
+        assert_eq!(plan_target(&surplus, 1, &[], now).unwrap().needed, 1);
+
+        let scale_two = plan_target(&state(3, 5, &[]), 2, &[], now).unwrap();
+        assert_eq!((scale_two.to, scale_two.needed), (5, 5));
         assert_eq!(
-            nth_default,
-            NodeActionPlan {
-                taint: None,
-                cordon: true,
-                drain: false,
-                exclude_from_load_balancers: false,
-                out_of_service_after_drain: false,
-            }
+            plan_target(&state(4, 5, &[]), 2, &[], now),
+            Err(CapacityFailure::AtMaxSize {
+                desired: 4,
+                max_size: 5
+            })
         );
-
-        let draining = plan_rebalance(
-            &ActionSettings {
-                enable_rebalance_draining: true,
-                ..settings()
-            },
-            id,
-        );
-        assert!(draining.drain);
-
-        let cordon_only = plan_rebalance(
-            &ActionSettings {
-                enable_rebalance_draining: true,
-                cordon_only: true,
-                ..settings()
-            },
-            id,
-        );
-        assert!(!cordon_only.drain);
-
-        let guarded = plan_rebalance(
-            &ActionSettings {
-                spot_guard: true,
-                ..settings()
-            },
-            id,
-        );
-        let taint = guarded.taint.unwrap();
-        assert_eq!(taint.key, REBALANCE_TAINT);
-        assert_eq!(taint.value.len(), 63);
-        assert_eq!(taint.effect, TaintEffect::NoSchedule);
     }
 
     #[test]
-    fn drain_now_events_drain_unless_cordon_only() {
-        let plan = plan_drain_now(
-            &ActionSettings {
-                taint_node: true,
-                enable_out_of_service_taint: true,
-                exclude_from_load_balancers: true,
-                ..settings()
-            },
-            SPOT_ITN_TAINT,
-            "spot-itn-abc",
-        );
-        assert_eq!(plan.taint.unwrap().key, SPOT_ITN_TAINT);
-        assert!(plan.cordon && plan.drain);
-        assert!(plan.out_of_service_after_drain && plan.exclude_from_load_balancers);
-        let cordon_only = plan_drain_now(
-            &ActionSettings {
-                cordon_only: true,
-                enable_out_of_service_taint: true,
-                ..settings()
-            },
-            ASG_LIFECYCLE_TAINT,
-            "x",
-        );
-        assert!(!cordon_only.drain && cordon_only.taint.is_none());
-        assert!(!cordon_only.out_of_service_after_drain);
+    fn only_new_in_service_instances_make_a_replacement_ready() {
+        let now = SystemTime::now();
+        let watch = scaled(3, &["a", "b", "c"], 2);
+        let timeout = Duration::from_secs(60);
+        let cases = [
+            (
+                "nothing new",
+                vec![("a", "InService"), ("b", "InService")],
+                WatchVerdict::Waiting,
+            ),
+            (
+                "one of two new, one pending",
+                vec![("a", "InService"), ("x", "InService"), ("y", "Pending")],
+                WatchVerdict::Waiting,
+            ),
+            (
+                "known ones turning InService do not count",
+                vec![("c", "InService"), ("x", "InService")],
+                WatchVerdict::Waiting,
+            ),
+            (
+                "two new InService, old ones terminated",
+                vec![("x", "InService"), ("y", "InService")],
+                WatchVerdict::Ready { in_service: 2 },
+            ),
+        ];
+        for (name, instances, expected) in cases {
+            assert_eq!(
+                judge(&watch, timeout, &state(3, 10, &instances), &[], now),
+                expected,
+                "case: {name}"
+            );
+        }
+        let late = now + Duration::from_secs(61);
+        assert!(matches!(
+            judge(&watch, timeout, &state(3, 10, &[]), &[], late),
+            WatchVerdict::Failed(CapacityFailure::Timeout { .. })
+        ));
     }
 
     #[test]
-    fn restart_events_and_reboot_detection() {
-        assert!(is_restart_event("system-reboot"));
-        assert!(is_restart_event("instance-stop"));
-        assert!(!is_restart_event("system-maintenance"));
-        // Marked 100 s ago, up for 30 s: rebooted. Up for 300 s: not yet.
-        assert!(has_rebooted_since(1_000, 1_100, 30));
-        assert!(!has_rebooted_since(1_000, 1_100, 300));
+    fn cool_off_lasts_the_window_and_ignores_garbage() {
+        let now = SystemTime::now();
+        let note = CapacityFailureNote {
+            at: unix_millis(now - Duration::from_secs(100)),
+            reason: "insufficient-capacity".into(),
+            node: "n1".into(),
+        };
+        let annotation = note.to_annotation();
+        assert_eq!(
+            cool_off(Some(&annotation), now, Duration::from_secs(300)),
+            Some(note)
+        );
+        assert_eq!(
+            cool_off(Some(&annotation), now, Duration::from_secs(60)),
+            None
+        );
+        assert_eq!(
+            cool_off(Some("not json"), now, Duration::from_secs(300)),
+            None
+        );
+        assert_eq!(cool_off(None, now, Duration::from_secs(300)), None);
+        assert!(is_capacity_shortage(&CapacityFailure::Timeout {
+            waited: Duration::from_secs(1)
+        }));
+        assert!(!is_capacity_shortage(&CapacityFailure::AtMaxSize {
+            desired: 1,
+            max_size: 1
+        }));
+    }
+
+    #[test]
+    fn capacity_is_given_back_only_after_a_replacement_and_a_full_drain() {
+        let failure = CapacityFailure::Api { error: "x".into() };
+        assert!(may_give_back(&ReplacementOutcome::Spot, true));
+        assert!(may_give_back(
+            &ReplacementOutcome::OnDemand {
+                spot_failure: failure.clone()
+            },
+            true
+        ));
+        assert!(!may_give_back(&ReplacementOutcome::Spot, false));
+        assert!(!may_give_back(&ReplacementOutcome::Preempted, true));
+        assert!(!may_give_back(
+            &ReplacementOutcome::NoneAvailable {
+                spot_failure: failure.clone(),
+                on_demand_failure: failure
+            },
+            true
+        ));
     }
 }

@@ -12,14 +12,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::fleet_flow::{from_unix_millis, unix_millis};
+use super::decide::{from_unix_millis, unix_millis};
 use crate::lease::Leases;
-use crate::ledger::{self, LedgerEntry};
+use super::ledger::{self, LedgerEntry};
+use crate::names::{CA_SCALE_DOWN_DISABLED, PROTECTED_UNTIL_ANNOTATION};
 use crate::node::NodeClient;
 use crate::record;
 
-pub const CA_SCALE_DOWN_DISABLED: &str = "cluster-autoscaler.kubernetes.io/scale-down-disabled";
-pub const PROTECTED_UNTIL_ANNOTATION: &str = "spot-guard/scale-down-disabled-until";
 
 /// What to do about the protection now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,7 +175,7 @@ impl CaProtection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet_flow::Role;
+    use crate::spot_guard::decide::Role;
 
     #[test]
     fn protection_lasts_the_window_from_in_service_and_only_ours_is_removed() {

@@ -1,0 +1,319 @@
+//! [`Args`] → [`Config`]: every problem found in one pass, so a user fixes them all at
+//! once.
+
+use std::time::Duration;
+
+use super::args::Args;
+use super::{
+    Config, ConfigError, ProbesServer, ScaleBackSettings, SpotGuardSettings, TaintEffect, Tuning,
+};
+use crate::report::{ReportSettings, WebhookSettings};
+
+const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
+
+fn non_empty(value: Option<&String>) -> Option<String> {
+    value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+impl TryFrom<Args> for Config {
+    type Error = ConfigError;
+
+    fn try_from(args: Args) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+
+        let node_name = non_empty(args.node_name.as_ref());
+        if node_name.is_none() {
+            problems.push(
+                "NODE_NAME (--node-name) is required: the name of the node this agent runs on"
+                    .to_string(),
+            );
+        }
+        if args.metadata_url.trim().is_empty() {
+            problems.push("INSTANCE_METADATA_URL (--metadata-url) must not be empty".to_string());
+        }
+        if args.metadata_tries == 0 {
+            problems.push("METADATA_TRIES (--metadata-tries) must be at least 1".to_string());
+        }
+        let taint_effect = match args.taint_effect.parse::<TaintEffect>() {
+            Ok(effect) => Some(effect),
+            Err(error) => {
+                problems.push(format!("TAINT_EFFECT (--taint-effect): {error}"));
+                None
+            }
+        };
+        if args.pod_termination_grace_period < -1 {
+            problems.push(format!(
+                "POD_TERMINATION_GRACE_PERIOD (--pod-termination-grace-period) is {}: use -1 (the pod's own) or seconds ≥ 0",
+                args.pod_termination_grace_period
+            ));
+        }
+        if args.node_termination_grace_period == 0 {
+            problems.push("NODE_TERMINATION_GRACE_PERIOD (--node-termination-grace-period) must be at least 1 second".to_string());
+        }
+        if args.drain_concurrency == 0 {
+            problems.push("DRAIN_CONCURRENCY (--drain-concurrency) must be at least 1".to_string());
+        }
+        if !LOG_LEVELS.contains(&args.log_level.to_ascii_lowercase().as_str()) {
+            problems.push(format!(
+                "LOG_LEVEL (--log-level) is '{}': use one of {}",
+                args.log_level,
+                LOG_LEVELS.join(", ")
+            ));
+        }
+        if args.aws_api_max_attempts == 0 {
+            problems.push(
+                "AWS_API_MAX_ATTEMPTS (--aws-api-max-attempts) must be at least 1".to_string(),
+            );
+        }
+
+        if args.enable_sqs_termination_draining {
+            problems.push("ENABLE_SQS_TERMINATION_DRAINING is true: NTH's queue-processor mode is not part of spot-guard, a node-local agent; run NTH's queue processor for that, or set it to false".to_string());
+        }
+        if non_empty(args.queue_url.as_ref()).is_some() {
+            problems.push("QUEUE_URL is set: NTH's queue-processor mode is not part of spot-guard, a node-local agent; unset it".to_string());
+        }
+        if !matches!(args.log_format_version, 1 | 2) {
+            problems.push(format!(
+                "LOG_FORMAT_VERSION (--log-format-version) is {}: use 1 or 2",
+                args.log_format_version
+            ));
+        }
+        if args.workers == 0 {
+            problems.push("WORKERS (--workers) must be at least 1".to_string());
+        }
+        if args.kube_api_qps.is_nan() || args.kube_api_qps <= 0.0 {
+            problems.push(format!(
+                "KUBE_API_QPS (--kube-api-qps) is {}: use a number above 0",
+                args.kube_api_qps
+            ));
+        }
+        if args.kube_api_burst == 0 {
+            problems.push("KUBE_API_BURST (--kube-api-burst) must be at least 1".to_string());
+        }
+        if let Some(grace) = args.grace_period
+            && grace < -1
+        {
+            problems.push(format!(
+                "GRACE_PERIOD (--grace-period) is {grace}: use -1 (the pod's own) or seconds ≥ 0"
+            ));
+        }
+        if args.uptime_from_file.trim().is_empty() {
+            problems.push("UPTIME_FROM_FILE (--uptime-from-file) must name a file".to_string());
+        }
+        let mut ignored_settings: Vec<String> = args
+            .queue_only_settings()
+            .into_iter()
+            .map(|name| format!("{name} (queue-processor mode only)"))
+            .collect();
+        if args.workers != 10 {
+            ignored_settings.push("WORKERS (one node's events are handled in order)".to_string());
+        }
+        if args.kube_api_qps != 5.0 || args.kube_api_burst != 10 {
+            ignored_settings.push(
+                "KUBE_API_QPS/KUBE_API_BURST (requests are bounded by DRAIN_CONCURRENCY instead)"
+                    .to_string(),
+            );
+        }
+
+        let report = report_settings(&args);
+        if let Err(error) = report.validate() {
+            problems.push(error.to_string());
+        }
+        if args.enable_probes_server && !args.probes_server_endpoint.starts_with('/') {
+            problems.push(format!(
+                "PROBES_SERVER_ENDPOINT (--probes-server-endpoint) is '{}': it must be a path starting with /",
+                args.probes_server_endpoint
+            ));
+        }
+
+        if !args.enable_spot_guard {
+            for (set, name) in [
+                (
+                    args.spot_guard_terminate_after_drain,
+                    "SPOT_GUARD_TERMINATE_AFTER_DRAIN",
+                ),
+                (args.spot_guard_scale_back, "SPOT_GUARD_SCALE_BACK"),
+            ] {
+                if set {
+                    problems.push(format!(
+                        "{name} is true but ENABLE_SPOT_GUARD is false: it gives back capacity that Spot Guard bought, so it needs ENABLE_SPOT_GUARD=true"
+                    ));
+                }
+            }
+        }
+        let spot_guard = if args.enable_spot_guard {
+            spot_guard_settings(&args, &mut problems)
+        } else {
+            None
+        };
+
+        match (node_name, taint_effect) {
+            (Some(node_name), Some(taint_effect)) if problems.is_empty() => Ok(Config {
+                node_name,
+                metadata_url: args.metadata_url.trim().to_string(),
+                metadata_tries: args.metadata_tries,
+                dry_run: args.dry_run,
+                enable_rebalance_monitoring: args.enable_rebalance_monitoring,
+                enable_rebalance_draining: args.enable_rebalance_draining,
+                enable_spot_interruption_draining: args.enable_spot_interruption_draining,
+                cordon_only: args.cordon_only,
+                taint_node: args.taint_node,
+                taint_effect,
+                // NTH renamed DELETE_LOCAL_DATA; either name set to false keeps emptyDir pods.
+                delete_emptydir_data: args.delete_emptydir_data
+                    && args.delete_local_data.unwrap_or(true),
+                ignore_daemon_sets: args.ignore_daemon_sets,
+                pod_termination_grace_period: pod_grace_period(&args),
+                node_termination_grace_period: Duration::from_secs(
+                    args.node_termination_grace_period,
+                ),
+                drain_concurrency: args.drain_concurrency,
+                log_level: args.log_level.to_ascii_lowercase(),
+                json_logging: args.json_logging,
+                spot_guard,
+                aws_api_max_attempts: args.aws_api_max_attempts,
+                enable_scheduled_event_draining: args.enable_scheduled_event_draining,
+                enable_asg_lifecycle_draining: args.enable_asg_lifecycle_draining,
+                enable_out_of_service_taint: args.enable_out_of_service_taint,
+                exclude_from_load_balancers: args.exclude_from_load_balancers,
+                uptime_from_file: args.uptime_from_file.trim().to_string(),
+                pod_name: non_empty(args.pod_name.as_ref()),
+                pod_namespace: non_empty(args.pod_namespace.as_ref()),
+                ignored_settings,
+                report,
+                rebalance_uncordon_window: (args.rebalance_uncordon_window > 0)
+                    .then(|| Duration::from_secs(args.rebalance_uncordon_window)),
+                prometheus_port: args
+                    .enable_prometheus_server
+                    .then_some(args.prometheus_server_port),
+                probes: args.enable_probes_server.then(|| ProbesServer {
+                    port: args.probes_server_port,
+                    endpoint: args.probes_server_endpoint.clone(),
+                }),
+                tuning: Tuning::default(),
+            }),
+            _ => Err(ConfigError { problems }),
+        }
+    }
+}
+
+fn report_settings(args: &Args) -> ReportSettings {
+    ReportSettings {
+        webhook: non_empty(args.webhook_url.as_ref()).map(|url| WebhookSettings {
+            headers: args.webhook_headers.clone(),
+            template: args.webhook_template.clone(),
+            template_file: args.webhook_template_file.clone(),
+            proxy: non_empty(args.webhook_proxy.as_ref()),
+            ..WebhookSettings::new(url)
+        }),
+        emit_kubernetes_events: args.emit_kubernetes_events,
+        kubernetes_events_extra_annotations: args.kubernetes_events_extra_annotations.clone(),
+        metrics: args.enable_prometheus_server,
+    }
+}
+
+/// POD_TERMINATION_GRACE_PERIOD, or NTH's deprecated GRACE_PERIOD when only that is set;
+/// `None` (from -1) leaves each pod its own.
+fn pod_grace_period(args: &Args) -> Option<i64> {
+    let seconds = match args.grace_period {
+        Some(deprecated) if args.pod_termination_grace_period == -1 => deprecated,
+        _ => args.pod_termination_grace_period,
+    };
+    (seconds >= 0).then_some(seconds)
+}
+
+fn spot_guard_settings(args: &Args, problems: &mut Vec<String>) -> Option<SpotGuardSettings> {
+    let before = problems.len();
+    let spot = non_empty(args.spot_asg_name.as_ref());
+    let on_demand = non_empty(args.on_demand_asg_name.as_ref());
+    if spot.is_none() {
+        problems.push(
+            "ENABLE_SPOT_GUARD is true but SPOT_ASG_NAME (--spot-asg-name) is not set".to_string(),
+        );
+    }
+    if on_demand.is_none() {
+        problems.push(
+            "ENABLE_SPOT_GUARD is true but ON_DEMAND_ASG_NAME (--on-demand-asg-name) is not set"
+                .to_string(),
+        );
+    }
+    if !args.enable_rebalance_monitoring {
+        problems.push(
+            "ENABLE_SPOT_GUARD is true but ENABLE_REBALANCE_MONITORING (--enable-rebalance-monitoring) is false: Spot Guard acts on rebalance recommendations".to_string(),
+        );
+    }
+    if let (Some(spot), Some(on_demand)) = (&spot, &on_demand)
+        && spot == on_demand
+    {
+        problems.push(format!(
+            "SPOT_ASG_NAME and ON_DEMAND_ASG_NAME are both '{spot}': the fallback must be a different ASG"
+        ));
+    }
+    for (name, seconds) in [
+        (
+            "SPOT_GUARD_SCALE_TIMEOUT (--spot-guard-scale-timeout)",
+            args.spot_guard_scale_timeout,
+        ),
+        (
+            "SPOT_GUARD_CAPACITY_CHECK_TIMEOUT (--spot-guard-capacity-check-timeout)",
+            args.spot_guard_capacity_check_timeout,
+        ),
+        (
+            "SPOT_GUARD_CHECK_INTERVAL (--spot-guard-check-interval)",
+            args.spot_guard_check_interval,
+        ),
+    ] {
+        if seconds == 0 {
+            problems.push(format!("{name} must be at least 1 second"));
+        }
+    }
+    if args.spot_guard_lease_duration == 0 {
+        problems.push(
+            "SPOT_GUARD_LEASE_DURATION (--spot-guard-lease-duration) must be at least 1 second"
+                .to_string(),
+        );
+    }
+    if args.spot_guard_scale_count < 1 {
+        problems.push(format!(
+            "SPOT_GUARD_SCALE_COUNT (--spot-guard-scale-count) is {}: it must be at least 1",
+            args.spot_guard_scale_count
+        ));
+    }
+    if args.spot_guard_scale_back {
+        if !(1..=100).contains(&args.spot_guard_scale_back_utilization_ceiling) {
+            problems.push(format!(
+                "SPOT_GUARD_SCALE_BACK_UTILIZATION_CEILING (--spot-guard-scale-back-utilization-ceiling) is {}: it must be a percentage from 1 to 100",
+                args.spot_guard_scale_back_utilization_ceiling
+            ));
+        }
+        if args.spot_guard_scale_back_check_interval == 0 {
+            problems.push(
+                "SPOT_GUARD_SCALE_BACK_CHECK_INTERVAL (--spot-guard-scale-back-check-interval) must be at least 1 second"
+                    .to_string(),
+            );
+        }
+    }
+    let spot_asg_name = spot?;
+    let on_demand_asg_name = on_demand?;
+    (problems.len() == before).then(|| SpotGuardSettings {
+        scale_timeout: Duration::from_secs(args.spot_guard_scale_timeout),
+        capacity_check_timeout: Duration::from_secs(args.spot_guard_capacity_check_timeout),
+        check_interval: Duration::from_secs(args.spot_guard_check_interval),
+        lease_namespace: non_empty(args.pod_namespace.as_ref())
+            .unwrap_or_else(|| "kube-system".to_string()),
+        lease_duration: Duration::from_secs(args.spot_guard_lease_duration),
+        scale_count: args.spot_guard_scale_count,
+        capacity_cool_off: Duration::from_secs(args.spot_guard_capacity_cool_off),
+        terminate_after_drain: args.spot_guard_terminate_after_drain,
+        new_node_protection: Duration::from_secs(args.spot_guard_new_node_protection),
+        scale_back: args.spot_guard_scale_back.then(|| ScaleBackSettings {
+            min_wait: Duration::from_secs(args.spot_guard_scale_back_min_wait),
+            stability_period: Duration::from_secs(args.spot_guard_scale_back_stability_period),
+            utilization_ceiling: args.spot_guard_scale_back_utilization_ceiling,
+            check_interval: Duration::from_secs(args.spot_guard_scale_back_check_interval),
+        }),
+        ..SpotGuardSettings::new(&spot_asg_name, &on_demand_asg_name)
+    })
+}
