@@ -333,7 +333,8 @@ fn serve_get(state: &SimState, path: &str, headers: &HeaderMap) -> Response {
         return body.clone().into_response();
     }
     let found = match path {
-        INSTANCE_ID_PATH => Some(state.instance_id.clone()),
+        // An empty id stands for an instance whose id cannot be read.
+        INSTANCE_ID_PATH => (!state.instance_id.is_empty()).then(|| state.instance_id.clone()),
         REBALANCE_RECOMMENDATION_PATH => state
             .rebalance_notice_time
             .as_ref()

@@ -6,56 +6,20 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::agent::{Agent, AgentSettings};
-use crate::aws::{AwsAutoScaling, AwsSettings};
-use crate::config::SpotGuardSettings;
-use crate::drain::DrainSettings;
-use crate::flow::{ASG_LIFECYCLE_TAINT, ActionSettings, REBALANCE_TAINT, SPOT_ITN_TAINT};
-use crate::imds::ImdsClient;
-use crate::monitor::{self, MonitorSettings};
-use crate::node::{self, TaintEffect};
-use crate::record::ACTION_TIME_LABEL;
+use crate::config::{Config, Tuning};
+use crate::names::{ACTION_TIME_LABEL, ASG_LIFECYCLE_TAINT, REBALANCE_TAINT, SPOT_ITN_TAINT};
+use crate::run::RunningAgent;
 use crate::sim::asg::{AsgSim, Behaviour, GroupSpec};
+use crate::sim::harness;
 use crate::sim::imds::ImdsSim;
 use crate::sim::kube::{FakeKube, FakePod, Termination};
-use crate::spot_guard::SpotGuard;
 
 pub const NODE: &str = "ip-10-0-1-23.ec2.internal";
 pub const SPOT_ASG: &str = "spot-asg";
 pub const ON_DEMAND_ASG: &str = "on-demand-asg";
 const WORKLOAD_PODS: [&str; 3] = ["web-7d4b9c-abcde", "web-7d4b9c-fghij", "api-5f6c7d-klmno"];
-
-#[derive(Debug, clap::Args)]
-pub struct SimulateArgs {
-    /// Run only this scenario (see --list).
-    #[arg(long)]
-    pub scenario: Option<String>,
-    /// List the scenarios and exit.
-    #[arg(long)]
-    pub list: bool,
-    /// Log level of the simulated agent.
-    #[arg(long, default_value = "info")]
-    pub log_level: String,
-    /// One JSON object per log line, as with JSON_LOGGING.
-    #[arg(long)]
-    pub json_logging: bool,
-    /// Instead of the scenarios: N agents on N nodes get a rebalance recommendation in
-    /// the same second and share one spot ASG (exactly N replacements expected).
-    #[arg(long, conflicts_with_all = ["scenario", "list"])]
-    pub nodes: Option<usize>,
-    /// Instead of the scenarios: a spot shortage buys an on-demand fallback, spot capacity
-    /// returns, and the fallback's agent gives it back (exactly one termination expected).
-    #[arg(long, conflicts_with_all = ["scenario", "list", "nodes"])]
-    pub scale_back: bool,
-    /// Instead of the scenarios: the agent is killed at each step of the flow and
-    /// restarted (one scale-up per recommendation and a drained node expected).
-    #[arg(long, conflicts_with_all = ["scenario", "list", "nodes", "scale_back"])]
-    pub restarts: bool,
-}
 
 /// How an ASG of the scenario behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -490,37 +454,26 @@ struct Sims<'a> {
     uptime_file: String,
 }
 
-/// One agent process, in-process: its monitor and its agent as tasks.
-struct RunningAgent {
-    shutdown: CancellationToken,
-    handled: tokio::sync::watch::Receiver<u32>,
-    monitor: tokio::task::JoinHandle<Result<(), crate::monitor::MonitorError>>,
-    agent: tokio::task::JoinHandle<()>,
-}
+/// The agent of a scenario, started as production starts it.
+struct ScenarioAgent(RunningAgent);
 
-impl RunningAgent {
+impl ScenarioAgent {
     /// Waits until the first notice is handled, then stops the agent.
     async fn finish(mut self, scenario: &Scenario) -> Result<(), ScenarioError> {
-        let finished = tokio::time::timeout(
-            SCENARIO_DEADLINE,
-            self.handled.wait_for(|count| *count >= 1),
-        )
-        .await
-        .map(|_| ());
+        let finished = self.0.wait_handled(1, SCENARIO_DEADLINE).await;
         self.stop().await;
-        match finished {
-            Ok(()) => Ok(()),
-            Err(_) => Err(ScenarioError::Stuck {
+        if finished {
+            Ok(())
+        } else {
+            Err(ScenarioError::Stuck {
                 name: scenario.name,
                 seconds: SCENARIO_DEADLINE.as_secs(),
-            }),
+            })
         }
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = self.agent.await;
-        let _ = self.monitor.await;
+        self.0.stop().await;
     }
 }
 
@@ -536,111 +489,78 @@ fn scheduled_reboot(state: &str) -> serde_json::Value {
     }])
 }
 
-async fn start_agent(scenario: &Scenario, sims: &Sims<'_>) -> Result<RunningAgent, ScenarioError> {
-    let client = |what: &'static str| {
-        move |error: &dyn std::fmt::Display| ScenarioError::Client {
-            what,
+/// The flags the scenario's user would set, parsed as the agent parses them.
+fn scenario_config(scenario: &Scenario, sims: &Sims<'_>) -> Result<Config, ScenarioError> {
+    let mut flags = harness::spot_guard_flags(SPOT_ASG, ON_DEMAND_ASG);
+    flags.extend([
+        "--enable-scheduled-event-draining=true".to_owned(),
+        "--enable-asg-lifecycle-draining=true".to_owned(),
+        format!("--dry-run={}", scenario.dry_run),
+        format!(
+            "--taint-node={}",
+            scenario.interruption_after.is_some()
+                || scenario.trigger == Trigger::AsgLifecycleTermination
+        ),
+        "--node-termination-grace-period=20".to_owned(),
+        "--spot-guard-scale-timeout=5".to_owned(),
+        format!("--uptime-from-file={}", sims.uptime_file),
+    ]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut config = harness::config(NODE, &sims.imds.url(), &flags).map_err(|error| {
+        ScenarioError::Client {
+            what: "agent",
             detail: error.to_string(),
         }
+    })?;
+    config.tuning = Tuning {
+        poll_interval: POLL_INTERVAL,
+        eviction_retry_interval: Duration::from_millis(500),
+        drain_poll_interval: Duration::from_millis(200),
     };
-    let imds_client = ImdsClient::new(&sims.imds.url(), 3).map_err(|e| client("IMDS")(&e))?;
-    let aws = AwsAutoScaling::for_endpoint(sims.asg.url(), "us-east-1", &AwsSettings::default());
-    let kube_client =
-        node::client_for_url(&sims.kube.url()).map_err(|e| client("Kubernetes")(&e))?;
-    let spot_guard_config = SpotGuardSettings {
-        spot_asg_name: SPOT_ASG.to_string(),
-        on_demand_asg_name: ON_DEMAND_ASG.to_string(),
-        scale_timeout: Duration::from_secs(5),
-        capacity_check_timeout: if scenario.interruption_after.is_some() {
+    if let Some(settings) = config.spot_guard.as_mut() {
+        harness::fast_spot_guard(settings);
+        settings.scale_timeout = Duration::from_secs(5);
+        settings.check_interval = CHECK_INTERVAL;
+        settings.capacity_check_timeout = if scenario.interruption_after.is_some() {
             Duration::from_secs(30)
         } else {
             CAPACITY_CHECK_TIMEOUT
-        },
-        check_interval: CHECK_INTERVAL,
-    };
-    let settings = AgentSettings {
-        node_name: NODE.to_string(),
-        dry_run: scenario.dry_run,
-        actions: ActionSettings {
-            spot_guard: true,
-            taint_node: scenario.interruption_after.is_some()
-                || scenario.trigger == Trigger::AsgLifecycleTermination,
-            taint_effect: TaintEffect::NoSchedule,
-            cordon_only: false,
-            enable_rebalance_draining: true,
-            exclude_from_load_balancers: false,
-            enable_out_of_service_taint: false,
-        },
-        drain: DrainSettings {
-            timeout: Duration::from_secs(20),
-            eviction_retry_interval: Duration::from_millis(500),
-            poll_interval: Duration::from_millis(200),
-            ..DrainSettings::default()
-        },
-        uptime_file: sims.uptime_file.clone(),
-    };
-    let spot_guard = SpotGuard::new(aws, spot_guard_config, scenario.dry_run);
-    spot_guard.check_setup().await;
-    let agent = Agent::new(settings, kube_client, Some(spot_guard));
-    let handled = agent.handled();
-    let shutdown = CancellationToken::new();
-    let (notices_tx, notices_rx) = mpsc::channel(16);
-    let monitor = tokio::spawn(monitor::run(
-        imds_client,
-        MonitorSettings {
-            interval: POLL_INTERVAL,
-            rebalance: true,
-            spot_interruption: true,
-            scheduled_events: true,
-            asg_lifecycle: true,
-        },
-        notices_tx,
-        shutdown.clone(),
-    ));
-    let agent = tokio::spawn(agent.run(notices_rx, shutdown.clone()));
-    Ok(RunningAgent {
-        shutdown,
-        handled,
-        monitor,
-        agent,
-    })
+        };
+    }
+    Ok(config)
 }
 
-/// The `simulate` subcommand.
-pub async fn run(args: SimulateArgs) -> ExitCode {
-    let all = scenarios();
-    if args.list {
-        for scenario in &all {
-            println!("{:<28} {}", scenario.name, scenario.description);
-        }
-        return ExitCode::SUCCESS;
+async fn start_agent(scenario: &Scenario, sims: &Sims<'_>) -> Result<ScenarioAgent, ScenarioError> {
+    let config = scenario_config(scenario, sims)?;
+    let agent = harness::start(&config, &sims.kube.url(), Some(harness::aws(sims.asg)))
+        .await
+        .map_err(|error| ScenarioError::Client {
+            what: "agent",
+            detail: error.to_string(),
+        })?;
+    Ok(ScenarioAgent(agent))
+}
+
+/// `spot-guard-sim --list`.
+pub fn list() {
+    for scenario in scenarios() {
+        println!("{:<28} {}", scenario.name, scenario.description);
     }
-    let selected: Vec<&Scenario> = match &args.scenario {
+}
+
+/// Runs the scenario named `only`, or all of them; fails unless each ends as expected.
+pub async fn run(only: Option<&str>) -> ExitCode {
+    let all = scenarios();
+    let selected: Vec<&Scenario> = match only {
         Some(name) => match all.iter().find(|s| s.name == name) {
             Some(scenario) => vec![scenario],
             None => {
-                eprintln!(
-                    "spot-guard simulate: no scenario named '{name}'; use --list to see them"
-                );
+                eprintln!("spot-guard-sim: no scenario named '{name}'; use --list to see them");
                 return ExitCode::from(2);
             }
         },
         None => all.iter().collect(),
     };
-    if let Err(error) = crate::logging::init(&args.log_level, args.json_logging) {
-        eprintln!("spot-guard simulate: {error}");
-        return ExitCode::from(2);
-    }
-    if let Some(nodes) = args.nodes {
-        return crate::sim::fleet::run(nodes).await;
-    }
-    if args.scale_back {
-        return crate::sim::fleet::run_scale_back().await;
-    }
-    if args.restarts {
-        return crate::sim::fleet::run_restarts().await;
-    }
-
     let mut failed = Vec::new();
     for scenario in selected {
         println!("\n=== scenario {}: {}", scenario.name, scenario.description);
