@@ -103,7 +103,7 @@ pub fn has_rebooted_since(marked_at_unix: i64, now_unix: i64, uptime_seconds: i6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::{SCHEDULED_MAINTENANCE_TAINT, SPOT_ITN_TAINT};
+    use crate::names::{ASG_LIFECYCLE_TAINT, SPOT_ITN_TAINT};
 
     fn settings() -> ActionSettings {
         ActionSettings {

@@ -1,3 +1,5 @@
+use clap::Parser;
+
 use super::*;
 
 /// The least that turns Spot Guard on.
@@ -60,7 +62,7 @@ fn spot_guard_without_its_settings_names_each_missing_one() {
 #[test]
 fn fleet_flags_have_defaults_and_are_checked() {
     let base = SPOT_GUARD_ON;
-    let fleet = parse(&base).unwrap().spot_guard_fleet.unwrap();
+    let fleet = parse(&base).unwrap().spot_guard.unwrap();
     assert_eq!(fleet.lease_namespace, "kube-system");
     assert_eq!(fleet.lease_duration, Duration::from_secs(15));
     assert_eq!(fleet.scale_count, 1);
@@ -73,7 +75,7 @@ fn fleet_flags_have_defaults_and_are_checked() {
         "--spot-guard-scale-count=2",
         "--spot-guard-terminate-after-drain",
     ]);
-    let fleet = parse(&custom).unwrap().spot_guard_fleet.unwrap();
+    let fleet = parse(&custom).unwrap().spot_guard.unwrap();
     assert_eq!(fleet.lease_namespace, "spot-guard");
     assert_eq!(fleet.scale_count, 2);
     assert!(fleet.terminate_after_drain);
@@ -86,13 +88,13 @@ fn fleet_flags_have_defaults_and_are_checked() {
     let message = parse(&bad).unwrap_err();
     assert!(message.contains("SPOT_GUARD_SCALE_COUNT"), "{message}");
     assert!(message.contains("SPOT_GUARD_LEASE_DURATION"), "{message}");
-    assert_eq!(parse(&["--node-name=n1"]).unwrap().spot_guard_fleet, None);
+    assert_eq!(parse(&["--node-name=n1"]).unwrap().spot_guard, None);
 }
 
 #[test]
 fn scale_back_is_opt_in_with_nth_style_defaults_and_checked_values() {
     let base = SPOT_GUARD_ON;
-    let fleet = parse(&base).unwrap().spot_guard_fleet.unwrap();
+    let fleet = parse(&base).unwrap().spot_guard.unwrap();
     assert_eq!(fleet.scale_back, None);
     assert_eq!(fleet.new_node_protection, Duration::from_secs(900));
 
@@ -101,7 +103,7 @@ fn scale_back_is_opt_in_with_nth_style_defaults_and_checked_values() {
         "--spot-guard-scale-back",
         "--spot-guard-new-node-protection=0",
     ]);
-    let fleet = parse(&on).unwrap().spot_guard_fleet.unwrap();
+    let fleet = parse(&on).unwrap().spot_guard.unwrap();
     assert_eq!(fleet.scale_back, Some(ScaleBackSettings::default()));
     assert_eq!(fleet.new_node_protection, Duration::ZERO);
 

@@ -80,9 +80,16 @@ pub fn fast_spot_guard(settings: &mut SpotGuardSettings) {
     settings.lease_retry_interval = Duration::from_millis(20);
 }
 
-/// The drain settings the agent derives from `config`, as the tests compare them.
-pub fn drain_settings(config: &Config) -> DrainSettings {
-    crate::agent::AgentSettings::from_config(config).drain
+/// NTH's drain defaults with [`fast_tuning`]'s pauses and a whole-drain `timeout`:
+/// what the agent would drain with, for tests of the drain on its own.
+pub fn fast_drain(timeout: Duration) -> DrainSettings {
+    let tuning = fast_tuning();
+    DrainSettings {
+        timeout,
+        eviction_retry_interval: tuning.eviction_retry_interval,
+        poll_interval: tuning.drain_poll_interval,
+        ..DrainSettings::default()
+    }
 }
 
 /// An SDK client for the ASG simulator, as each agent pod has its own.

@@ -305,12 +305,27 @@ impl FleetWorld {
         asg: A,
         runtime: &Handle,
     ) -> Result<FleetAgent, FleetError> {
+        self.start_configured(node, instance_id, asg, runtime, |_| {})
+            .await
+    }
+
+    /// [`FleetWorld::start_agent_on`] with the configuration changed by `edit` first,
+    /// as a user would set other flags.
+    pub async fn start_configured<A: AutoScaling + Clone + 'static>(
+        &self,
+        node: &str,
+        instance_id: Option<String>,
+        asg: A,
+        runtime: &Handle,
+        edit: impl FnOnce(&mut Config),
+    ) -> Result<FleetAgent, FleetError> {
         let imds = ImdsSim::start().await?;
         match &instance_id {
             Some(id) => imds.set_instance_id(id),
             None => imds.set_instance_id(""),
         }
-        let config = self.config(node, &imds.url())?;
+        let mut config = self.config(node, &imds.url())?;
+        edit(&mut config);
         let agent = harness::start_on(&config, &self.kube.url(), Some(asg), runtime).await?;
         Ok(FleetAgent {
             node: node.to_owned(),
