@@ -17,9 +17,10 @@ use kube::api::{Api, ListParams};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use spot_guard::drain::{self, DrainSettings};
+use spot_guard::drain;
 use spot_guard::lease::{LeaseSettings, Leases};
-use spot_guard::node::{NodeClient, TaintEffect, client_for_url};
+use spot_guard::config::TaintEffect;
+use spot_guard::node::{NodeClient, client_for_url};
 use spot_guard::report::{KubeEvents, NodeMetadata, ReasonedEvent, reason};
 use spot_guard::sim::kube::{FakeKube, FakePod, RequestRecord, Termination};
 
@@ -472,12 +473,7 @@ async fn requests_of_every_flow(
             .expect("unannotate");
         node.remove_taint("example/key").await.expect("untaint");
         node.uncordon().await.expect("uncordon");
-        let settings = DrainSettings {
-            timeout: Duration::from_secs(3),
-            eviction_retry_interval: Duration::from_millis(200),
-            poll_interval: Duration::from_millis(100),
-            ..DrainSettings::default()
-        };
+        let settings = spot_guard::sim::harness::fast_drain(Duration::from_secs(3));
         // First drain: the PDB holds web-1 until the deadline.
         drain::drain(&client, NODE, &settings, false)
             .await

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use spot_guard::drain::{DrainReport, DrainSettings, PodRef, RefuseReason, drain};
 use spot_guard::node::client_for_url;
+use spot_guard::sim::harness::fast_drain;
 use spot_guard::sim::kube::{EvictionOutcome, FakeKube, FakePod, Termination};
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -19,15 +20,6 @@ async fn fake_with_node() -> Result<(FakeKube, kube::Client), Box<dyn Error>> {
     fake.add_node(OTHER_NODE);
     let client = client_for_url(&fake.url())?;
     Ok((fake, client))
-}
-
-fn fast(timeout: Duration) -> DrainSettings {
-    DrainSettings {
-        timeout,
-        eviction_retry_interval: Duration::from_millis(50),
-        poll_interval: Duration::from_millis(20),
-        ..DrainSettings::default()
-    }
 }
 
 /// Runs a drain, failing the test instead of hanging it if the drain ignores its deadline.
@@ -88,7 +80,7 @@ async fn evicts_workload_pods_and_leaves_daemon_set_mirror_and_finished_pods() -
     let (fake, client) = fake_with_node().await?;
     mixed_node(&fake);
 
-    let report = run_drain(&client, &fast(Duration::from_secs(5)), false).await?;
+    let report = run_drain(&client, &fast_drain(Duration::from_secs(5)), false).await?;
 
     assert!(report.is_complete(), "{report:?}");
     assert_eq!(
@@ -115,7 +107,7 @@ async fn empty_dir_pod_is_refused_without_delete_local_data_but_others_go() -> T
     mixed_node(&fake);
     let settings = DrainSettings {
         delete_local_data: false,
-        ..fast(Duration::from_secs(5))
+        ..fast_drain(Duration::from_secs(5))
     };
 
     let report = run_drain(&client, &settings, false).await?;
@@ -136,7 +128,7 @@ async fn daemon_set_pod_is_refused_when_daemon_sets_are_not_ignored() -> TestRes
     mixed_node(&fake);
     let settings = DrainSettings {
         ignore_daemon_sets: false,
-        ..fast(Duration::from_secs(5))
+        ..fast_drain(Duration::from_secs(5))
     };
 
     let report = run_drain(&client, &settings, false).await?;
@@ -159,7 +151,7 @@ async fn grace_period_override_reaches_the_api_server() -> TestResult {
     fake.add_pod(FakePod::new("default", "web-1", NODE).with_termination_grace_period(300));
     let settings = DrainSettings {
         pod_termination_grace_period: Some(7),
-        ..fast(Duration::from_secs(5))
+        ..fast_drain(Duration::from_secs(5))
     };
 
     run_drain(&client, &settings, false).await?;
@@ -179,7 +171,7 @@ async fn without_override_no_grace_period_is_sent() -> TestResult {
     fake.add_pod(FakePod::new("default", "web-1", NODE).with_termination_grace_period(300));
 
     // POD_TERMINATION_GRACE_PERIOD=-1 maps to None: each pod keeps its own.
-    run_drain(&client, &fast(Duration::from_secs(5)), false).await?;
+    run_drain(&client, &fast_drain(Duration::from_secs(5)), false).await?;
 
     let evictions = fake.evictions();
     assert_eq!(evictions.len(), 1);
@@ -197,7 +189,7 @@ async fn pdb_with_max_unavailable_one_releases_pods_one_by_one() -> TestResult {
     fake.add_pdb("data", "db-pdb", &[("app", "db")], 1);
     fake.set_termination(Termination::After(Duration::from_millis(150)));
 
-    let report = run_drain(&client, &fast(Duration::from_secs(10)), false).await?;
+    let report = run_drain(&client, &fast_drain(Duration::from_secs(10)), false).await?;
 
     assert!(report.is_complete(), "{report:?}");
     assert_eq!(evicted_names(&fake), ["db-0", "db-1", "db-2"]);
@@ -221,7 +213,7 @@ async fn pdb_that_never_relents_ends_the_drain_at_the_deadline_naming_the_pod() 
     fake.add_pod(FakePod::new("default", "web-1", NODE));
     fake.add_pdb("data", "db-pdb", &[("app", "db")], 0);
 
-    let report = run_drain(&client, &fast(Duration::from_secs(1)), false).await?;
+    let report = run_drain(&client, &fast_drain(Duration::from_secs(1)), false).await?;
 
     assert!(!report.is_complete());
     assert_eq!(report.blocked_by_pdb, [pod_ref("data", "db-0")]);
@@ -236,7 +228,7 @@ async fn relaxing_the_pdb_during_the_drain_lets_the_pod_go() -> TestResult {
     let (fake, client) = fake_with_node().await?;
     fake.add_pod(FakePod::new("data", "db-0", NODE).with_label("app", "db"));
     fake.add_pdb("data", "db-pdb", &[("app", "db")], 0);
-    let settings = fast(Duration::from_secs(10));
+    let settings = fast_drain(Duration::from_secs(10));
     let drain_task = tokio::spawn({
         let client = client.clone();
         let settings = settings.clone();
@@ -264,7 +256,7 @@ async fn pod_that_never_terminates_is_reported() -> TestResult {
     fake.add_pod(FakePod::new("default", "stuck", NODE).terminating(Termination::Never));
     fake.add_pod(FakePod::new("default", "web-1", NODE));
 
-    let report = run_drain(&client, &fast(Duration::from_secs(1)), false).await?;
+    let report = run_drain(&client, &fast_drain(Duration::from_secs(1)), false).await?;
 
     assert!(!report.is_complete());
     assert_eq!(report.not_terminated, [pod_ref("default", "stuck")]);
@@ -284,7 +276,7 @@ async fn pod_recreated_with_the_same_name_counts_as_gone() -> TestResult {
     // Lingers for a few polls so the drain sees it terminating before the replacement appears.
     fake.set_termination(Termination::After(Duration::from_millis(100)));
 
-    let report = run_drain(&client, &fast(Duration::from_secs(5)), false).await?;
+    let report = run_drain(&client, &fast_drain(Duration::from_secs(5)), false).await?;
 
     assert!(report.is_complete(), "{report:?}");
     let replacement = fake
@@ -300,7 +292,7 @@ async fn dry_run_evicts_nothing() -> TestResult {
     let (fake, client) = fake_with_node().await?;
     mixed_node(&fake);
 
-    let report = run_drain(&client, &fast(Duration::from_secs(5)), true).await?;
+    let report = run_drain(&client, &fast_drain(Duration::from_secs(5)), true).await?;
 
     assert!(report.dry_run);
     assert_eq!(report.evicted.len(), 3);
@@ -321,7 +313,7 @@ async fn server_error_on_the_first_eviction_is_retried() -> TestResult {
     let eviction_path = "/api/v1/namespaces/default/pods/web-1/eviction";
     fake.fail_next("POST", eviction_path, 1, 500);
 
-    let report = run_drain(&client, &fast(Duration::from_secs(5)), false).await?;
+    let report = run_drain(&client, &fast_drain(Duration::from_secs(5)), false).await?;
 
     assert!(report.is_complete(), "{report:?}");
     let statuses: Vec<u16> = fake
@@ -346,7 +338,7 @@ async fn eviction_failing_until_the_deadline_is_reported_with_its_error() -> Tes
         503,
     );
 
-    let report = run_drain(&client, &fast(Duration::from_millis(500)), false).await?;
+    let report = run_drain(&client, &fast_drain(Duration::from_millis(500)), false).await?;
 
     assert!(!report.is_complete());
     assert_eq!(report.eviction_failed.len(), 1);

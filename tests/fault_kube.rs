@@ -9,17 +9,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use spot_guard::agent::{Agent, AgentSettings};
 use spot_guard::aws::AwsAutoScaling;
+use spot_guard::config::TaintEffect;
 use spot_guard::drain::{DrainSettings, drain};
-use spot_guard::flow::{ActionSettings, SPOT_ITN_TAINT};
-use spot_guard::monitor::Notice;
-use spot_guard::node::{self, NodeClient, TaintEffect};
+use spot_guard::names::SPOT_ITN_TAINT;
+use spot_guard::node::{self, NodeClient};
+use spot_guard::sim::harness::{self, fast_drain};
+use spot_guard::sim::imds::ImdsSim;
 use spot_guard::sim::kube::{EvictionOutcome, FakeKube, FakePod};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 const NODE: &str = "ip-10-0-4-4.ec2.internal";
 const BOUND: Duration = Duration::from_secs(30);
@@ -56,15 +55,6 @@ async fn bounded<T>(step: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(BOUND, step)
         .await
         .expect("finished within the bound")
-}
-
-fn fast_drain(timeout: Duration) -> DrainSettings {
-    DrainSettings {
-        timeout,
-        eviction_retry_interval: Duration::from_millis(50),
-        poll_interval: Duration::from_millis(20),
-        ..DrainSettings::default()
-    }
 }
 
 #[tokio::test]
@@ -282,57 +272,31 @@ async fn connections_cut_mid_drain_are_survived_and_every_pod_goes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_missing_when_a_notice_comes_is_reported_and_the_agent_goes_on() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let fake = FakeKube::start().await.expect("fake Kubernetes API");
-    // No node by that name; a pod still claims it (the node object was deleted first).
+    let fake = fake().await;
+    let imds = ImdsSim::start().await.expect("IMDS simulator");
+    let config = harness::config(NODE, &imds.url(), &["--taint-node=true"]).expect("flags");
+    let mut agent = harness::start::<AwsAutoScaling>(&config, &fake.url(), None)
+        .await
+        .expect("agent starts");
+    // The node object is deleted under the running agent; a pod still claims it.
+    assert!(fake.remove_node(NODE));
     fake.add_pod(FakePod::new("default", "web-0", NODE));
-    let settings = AgentSettings {
-        node_name: NODE.into(),
-        dry_run: false,
-        actions: ActionSettings {
-            taint_node: true,
-            ..ActionSettings::default()
-        },
-        drain: fast_drain(Duration::from_secs(5)),
-        uptime_file: "/proc/uptime".into(),
-    };
-    let agent = Agent::<AwsAutoScaling>::new(
-        settings,
-        node::client_for_url(&fake.url()).expect("client"),
-        None,
+
+    imds.set_spot_action(Some(("terminate", "2026-11-24T10:02:00Z")));
+    assert!(
+        agent.wait_handled(1, BOUND).await,
+        "the notice for a missing node was not handled"
     );
-    let mut handled = agent.handled();
-    let shutdown = CancellationToken::new();
-    let (tx, rx) = mpsc::channel(4);
-    let running = tokio::spawn(agent.run(rx, shutdown.clone()));
 
-    tx.send(Notice::SpotInterruption {
-        event_id: "spot-itn-1".into(),
-        action: "terminate".into(),
-        time: "2026-11-24T10:02:00Z".into(),
-    })
-    .await
-    .expect("agent listens");
-    bounded(handled.wait_for(|n| *n >= 1))
-        .await
-        .expect("agent alive");
-
-    // The node appears (e.g. NODE_NAME fixed by a rollout) and the next notice is acted on.
+    // The node comes back (e.g. it re-registered) and the next notice is acted on.
     fake.add_node(NODE);
-    tx.send(Notice::SpotInterruption {
-        event_id: "spot-itn-2".into(),
-        action: "terminate".into(),
-        time: "2026-11-24T10:04:00Z".into(),
-    })
-    .await
-    .expect("agent still listens");
-    bounded(handled.wait_for(|n| *n >= 2))
-        .await
-        .expect("agent alive");
+    imds.set_spot_action(Some(("terminate", "2026-11-24T10:04:00Z")));
+    assert!(
+        agent.wait_handled(2, BOUND).await,
+        "the agent stopped acting after the missing node"
+    );
 
     assert_eq!(taint_keys(&fake), [SPOT_ITN_TAINT]);
     assert!(cordoned(&fake));
-    assert!(!running.is_finished(), "the agent stopped");
-    shutdown.cancel();
-    bounded(running).await.expect("agent did not panic");
+    bounded(agent.stop()).await;
 }

@@ -5,7 +5,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Taint};
-use spot_guard::node::{NodeClient, NodeError, TaintEffect, client_for_url};
+use spot_guard::config::TaintEffect;
+use spot_guard::node::{NodeClient, NodeError, client_for_url};
 use spot_guard::sim::kube::FakeKube;
 
 type TestResult = Result<(), Box<dyn Error>>;

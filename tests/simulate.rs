@@ -1,4 +1,4 @@
-//! `spot-guard simulate`: every scenario ends as it promises, and the log a user reads
+//! `spot-guard-sim` (`cargo simulate`): every scenario ends as it promises, and the log a user reads
 //! tells the story in order (scale-up or fallback, taint, cordon, evictions, completion).
 
 use std::process::Command;
@@ -60,13 +60,13 @@ async fn spot_itn_during_wait() {
     assert_ends_as_expected("spot-itn-during-wait").await;
 }
 
-/// Runs the binary's `simulate` and returns its output (stdout), asserting success.
+/// Runs `spot-guard-sim` and returns its output (stdout), asserting success.
 fn simulate(name: &str) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_spot-guard"))
-        .args(["simulate", "--scenario", name])
+    let output = Command::new(env!("CARGO_BIN_EXE_spot-guard-sim"))
+        .args(["--scenario", name])
         .env_remove("RUST_LOG")
         .output()
-        .expect("spot-guard simulate runs");
+        .expect("spot-guard-sim runs");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.status.success(), "simulate {name} failed:\n{stdout}");
     stdout
@@ -105,16 +105,16 @@ fn the_fallback_log_tells_the_story_in_order() {
 
 #[test]
 fn simulate_lists_its_scenarios_and_refuses_unknown_ones() {
-    let list = Command::new(env!("CARGO_BIN_EXE_spot-guard"))
-        .args(["simulate", "--list"])
+    let list = Command::new(env!("CARGO_BIN_EXE_spot-guard-sim"))
+        .args(["--list"])
         .output()
         .expect("runs");
     let listing = String::from_utf8_lossy(&list.stdout);
     for scenario in scenarios() {
         assert!(listing.contains(scenario.name), "{listing}");
     }
-    let unknown = Command::new(env!("CARGO_BIN_EXE_spot-guard"))
-        .args(["simulate", "--scenario", "no-such-thing"])
+    let unknown = Command::new(env!("CARGO_BIN_EXE_spot-guard-sim"))
+        .args(["--scenario", "no-such-thing"])
         .output()
         .expect("runs");
     assert_eq!(unknown.status.code(), Some(2));
@@ -133,11 +133,11 @@ async fn asg_lifecycle_termination() {
 
 #[test]
 fn json_logs_are_one_object_per_line_with_node_event_and_asg() {
-    let output = Command::new(env!("CARGO_BIN_EXE_spot-guard"))
-        .args(["simulate", "--scenario", "spot-success", "--json-logging"])
+    let output = Command::new(env!("CARGO_BIN_EXE_spot-guard-sim"))
+        .args(["--scenario", "spot-success", "--json-logging"])
         .env_remove("RUST_LOG")
         .output()
-        .expect("spot-guard simulate runs");
+        .expect("spot-guard-sim runs");
     assert!(output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
     let logs: Vec<serde_json::Value> = stdout
@@ -165,4 +165,19 @@ fn json_logs_are_one_object_per_line_with_node_event_and_asg() {
         );
     }
     assert_eq!(scaling["level"], "INFO");
+}
+
+#[test]
+fn the_agent_binary_has_no_simulator() {
+    let output = Command::new(env!("CARGO_BIN_EXE_spot-guard"))
+        .args(["simulate", "--list"])
+        .env("NODE_NAME", "n1")
+        .output()
+        .expect("spot-guard runs");
+    assert_eq!(output.status.code(), Some(2), "the agent accepted `simulate`");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("unexpected argument 'simulate'"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -1,19 +1,29 @@
-//! Spot Guard's capacity workflow with the real SDK client against the ASG simulator:
-//! given these two ASGs, when a replacement is asked for, which ASG grows and why.
+//! Spot Guard's capacity workflow as production runs it: the whole agent, started by
+//! `run::start` through the simulator harness, gets a rebalance recommendation from its
+//! IMDS; given these two ASGs, which ASG grows and why. The answer is read where a user
+//! reads it: the ASGs' desired capacity and calls, and the replacement record the agent
+//! writes on its Node (`kubectl get node -o yaml`).
 
 use std::time::{Duration, SystemTime};
 
 use spot_guard::asg::ScalingActivity;
-use spot_guard::aws::{AwsAutoScaling, AwsSettings};
-use spot_guard::config::SpotGuardConfig;
-use spot_guard::flow::{CapacityFailure, ReplacementOutcome};
-use spot_guard::report::InterruptionEvent;
-use spot_guard::sim::asg::{AsgSim, Behaviour, Fault, GroupSpec};
-use spot_guard::spot_guard::SpotGuard;
-use tokio_util::sync::CancellationToken;
+use spot_guard::config::Config;
+use spot_guard::imds::RebalanceRecommendation;
+use spot_guard::monitor::rebalance_event_id;
+use spot_guard::names::{REBALANCE_TAINT, REPLACEMENT_ANNOTATION, SPOT_ITN_TAINT};
+use spot_guard::record::annotation;
+use spot_guard::sim::asg::{Behaviour, Fault, GroupSpec};
+use spot_guard::sim::fleet::{
+    FleetAgent, FleetSpec, FleetWorld, ON_DEMAND_ASG, RECOMMENDATION_TIME, SPOT_ASG, node_name,
+};
+use spot_guard::spot_guard::decide::{
+    AttemptRecord, AttemptResult, RecordedFailure, ReplacementRecord, Role,
+};
+use tokio::runtime::Handle;
+use tokio::time::Instant;
 
-const SPOT: &str = "spot-asg";
-const ON_DEMAND: &str = "on-demand-asg";
+/// Bound of every wait for the agent.
+const LIMIT: Duration = Duration::from_secs(30);
 
 fn group(behaviour: Behaviour, desired: i32, max: i32) -> GroupSpec {
     GroupSpec {
@@ -26,275 +36,536 @@ fn group(behaviour: Behaviour, desired: i32, max: i32) -> GroupSpec {
     }
 }
 
-fn config(capacity_check_timeout: Duration) -> SpotGuardConfig {
-    SpotGuardConfig {
-        spot_asg_name: SPOT.into(),
-        on_demand_asg_name: ON_DEMAND.into(),
-        scale_timeout: Duration::from_secs(10),
-        capacity_check_timeout,
-        check_interval: Duration::from_millis(50),
+/// One spot node (on instance 0 of the spot ASG) with one workload pod.
+async fn world(
+    spot: GroupSpec,
+    on_demand: GroupSpec,
+    capacity_check_timeout: Duration,
+) -> FleetWorld {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut spec = FleetSpec::new(1);
+    spec.spot = spot;
+    spec.on_demand = on_demand;
+    spec.check_interval = Duration::from_millis(50);
+    spec.capacity_check_timeout = capacity_check_timeout;
+    FleetWorld::start(spec).await.expect("simulators start")
+}
+
+/// Node 0's agent, from the flags the chart sets, changed by `edit`.
+async fn start(world: &FleetWorld, edit: impl FnOnce(&mut Config)) -> FleetAgent {
+    world
+        .start_configured(
+            &node_name(0),
+            world.instance_id(0).map(str::to_owned),
+            world.aws(),
+            &Handle::current(),
+            |config| {
+                if let Some(settings) = config.spot_guard.as_mut() {
+                    settings.scale_timeout = Duration::from_secs(10);
+                }
+                edit(config);
+            },
+        )
+        .await
+        .expect("agent starts")
+}
+
+/// IMDS serves a rebalance recommendation; returns once the agent has handled it.
+async fn recommend_and_wait(agent: &mut FleetAgent) {
+    agent.recommend();
+    assert!(
+        agent.wait_handled(1, LIMIT).await,
+        "the agent handled the recommendation within {LIMIT:?}"
+    );
+}
+
+async fn stop(agent: FleetAgent) {
+    tokio::time::timeout(LIMIT, agent.stop())
+        .await
+        .expect("the agent stops");
+}
+
+fn desired(world: &FleetWorld, name: &str) -> i32 {
+    world.asg.group(name).expect("group exists").desired
+}
+
+fn scale_ups_of(world: &FleetWorld, name: &str) -> usize {
+    world
+        .asg
+        .calls_of("SetDesiredCapacity")
+        .iter()
+        .filter(|call| call.group.as_deref() == Some(name))
+        .count()
+}
+
+/// The replacement record on node 0, as `kubectl get node` shows it.
+fn replacement(world: &FleetWorld) -> ReplacementRecord {
+    let node = world.kube.node(&node_name(0)).expect("node 0 exists");
+    let record = ReplacementRecord::parse(annotation(&node, REPLACEMENT_ANNOTATION))
+        .expect("the Node carries a readable replacement record");
+    let expected = rebalance_event_id(&RebalanceRecommendation {
+        notice_time: RECOMMENDATION_TIME.to_owned(),
+    });
+    assert_eq!(
+        record.event_id, expected,
+        "the record is for this recommendation"
+    );
+    record
+}
+
+fn failure(attempt: &AttemptRecord) -> &RecordedFailure {
+    match &attempt.result {
+        AttemptResult::Failed { failure } => failure,
+        other => panic!("expected {:?} to have failed, got {other:?}", attempt.role),
     }
 }
 
-async fn setup(spot: GroupSpec, on_demand: GroupSpec) -> AsgSim {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let sim = AsgSim::start().await.expect("ASG simulator starts");
-    sim.add_group(SPOT, spot);
-    sim.add_group(ON_DEMAND, on_demand);
-    sim
-}
-
-fn guard(sim: &AsgSim, timeout: Duration, dry_run: bool) -> SpotGuard<AwsAutoScaling> {
-    let client = AwsAutoScaling::for_endpoint(
-        sim.url(),
-        "us-east-1",
-        &AwsSettings {
-            endpoint_url: None,
-            max_attempts: 1,
-        },
+/// Spot failed (its failure returned), then on-demand was scaled by one and delivered.
+fn spot_failed_on_demand_ready(world: &FleetWorld) -> (AttemptRecord, RecordedFailure) {
+    let record = replacement(world);
+    let [spot, on_demand] = record.attempts.as_slice() else {
+        panic!("expected a spot and an on-demand attempt: {record:?}");
+    };
+    assert_eq!((spot.role, spot.asg.as_str()), (Role::Spot, SPOT_ASG));
+    assert_eq!(
+        (on_demand.role, on_demand.asg.as_str()),
+        (Role::OnDemand, ON_DEMAND_ASG)
     );
-    SpotGuard::new(client, config(timeout), dry_run)
+    assert_eq!(on_demand.result, AttemptResult::Ready, "{record:?}");
+    let scaled = on_demand.scaled.as_ref().expect("on-demand was scaled");
+    assert_eq!(scaled.to, scaled.from + 1, "{record:?}");
+    (spot.clone(), failure(spot).clone())
 }
 
-async fn replace(sim: &AsgSim, timeout: Duration) -> ReplacementOutcome {
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        guard(sim, timeout, false)
-            .secure_replacement(&CancellationToken::new(), &InterruptionEvent::default()),
-    )
-    .await
-    .expect("the flow ends")
+/// Tainted, cordoned, its workload pod evicted exactly once.
+fn assert_drained(world: &FleetWorld) {
+    assert!(
+        world.node_drained(0),
+        "node 0 is tainted, cordoned and drained: {:?}",
+        world.kube.node(&node_name(0)).and_then(|n| n.spec)
+    );
+    let evictions = world.kube.evictions();
+    assert_eq!(
+        evictions.iter().filter(|e| e.name == "app-000").count(),
+        1,
+        "the workload pod was evicted exactly once: {evictions:?}"
+    );
 }
 
-fn desired(sim: &AsgSim, name: &str) -> i32 {
-    sim.group(name).expect("group exists").desired
-}
-
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_spot_asg_gets_exactly_one_more_instance_and_on_demand_is_untouched() {
-    let sim = setup(
+    let world = world(
         group(Behaviour::Healthy, 3, 10),
         group(Behaviour::Healthy, 2, 10),
+        Duration::from_secs(5),
     )
     .await;
-    let outcome = replace(&sim, Duration::from_secs(5)).await;
-    assert_eq!(outcome, ReplacementOutcome::Spot);
-    assert_eq!(desired(&sim, SPOT), 4);
-    assert_eq!(sim.group(SPOT).unwrap().in_service, 4);
-    assert_eq!(desired(&sim, ON_DEMAND), 2);
-    let sets = sim.calls_of("SetDesiredCapacity");
-    assert_eq!(sets.len(), 1);
+    let mut agent = start(&world, |_| {}).await;
+
+    recommend_and_wait(&mut agent).await;
+
+    let record = replacement(&world);
+    let [spot] = record.attempts.as_slice() else {
+        panic!("expected only a spot attempt: {record:?}");
+    };
+    assert_eq!((spot.role, spot.asg.as_str()), (Role::Spot, SPOT_ASG));
+    assert_eq!(spot.result, AttemptResult::Ready);
+    let scaled = spot.scaled.as_ref().expect("spot was scaled");
+    assert_eq!((scaled.from, scaled.to), (3, 4));
+    assert_eq!(desired(&world, SPOT_ASG), 4);
+    assert_eq!(world.asg.group(SPOT_ASG).unwrap().in_service, 4);
+    let sets = world.asg.calls_of("SetDesiredCapacity");
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    assert_eq!(sets[0].group.as_deref(), Some(SPOT_ASG));
     assert_eq!(sets[0].param("HonorCooldown"), Some("false"));
     assert_eq!(sets[0].param("DesiredCapacity"), Some("4"));
+    assert_eq!(desired(&world, ON_DEMAND_ASG), 2);
+    assert_eq!(world.asg.group(ON_DEMAND_ASG).unwrap().in_service, 2);
+    assert_drained(&world);
+    stop(agent).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insufficient_spot_capacity_falls_back_to_on_demand() {
-    let sim = setup(
+    // A long capacity timeout proves the failed activity, not the clock, ended the wait.
+    let world = world(
         group(Behaviour::InsufficientCapacity, 3, 10),
         group(Behaviour::Healthy, 2, 10),
+        Duration::from_secs(120),
     )
     .await;
-    // A long timeout proves the failed activity, not the clock, ended the wait.
-    let outcome = replace(&sim, Duration::from_secs(20)).await;
-    match outcome {
-        ReplacementOutcome::OnDemand {
-            spot_failure: CapacityFailure::InsufficientCapacity { message },
-        } => assert!(message.contains("capacity"), "{message}"),
-        other => panic!("expected on-demand after insufficient capacity, got {other:?}"),
+    let mut agent = start(&world, |_| {}).await;
+
+    recommend_and_wait(&mut agent).await;
+
+    let (spot, failure) = spot_failed_on_demand_ready(&world);
+    match failure {
+        RecordedFailure::InsufficientCapacity { message } => {
+            assert!(
+                message.contains("InsufficientInstanceCapacity"),
+                "{message}"
+            );
+        }
+        other => panic!("expected insufficient capacity, got {other:?}"),
     }
-    assert_eq!(desired(&sim, ON_DEMAND), 3);
-    assert_eq!(sim.group(ON_DEMAND).unwrap().in_service, 3);
+    let scaled = spot.scaled.expect("spot was asked first");
+    assert_eq!((scaled.from, scaled.to), (3, 4));
+    assert_eq!(desired(&world, ON_DEMAND_ASG), 3);
+    assert_eq!(world.asg.group(ON_DEMAND_ASG).unwrap().in_service, 3);
+    assert_drained(&world);
+    stop(agent).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_spot_activity_falls_back_to_on_demand() {
-    let sim = setup(
+    let world = world(
         group(Behaviour::Cancelled, 3, 10),
         group(Behaviour::Healthy, 2, 10),
+        Duration::from_secs(120),
     )
     .await;
-    let outcome = replace(&sim, Duration::from_secs(20)).await;
+    let mut agent = start(&world, |_| {}).await;
+
+    recommend_and_wait(&mut agent).await;
+
+    let (_, failure) = spot_failed_on_demand_ready(&world);
     assert!(
-        matches!(
-            outcome,
-            ReplacementOutcome::OnDemand {
-                spot_failure: CapacityFailure::ActivityFailed { ref status, .. }
-            } if status == "Cancelled"
-        ),
-        "{outcome:?}"
+        matches!(failure, RecordedFailure::ActivityFailed { ref status, .. } if status == "Cancelled"),
+        "{failure:?}"
     );
+    assert_eq!(desired(&world, ON_DEMAND_ASG), 3);
+    assert_drained(&world);
+    stop(agent).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spot_instance_that_never_reaches_in_service_times_out_into_on_demand() {
-    let sim = setup(
+    let world = world(
         group(Behaviour::NeverInService, 3, 10),
         group(Behaviour::Healthy, 2, 10),
+        Duration::from_millis(600),
     )
     .await;
-    let outcome = replace(&sim, Duration::from_millis(600)).await;
-    assert!(
-        matches!(
-            outcome,
-            ReplacementOutcome::OnDemand {
-                spot_failure: CapacityFailure::Timeout { .. }
-            }
-        ),
-        "{outcome:?}"
-    );
-    assert_eq!(desired(&sim, ON_DEMAND), 3);
+    let mut agent = start(&world, |_| {}).await;
+
+    recommend_and_wait(&mut agent).await;
+
+    let (_, failure) = spot_failed_on_demand_ready(&world);
+    match failure {
+        RecordedFailure::Timeout { waited_ms } => assert!(waited_ms >= 600, "{waited_ms}"),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(desired(&world, SPOT_ASG), 4, "the spot request stays");
+    assert_eq!(desired(&world, ON_DEMAND_ASG), 3);
+    assert_drained(&world);
+    stop(agent).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spot_asg_at_max_size_is_not_asked_and_on_demand_delivers() {
-    let sim = setup(
+    let world = world(
         group(Behaviour::Healthy, 4, 4),
         group(Behaviour::Healthy, 2, 10),
+        Duration::from_secs(5),
     )
     .await;
-    let outcome = replace(&sim, Duration::from_secs(5)).await;
+    let mut agent = start(&world, |_| {}).await;
+
+    recommend_and_wait(&mut agent).await;
+
+    let (spot, failure) = spot_failed_on_demand_ready(&world);
     assert_eq!(
-        outcome,
-        ReplacementOutcome::OnDemand {
-            spot_failure: CapacityFailure::AtMaxSize {
-                desired: 4,
-                max_size: 4
-            }
+        failure,
+        RecordedFailure::AtMaxSize {
+            desired: 4,
+            max_size: 4
         }
     );
-    let sets = sim.calls_of("SetDesiredCapacity");
-    assert_eq!(sets.len(), 1, "only the on-demand ASG is scaled");
-    assert_eq!(sets[0].group.as_deref(), Some(ON_DEMAND));
-    assert_eq!(desired(&sim, SPOT), 4);
+    assert_eq!(spot.scaled, None, "the spot ASG was not scaled");
+    let sets = world.asg.calls_of("SetDesiredCapacity");
+    assert_eq!(sets.len(), 1, "only the on-demand ASG is scaled: {sets:?}");
+    assert_eq!(sets[0].group.as_deref(), Some(ON_DEMAND_ASG));
+    assert_eq!(desired(&world, SPOT_ASG), 4);
+    assert_eq!(desired(&world, ON_DEMAND_ASG), 3);
+    assert_drained(&world);
+    stop(agent).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_asgs_failing_ends_the_flow_with_both_reasons() {
-    let sim = setup(
+    let world = world(
         group(Behaviour::InsufficientCapacity, 3, 10),
         group(Behaviour::Healthy, 5, 5),
+        Duration::from_secs(120),
     )
     .await;
-    let outcome = replace(&sim, Duration::from_secs(20)).await;
-    match outcome {
-        ReplacementOutcome::NoneAvailable {
-            spot_failure: CapacityFailure::InsufficientCapacity { .. },
-            on_demand_failure: CapacityFailure::AtMaxSize { .. },
-        } => {}
-        other => panic!("expected both to fail, got {other:?}"),
-    }
-}
+    let mut agent = start(&world, |_| {}).await;
 
-#[tokio::test]
-async fn an_old_failed_activity_does_not_count_against_a_new_scale_up() {
-    let sim = setup(
-        group(Behaviour::Healthy, 3, 10),
-        group(Behaviour::Healthy, 2, 10),
-    )
-    .await;
-    sim.add_activity(
-        SPOT,
-        ScalingActivity {
-            activity_id: "old-failure".into(),
-            status_code: "Failed".into(),
-            status_message: Some(
-                "We currently do not have sufficient m5.large capacity. InsufficientInstanceCapacity"
-                    .into(),
-            ),
-            description: Some("Launching a new EC2 instance.  Status Reason: ...".into()),
-            start_time: Some(SystemTime::now() - Duration::from_secs(3600)),
-        },
-    )
-    .unwrap();
+    recommend_and_wait(&mut agent).await;
+
+    let record = replacement(&world);
+    let [spot, on_demand] = record.attempts.as_slice() else {
+        panic!("expected a spot and an on-demand attempt: {record:?}");
+    };
+    assert_eq!(spot.role, Role::Spot);
+    assert!(
+        matches!(failure(spot), RecordedFailure::InsufficientCapacity { .. }),
+        "{record:?}"
+    );
+    assert_eq!(on_demand.role, Role::OnDemand);
     assert_eq!(
-        replace(&sim, Duration::from_secs(5)).await,
-        ReplacementOutcome::Spot
+        failure(on_demand),
+        &RecordedFailure::AtMaxSize {
+            desired: 5,
+            max_size: 5
+        }
     );
+    assert_eq!(
+        on_demand.scaled, None,
+        "the full on-demand ASG was not scaled"
+    );
+    assert_eq!(scale_ups_of(&world, ON_DEMAND_ASG), 0);
+    assert_eq!(desired(&world, ON_DEMAND_ASG), 5);
+    // No capacity anywhere, and the node is still tainted, cordoned and drained.
+    assert_drained(&world);
+    stop(agent).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_failed_activity_does_not_count_against_a_new_scale_up() {
+    let world = world(
+        group(Behaviour::Healthy, 3, 10),
+        group(Behaviour::Healthy, 2, 10),
+        Duration::from_secs(5),
+    )
+    .await;
+    // EC2's message for a launch without capacity, from an hour ago.
+    let message = "We currently do not have sufficient m5.large capacity in the Availability Zone you requested (us-east-1a). Our system will be working on provisioning additional capacity. You can currently get m5.large capacity by not specifying an Availability Zone in your request or choosing us-east-1b, us-east-1c. Launching EC2 instance failed.";
+    world
+        .asg
+        .add_activity(
+            SPOT_ASG,
+            ScalingActivity {
+                activity_id: "5a86d2a4-0cd7-4ee4-8c5e-2a1c8e4b1f0a".into(),
+                status_code: "Failed".into(),
+                status_message: Some(message.into()),
+                description: Some(format!(
+                    "Launching a new EC2 instance.  Status Reason: {message}"
+                )),
+                start_time: Some(SystemTime::now() - Duration::from_secs(3600)),
+            },
+        )
+        .expect("spot group exists");
+    let mut agent = start(&world, |_| {}).await;
+
+    recommend_and_wait(&mut agent).await;
+
+    let record = replacement(&world);
+    let [spot] = record.attempts.as_slice() else {
+        panic!("expected only a spot attempt: {record:?}");
+    };
+    assert_eq!(spot.role, Role::Spot);
+    assert_eq!(spot.result, AttemptResult::Ready);
+    assert_eq!(desired(&world, SPOT_ASG), 4);
+    assert_eq!(scale_ups_of(&world, ON_DEMAND_ASG), 0);
+    assert_eq!(desired(&world, ON_DEMAND_ASG), 2);
+    assert_drained(&world);
+    stop(agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_spot_asg_falls_back_with_the_error_named() {
-    let sim = setup(
+    let world = world(
         group(Behaviour::Healthy, 3, 10),
         group(Behaviour::Healthy, 2, 10),
+        Duration::from_secs(5),
     )
     .await;
-    let client = AwsAutoScaling::for_endpoint(sim.url(), "us-east-1", &AwsSettings::default());
-    let guard = SpotGuard::new(
-        client,
-        SpotGuardConfig {
-            spot_asg_name: "no-such-asg".into(),
-            ..config(Duration::from_secs(5))
-        },
-        false,
-    );
-    let outcome = guard
-        .secure_replacement(&CancellationToken::new(), &InterruptionEvent::default())
-        .await;
-    match outcome {
-        ReplacementOutcome::OnDemand {
-            spot_failure: CapacityFailure::Api { error },
-        } => assert!(error.contains("no-such-asg"), "{error}"),
-        other => panic!("expected fallback, got {other:?}"),
+    let mut agent = start(&world, |config| {
+        config
+            .spot_guard
+            .as_mut()
+            .expect("Spot Guard is on")
+            .spot_asg_name = "no-such-asg".into();
+    })
+    .await;
+
+    recommend_and_wait(&mut agent).await;
+
+    let record = replacement(&world);
+    let [spot, on_demand] = record.attempts.as_slice() else {
+        panic!("expected a spot and an on-demand attempt: {record:?}");
+    };
+    assert_eq!((spot.role, spot.asg.as_str()), (Role::Spot, "no-such-asg"));
+    assert_eq!(spot.scaled, None);
+    match failure(spot) {
+        RecordedFailure::Api { error } => assert!(error.contains("no-such-asg"), "{error}"),
+        other => panic!("expected an API error, got {other:?}"),
     }
+    assert_eq!(on_demand.role, Role::OnDemand);
+    assert_eq!(on_demand.result, AttemptResult::Ready);
+    let sets = world.asg.calls_of("SetDesiredCapacity");
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    assert_eq!(sets[0].group.as_deref(), Some(ON_DEMAND_ASG));
+    assert_eq!(desired(&world, SPOT_ASG), 3);
+    assert_eq!(desired(&world, ON_DEMAND_ASG), 3);
+    assert_drained(&world);
+    stop(agent).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_denied_on_spot_scale_up_falls_back_to_on_demand() {
-    let sim = setup(
+    let world = world(
         group(Behaviour::Healthy, 3, 10),
         group(Behaviour::Healthy, 2, 10),
+        Duration::from_secs(5),
     )
     .await;
-    sim.fail_next("SetDesiredCapacity", 1, Fault::AccessDenied);
-    let outcome = replace(&sim, Duration::from_secs(5)).await;
-    match outcome {
-        ReplacementOutcome::OnDemand {
-            spot_failure: CapacityFailure::Api { error },
-        } => assert!(error.contains("AccessDenied"), "{error}"),
-        other => panic!("expected fallback, got {other:?}"),
+    let mut agent = start(&world, |_| {}).await;
+    world
+        .asg
+        .fail_next("SetDesiredCapacity", 1, Fault::AccessDenied);
+
+    recommend_and_wait(&mut agent).await;
+
+    let (spot, failure) = spot_failed_on_demand_ready(&world);
+    match failure {
+        RecordedFailure::Api { error } => {
+            assert!(error.contains("AccessDenied"), "{error}");
+            assert!(error.contains("autoscaling:SetDesiredCapacity"), "{error}");
+        }
+        other => panic!("expected an API error, got {other:?}"),
     }
-    assert_eq!(desired(&sim, SPOT), 3);
-    assert_eq!(desired(&sim, ON_DEMAND), 3);
+    assert_eq!(
+        spot.scaled, None,
+        "the refused scale-up is not recorded as sent"
+    );
+    let sets = world.asg.calls_of("SetDesiredCapacity");
+    assert_eq!(sets.len(), 2, "{sets:?}");
+    assert_eq!(
+        (sets[0].group.as_deref(), sets[0].error_code.as_deref()),
+        (Some(SPOT_ASG), Some("AccessDenied"))
+    );
+    assert_eq!(
+        (sets[1].group.as_deref(), sets[1].error_code.as_deref()),
+        (Some(ON_DEMAND_ASG), None)
+    );
+    assert_eq!(desired(&world, SPOT_ASG), 3);
+    assert_eq!(desired(&world, ON_DEMAND_ASG), 3);
+    assert_drained(&world);
+    stop(agent).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spot_interruption_preempts_the_wait_and_scales_nothing_more() {
-    let sim = setup(
+    let capacity_check_timeout = Duration::from_secs(120);
+    let world = world(
         group(Behaviour::NeverInService, 3, 10),
         group(Behaviour::Healthy, 2, 10),
+        capacity_check_timeout,
     )
     .await;
-    let preempt = CancellationToken::new();
-    let guard = guard(&sim, Duration::from_secs(60), false);
-    let event = InterruptionEvent::default();
-    let flow = guard.secure_replacement(&preempt, &event);
-    let trigger = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        preempt.cancel();
-    };
-    let (outcome, ()) = tokio::time::timeout(Duration::from_secs(10), async {
-        tokio::join!(flow, trigger)
+    // TAINT_NODE on: the interruption's own taint shows what the node was drained for.
+    let mut agent = start(&world, |config| config.taint_node = true).await;
+    agent.recommend();
+    // Evidence the flow is in its wait: the spot scale-up went through.
+    tokio::time::timeout(LIMIT, async {
+        while world.asg.group(SPOT_ASG).expect("spot").desired < 4 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     })
     .await
-    .expect("preemption ends the 60 s wait at once");
-    assert_eq!(outcome, ReplacementOutcome::Preempted);
-    assert_eq!(desired(&sim, ON_DEMAND), 2, "no fallback after preemption");
+    .expect("the spot ASG is scaled up");
+
+    let interrupted = Instant::now();
+    agent
+        .imds
+        .set_spot_action(Some(("terminate", "2026-11-24T08:24:00Z")));
+    assert!(
+        agent.wait_handled(1, LIMIT).await,
+        "the interruption was handled within {LIMIT:?}"
+    );
+    let took = interrupted.elapsed();
+
+    assert!(
+        took < capacity_check_timeout / 4,
+        "the {capacity_check_timeout:?} wait was cut short: drained {took:?} after the notice"
+    );
+    // The interruption was handled only after the rebalance flow had returned, so
+    // nothing can scale after this point.
+    assert_eq!(
+        agent.handled(),
+        1,
+        "the rebalance flow never reached its node actions"
+    );
+    assert_eq!(
+        scale_ups_of(&world, ON_DEMAND_ASG),
+        0,
+        "no fallback after preemption"
+    );
+    assert_eq!(desired(&world, ON_DEMAND_ASG), 2);
+    assert_eq!(scale_ups_of(&world, SPOT_ASG), 1);
+    let record = replacement(&world);
+    let [spot] = record.attempts.as_slice() else {
+        panic!("expected only the spot attempt: {record:?}");
+    };
+    assert_eq!(spot.role, Role::Spot);
+    assert_eq!(
+        spot.result,
+        AttemptResult::Pending,
+        "the spot replacement never arrived"
+    );
+    let node = world.kube.node(&node_name(0)).expect("node 0");
+    let spec = node.spec.expect("spec");
+    let taints: Vec<String> = spec
+        .taints
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.key)
+        .collect();
+    assert_eq!(
+        taints,
+        [SPOT_ITN_TAINT],
+        "drained for the interruption, not the recommendation"
+    );
+    assert!(!taints.iter().any(|t| t == REBALANCE_TAINT));
+    assert_eq!(spec.unschedulable, Some(true));
+    assert!(
+        world.kube.pods_on_node(&node_name(0)).is_empty(),
+        "the node is drained"
+    );
+    stop(agent).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_reads_but_never_scales() {
-    let sim = setup(
+    let world = world(
         group(Behaviour::Healthy, 3, 10),
         group(Behaviour::Healthy, 2, 10),
+        Duration::from_secs(5),
     )
     .await;
-    let outcome = guard(&sim, Duration::from_secs(5), true)
-        .secure_replacement(&CancellationToken::new(), &InterruptionEvent::default())
-        .await;
-    assert_eq!(outcome, ReplacementOutcome::DryRun);
-    assert!(sim.calls_of("SetDesiredCapacity").is_empty());
-    assert!(!sim.calls_of("DescribeAutoScalingGroups").is_empty());
-    assert_eq!(desired(&sim, SPOT), 3);
+    let mut agent = start(&world, |config| config.dry_run = true).await;
+    let node_before = world.kube.node(&node_name(0)).expect("node 0");
+    let reads_before = world.asg.calls_of("DescribeAutoScalingGroups").len();
+
+    recommend_and_wait(&mut agent).await;
+
+    let reads = world.asg.calls_of("DescribeAutoScalingGroups");
+    let read_now: Vec<Option<&str>> = reads[reads_before..]
+        .iter()
+        .map(|call| call.group.as_deref())
+        .collect();
+    assert!(
+        read_now.contains(&Some(SPOT_ASG)) && read_now.contains(&Some(ON_DEMAND_ASG)),
+        "both ASGs were read for the recommendation: {read_now:?}"
+    );
+    assert!(world.asg.calls_of("SetDesiredCapacity").is_empty());
+    assert_eq!(desired(&world, SPOT_ASG), 3);
+    assert_eq!(desired(&world, ON_DEMAND_ASG), 2);
+    let node_after = world.kube.node(&node_name(0)).expect("node 0");
+    assert_eq!(node_after, node_before, "nothing was written to the Node");
+    assert!(world.kube.evictions().is_empty(), "nothing was evicted");
+    assert_eq!(world.kube.pods_on_node(&node_name(0)).len(), 1);
+    stop(agent).await;
 }

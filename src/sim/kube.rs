@@ -323,6 +323,11 @@ impl FakeKube {
         self.cluster().nodes.get(name).cloned()
     }
 
+    /// Deletes a node as `kubectl delete node` would; returns whether it existed.
+    pub fn remove_node(&self, name: &str) -> bool {
+        self.cluster().nodes.remove(name).is_some()
+    }
+
     /// Adds (or replaces) a pod and returns it as the server stores it.
     pub fn add_pod(&self, pod: FakePod) -> Pod {
         self.cluster().insert_pod(pod)
