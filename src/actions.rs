@@ -9,8 +9,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{error, info, warn};
 
-use crate::drain::{self, DrainSettings};
 use crate::config::TaintEffect;
+use crate::drain::{self, DrainSettings};
 use crate::names::{
     self, ACTION_LABEL, ACTION_TIME_LABEL, AGENT_TAINTS, CORDONED_BY_ANNOTATION, EVENT_ID_LABEL,
     EXCLUDE_FROM_LB_LABEL, EXCLUDE_FROM_LB_VALUE, HANDLED_EVENTS_ANNOTATION, NTH_LABELS,

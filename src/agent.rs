@@ -14,14 +14,14 @@ use crate::actions::{ActionOutcome, NodeActions};
 use crate::asg::AutoScaling;
 use crate::config::Config;
 use crate::drain::{DrainSettings, PodRef};
-use crate::names::{ASG_LIFECYCLE_TAINT, SCHEDULED_MAINTENANCE_TAINT, SPOT_ITN_TAINT};
-use crate::plan::{self, ActionSettings, NodeActionPlan};
-use crate::spot_guard::decide::ReplacementOutcome;
 use crate::imds::parse_scheduled_event_time;
 use crate::monitor::Notice;
+use crate::names::{ASG_LIFECYCLE_TAINT, SCHEDULED_MAINTENANCE_TAINT, SPOT_ITN_TAINT};
 use crate::node::NodeClient;
+use crate::plan::{self, ActionSettings, NodeActionPlan};
 use crate::report::{InterruptionEvent, Reporter};
 use crate::spot_guard::SpotGuard;
+use crate::spot_guard::decide::ReplacementOutcome;
 use k8s_openapi::jiff::Timestamp;
 
 /// On shutdown, how long a rebalance flow may take to return before it is abandoned.

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use spot_guard::config::{Cli, Config, empty_option_env_vars};
+use spot_guard::config::{Cli, empty_option_env_vars};
 
 fn main() -> ExitCode {
     // kube, reqwest and the AWS SDK all use rustls; one process-wide provider avoids
@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         unsafe { std::env::remove_var(name) };
     }
     let cli = Cli::parse();
-    let config = match Config::try_from(cli.args) {
+    let config = match spot_guard::run::configure(cli.args) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("spot-guard: {error}");

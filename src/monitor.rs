@@ -3,13 +3,11 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::report::{Reporter, monitor_kind};
+use crate::report::{Liveness, Reporter, monitor_kind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -189,27 +187,6 @@ impl Default for MonitorSettings {
 pub enum MonitorError {
     #[error("IMDS poll interval must be above zero")]
     ZeroInterval,
-}
-
-/// When the loop last finished a poll, for a liveness probe; cheap to clone and read.
-#[derive(Debug, Clone, Default)]
-pub struct Liveness(Arc<AtomicU64>);
-
-impl Liveness {
-    /// The end of the last completed poll (successful or not); None before the first one.
-    pub fn last_poll(&self) -> Option<SystemTime> {
-        match self.0.load(Ordering::Relaxed) {
-            0 => None,
-            millis => Some(UNIX_EPOCH + Duration::from_millis(millis)),
-        }
-    }
-
-    fn record_poll(&self) {
-        let millis = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        self.0.store(millis.max(1), Ordering::Relaxed);
-    }
 }
 
 /// Polls IMDS until `shutdown` is cancelled or the receiver of `notices` is gone.

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Node;
 
 use crate::names::{
-    ACTION_LABEL, ACTION_TIME_LABEL, CORDONED_BY_ANNOTATION, EVENT_ID_LABEL, HANDLED_EVENTS_ANNOTATION,
-    UNCORDON_AFTER_REBOOT,
+    ACTION_LABEL, ACTION_TIME_LABEL, CORDONED_BY_ANNOTATION, EVENT_ID_LABEL,
+    HANDLED_EVENTS_ANNOTATION, UNCORDON_AFTER_REBOOT,
 };
 
 /// Enough to cover every notice one instance can get; older ids cannot come back.

@@ -15,11 +15,13 @@ use tracing::{error, info, warn};
 use crate::agent::{Agent, AgentSettings};
 use crate::asg::AutoScaling;
 use crate::aws::{AwsAutoScaling, AwsSettings};
-use crate::config::Config;
+use crate::config::{self, Args, Config, ConfigError};
 use crate::imds::{ImdsClient, ImdsError};
-use crate::monitor::{self, Liveness, MonitorError, MonitorSettings};
+use crate::monitor::{self, MonitorError, MonitorSettings};
 use crate::node::{self, NodeClient, NodeError};
-use crate::report::{self, NodeMetadata, ProbeSettings, ReportError, Reporter, ServeError};
+use crate::report::{
+    self, Liveness, NodeMetadata, ProbeSettings, ReportError, Reporter, ServeError,
+};
 use crate::spot_guard::SpotGuard;
 
 /// What the agent talks through: the real clients in production, clients pointed at
@@ -109,6 +111,25 @@ impl RunningAgent {
 /// probe older than this means the loop is stuck, not just IMDS being slow.
 fn probe_staleness(poll_interval: Duration, metadata_tries: u32) -> Duration {
     poll_interval * 3 + Duration::from_secs(2) * metadata_tries + poll_interval * 8
+}
+
+/// Flags and env vars → [`Config`], with the reporting settings also tried as start-up
+/// would build them (headers JSON, template, proxy), so every problem is named at once.
+pub fn configure(args: Args) -> Result<Config, ConfigError> {
+    let report_problem = config::report_settings(&args)
+        .validate()
+        .err()
+        .map(|error| error.to_string());
+    match (Config::try_from(args), report_problem) {
+        (Ok(config), None) => Ok(config),
+        (Ok(_), Some(problem)) => Err(ConfigError {
+            problems: vec![problem],
+        }),
+        (Err(mut error), problem) => {
+            error.problems.extend(problem);
+            Err(error)
+        }
+    }
 }
 
 /// Starts every part of the agent from `config`, talking through `clients`.
@@ -294,5 +315,29 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::config::Cli;
+
+    #[test]
+    fn bad_webhook_headers_and_probe_path_are_refused_together_at_start() {
+        let cli = Cli::try_parse_from([
+            "spot-guard",
+            "--node-name=n1",
+            "--webhook-url=http://127.0.0.1:1/hook",
+            "--webhook-headers=not json",
+            "--enable-probes-server=true",
+            "--probes-server-endpoint=healthz",
+        ])
+        .expect("flags parse");
+        let message = configure(cli.args).expect_err("refused").to_string();
+        assert!(message.contains("WEBHOOK_HEADERS"), "{message}");
+        assert!(message.contains("PROBES_SERVER_ENDPOINT"), "{message}");
     }
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use spot_guard::imds::{
     ImdsClient, REBALANCE_RECOMMENDATION_PATH, RebalanceRecommendation, SPOT_INSTANCE_ACTION_PATH,
 };
-use spot_guard::monitor::{self, Liveness, MonitorError, MonitorSettings, Notice};
+use spot_guard::monitor::{self, MonitorError, MonitorSettings, Notice};
+use spot_guard::report::Liveness;
 use spot_guard::sim::imds::ImdsSim;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use spot_guard::imds::ImdsClient;
-use spot_guard::monitor::{self, Liveness, MonitorSettings};
+use spot_guard::monitor::{self, MonitorSettings};
+use spot_guard::report::Liveness;
 use spot_guard::report::{ProbeSettings, bind, serve_probes};
 use spot_guard::sim::imds::ImdsSim;
 use tokio::sync::mpsc;

@@ -174,7 +174,11 @@ fn the_agent_binary_has_no_simulator() {
         .env("NODE_NAME", "n1")
         .output()
         .expect("spot-guard runs");
-    assert_eq!(output.status.code(), Some(2), "the agent accepted `simulate`");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "the agent accepted `simulate`"
+    );
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("unexpected argument 'simulate'"),
         "{}",

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Parser};
 
-use crate::report::{
+use super::{
     DEFAULT_PROBES_ENDPOINT, DEFAULT_PROBES_PORT, DEFAULT_PROMETHEUS_PORT, DEFAULT_WEBHOOK_HEADERS,
     DEFAULT_WEBHOOK_TEMPLATE,
 };
@@ -391,4 +391,3 @@ impl Args {
         .collect()
     }
 }
-

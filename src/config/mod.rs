@@ -6,12 +6,69 @@ mod args;
 mod validate;
 
 pub use args::{Args, Cli, empty_option_env_vars, parse_go_bool};
+pub use validate::report_settings;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::report::ReportSettings;
+/// NTH's metrics port.
+pub const DEFAULT_PROMETHEUS_PORT: u16 = 9092;
+/// NTH's probes port and path.
+pub const DEFAULT_PROBES_PORT: u16 = 8080;
+pub const DEFAULT_PROBES_ENDPOINT: &str = "/healthz";
+
+/// NTH's default WEBHOOK_HEADERS.
+pub const DEFAULT_WEBHOOK_HEADERS: &str = r#"{"Content-type":"application/json"}"#;
+
+/// NTH's default WEBHOOK_TEMPLATE, kept identical so existing receivers see the same text.
+pub const DEFAULT_WEBHOOK_TEMPLATE: &str = r#"{"text":"[NTH][Instance Interruption] EventID: {{ .EventID }} - Kind: {{ .Kind }} - Instance: {{ .InstanceID }} - Node: {{ .NodeName }} - Description: {{ .Description }} - Start Time: {{ .StartTime }}"}"#;
+
+/// NTH's client timeout for one post.
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The raw settings, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSettings {
+    pub url: String,
+    /// A JSON object of header names to string values.
+    pub headers: String,
+    pub template: String,
+    /// When set, its content replaces `template` (NTH's precedence).
+    pub template_file: Option<PathBuf>,
+    /// An http(s) proxy URL for the posts.
+    pub proxy: Option<String>,
+    pub timeout: Duration,
+}
+
+impl WebhookSettings {
+    /// NTH's defaults for everything but the URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        WebhookSettings {
+            url: url.into(),
+            headers: DEFAULT_WEBHOOK_HEADERS.to_owned(),
+            template: DEFAULT_WEBHOOK_TEMPLATE.to_owned(),
+            template_file: None,
+            proxy: None,
+            timeout: DEFAULT_WEBHOOK_TIMEOUT,
+        }
+    }
+}
+
+/// Everything reporting needs from the configuration, under NTH's names.
+#[derive(Debug, Clone, Default)]
+pub struct ReportSettings {
+    /// WEBHOOK_URL, WEBHOOK_HEADERS, WEBHOOK_TEMPLATE(_FILE), WEBHOOK_PROXY; `None` when
+    /// WEBHOOK_URL is empty.
+    pub webhook: Option<WebhookSettings>,
+    /// EMIT_KUBERNETES_EVENTS.
+    pub emit_kubernetes_events: bool,
+    /// KUBERNETES_EVENTS_EXTRA_ANNOTATIONS, `key=value,key2=value2`.
+    pub kubernetes_events_extra_annotations: String,
+    /// ENABLE_PROMETHEUS_SERVER: record metrics (the server itself is [`serve_metrics`]).
+    pub metrics: bool,
+}
 
 /// The validated configuration the agent runs with.
 #[derive(Debug, Clone)]

@@ -241,20 +241,6 @@ fn deprecated_grace_period_applies_only_without_the_new_name() {
 }
 
 #[test]
-fn bad_webhook_headers_and_probe_path_are_refused_at_start() {
-    let message = parse(&[
-        "--node-name=n1",
-        "--webhook-url=http://127.0.0.1:1/hook",
-        "--webhook-headers=not json",
-        "--enable-probes-server=true",
-        "--probes-server-endpoint=healthz",
-    ])
-    .unwrap_err();
-    assert!(message.contains("WEBHOOK_HEADERS"), "{message}");
-    assert!(message.contains("PROBES_SERVER_ENDPOINT"), "{message}");
-}
-
-#[test]
 fn webhook_url_is_never_in_the_start_up_line() {
     let config = parse(&[
         "--node-name=n1",
@@ -277,4 +263,3 @@ fn grace_period_minus_one_means_the_pods_own() {
     let config = parse(&["--node-name=n1", "--pod-termination-grace-period=30"]).unwrap();
     assert_eq!(config.pod_termination_grace_period, Some(30));
 }
-

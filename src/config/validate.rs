@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use super::args::Args;
 use super::{
-    Config, ConfigError, ProbesServer, ScaleBackSettings, SpotGuardSettings, TaintEffect, Tuning,
+    Config, ConfigError, ProbesServer, ReportSettings, ScaleBackSettings, SpotGuardSettings,
+    TaintEffect, Tuning, WebhookSettings,
 };
-use crate::report::{ReportSettings, WebhookSettings};
 
 const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 
@@ -117,10 +117,8 @@ impl TryFrom<Args> for Config {
             );
         }
 
+        // Whether the webhook can be built is checked by `run::configure`, which knows it.
         let report = report_settings(&args);
-        if let Err(error) = report.validate() {
-            problems.push(error.to_string());
-        }
         if args.enable_probes_server && !args.probes_server_endpoint.starts_with('/') {
             problems.push(format!(
                 "PROBES_SERVER_ENDPOINT (--probes-server-endpoint) is '{}': it must be a path starting with /",
@@ -199,7 +197,8 @@ impl TryFrom<Args> for Config {
     }
 }
 
-fn report_settings(args: &Args) -> ReportSettings {
+/// The reporting settings of `args`, NTH's names.
+pub fn report_settings(args: &Args) -> ReportSettings {
     ReportSettings {
         webhook: non_empty(args.webhook_url.as_ref()).map(|url| WebhookSettings {
             headers: args.webhook_headers.clone(),

@@ -22,30 +22,18 @@ pub use kube_events::{
     ReasonedEvent, SOURCE_COMPONENT, parse_extra_annotations, reason,
 };
 pub use metrics::{Metrics, metric};
-pub use probes::{DEFAULT_PROBES_ENDPOINT, DEFAULT_PROBES_PORT, ProbeSettings, serve_probes};
+pub use probes::{Liveness, ProbeSettings, serve_probes};
 pub use reporter::{NodeAction, Reporter, SpotGuardStep, webhook_kind};
-pub use server::{DEFAULT_PROMETHEUS_PORT, ServeError, bind, serve_metrics};
+pub use server::{ServeError, bind, serve_metrics};
 pub use template::{TemplateError, WebhookTemplate};
-pub use webhook::{
-    DEFAULT_WEBHOOK_HEADERS, DEFAULT_WEBHOOK_TEMPLATE, DEFAULT_WEBHOOK_TIMEOUT, Webhook,
-    WebhookError, WebhookSettings,
-};
+pub use webhook::{Webhook, WebhookError};
 
 use std::path::PathBuf;
 
-/// Everything reporting needs from the configuration, under NTH's names.
-#[derive(Debug, Clone, Default)]
-pub struct ReportSettings {
-    /// WEBHOOK_URL, WEBHOOK_HEADERS, WEBHOOK_TEMPLATE(_FILE), WEBHOOK_PROXY; `None` when
-    /// WEBHOOK_URL is empty.
-    pub webhook: Option<WebhookSettings>,
-    /// EMIT_KUBERNETES_EVENTS.
-    pub emit_kubernetes_events: bool,
-    /// KUBERNETES_EVENTS_EXTRA_ANNOTATIONS, `key=value,key2=value2`.
-    pub kubernetes_events_extra_annotations: String,
-    /// ENABLE_PROMETHEUS_SERVER: record metrics (the server itself is [`serve_metrics`]).
-    pub metrics: bool,
-}
+pub use crate::config::{
+    DEFAULT_PROBES_ENDPOINT, DEFAULT_PROBES_PORT, DEFAULT_PROMETHEUS_PORT, DEFAULT_WEBHOOK_HEADERS,
+    DEFAULT_WEBHOOK_TEMPLATE, DEFAULT_WEBHOOK_TIMEOUT, ReportSettings, WebhookSettings,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {

@@ -2,7 +2,9 @@
 //! Unlike NTH's, which always answers OK, it answers OK only while the IMDS monitor loop
 //! keeps completing polls, so a stuck agent gets restarted instead of silently not watching.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::Router;
@@ -16,11 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::ReportError;
 use super::server::{ServeError, serve};
-use crate::monitor::Liveness;
 
 /// NTH's defaults.
-pub const DEFAULT_PROBES_PORT: u16 = 8080;
-pub const DEFAULT_PROBES_ENDPOINT: &str = "/healthz";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeSettings {
@@ -106,4 +105,25 @@ async fn probe(State(state): State<ProbeState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// When the loop last finished a poll, for a liveness probe; cheap to clone and read.
+#[derive(Debug, Clone, Default)]
+pub struct Liveness(Arc<AtomicU64>);
+
+impl Liveness {
+    /// The end of the last completed poll (successful or not); None before the first one.
+    pub fn last_poll(&self) -> Option<SystemTime> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            millis => Some(UNIX_EPOCH + Duration::from_millis(millis)),
+        }
+    }
+
+    pub(crate) fn record_poll(&self) {
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.0.store(millis.max(1), Ordering::Relaxed);
+    }
 }

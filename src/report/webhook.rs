@@ -1,9 +1,7 @@
 //! NTH's webhook: one POST per handled notice (and per Spot Guard outcome), its body rendered
 //! from WEBHOOK_TEMPLATE or WEBHOOK_TEMPLATE_FILE, its headers from WEBHOOK_HEADERS.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tracing::info;
@@ -11,43 +9,7 @@ use tracing::info;
 use super::ReportError;
 use super::interruption::{InterruptionEvent, NodeMetadata};
 use super::template::{TemplateError, WebhookTemplate};
-
-/// NTH's default WEBHOOK_HEADERS.
-pub const DEFAULT_WEBHOOK_HEADERS: &str = r#"{"Content-type":"application/json"}"#;
-
-/// NTH's default WEBHOOK_TEMPLATE, kept identical so existing receivers see the same text.
-pub const DEFAULT_WEBHOOK_TEMPLATE: &str = r#"{"text":"[NTH][Instance Interruption] EventID: {{ .EventID }} - Kind: {{ .Kind }} - Instance: {{ .InstanceID }} - Node: {{ .NodeName }} - Description: {{ .Description }} - Start Time: {{ .StartTime }}"}"#;
-
-/// NTH's client timeout for one post.
-pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The raw settings, as configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebhookSettings {
-    pub url: String,
-    /// A JSON object of header names to string values.
-    pub headers: String,
-    pub template: String,
-    /// When set, its content replaces `template` (NTH's precedence).
-    pub template_file: Option<PathBuf>,
-    /// An http(s) proxy URL for the posts.
-    pub proxy: Option<String>,
-    pub timeout: Duration,
-}
-
-impl WebhookSettings {
-    /// NTH's defaults for everything but the URL.
-    pub fn new(url: impl Into<String>) -> Self {
-        WebhookSettings {
-            url: url.into(),
-            headers: DEFAULT_WEBHOOK_HEADERS.to_owned(),
-            template: DEFAULT_WEBHOOK_TEMPLATE.to_owned(),
-            template_file: None,
-            proxy: None,
-            timeout: DEFAULT_WEBHOOK_TIMEOUT,
-        }
-    }
-}
+use crate::config::WebhookSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -199,6 +161,7 @@ pub(crate) fn parse_headers(json: &str) -> Result<HeaderMap, ReportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_WEBHOOK_TEMPLATE;
 
     #[test]
     fn headers_must_be_an_object_of_strings() {

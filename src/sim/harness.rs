@@ -54,7 +54,7 @@ pub fn config(node: &str, imds_url: &str, flags: &[&str]) -> Result<Config, Harn
         reason,
     };
     let cli = Cli::try_parse_from(&argv).map_err(|error| refused(error.to_string()))?;
-    let mut config = Config::try_from(cli.args).map_err(|error| refused(error.to_string()))?;
+    let mut config = run::configure(cli.args).map_err(|error| refused(error.to_string()))?;
     config.tuning = fast_tuning();
     Ok(config)
 }

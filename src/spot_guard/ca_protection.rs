@@ -13,12 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::decide::{from_unix_millis, unix_millis};
-use crate::lease::Leases;
 use super::ledger::{self, LedgerEntry};
+use crate::lease::Leases;
 use crate::names::{CA_SCALE_DOWN_DISABLED, PROTECTED_UNTIL_ANNOTATION};
 use crate::node::NodeClient;
 use crate::record;
-
 
 /// What to do about the protection now.
 #[derive(Debug, Clone, PartialEq, Eq)]

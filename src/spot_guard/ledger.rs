@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::decide::{Role, millis_ago, unix_millis};
-use crate::names::LEDGER_KEY_PREFIX;
 use crate::lease::{LeaseError, Leases};
+use crate::names::LEDGER_KEY_PREFIX;
 use crate::node::NodeClient;
 
 /// Entries older than this are pruned when the next entry is written: by then the

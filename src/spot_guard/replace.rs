@@ -176,19 +176,13 @@ impl<A: AutoScaling> SpotGuard<A> {
                     &new_instances,
                 )
                 .await;
-                (
-                    AttemptResult::Ready,
-                    AttemptOutcome::Ready,
-                )
+                (AttemptResult::Ready, AttemptOutcome::Ready)
             }
             Err(failure) => {
                 if role == Role::Spot && decide::is_capacity_shortage(&failure) {
                     self.remember_capacity_failure(name, &failure).await;
                 }
-                (
-                    decide::failed(&failure),
-                    AttemptOutcome::Failed(failure),
-                )
+                (decide::failed(&failure), AttemptOutcome::Failed(failure))
             }
         };
         *record = record.with_attempt(AttemptRecord {
@@ -362,11 +356,7 @@ impl<A: AutoScaling> SpotGuard<A> {
         }
     }
 
-    async fn remember_capacity_failure(
-        &self,
-        name: &str,
-        failure: &CapacityFailure,
-    ) {
+    async fn remember_capacity_failure(&self, name: &str, failure: &CapacityFailure) {
         if self.settings.capacity_cool_off.is_zero() {
             return;
         }
@@ -478,5 +468,4 @@ impl<A: AutoScaling> SpotGuard<A> {
                 Vec::new()
             })
     }
-
 }

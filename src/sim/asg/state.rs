@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use k8s_openapi::jiff::Timestamp;
 use tokio::time::Instant;
 
 use crate::asg::ScalingActivity;
@@ -21,6 +22,14 @@ pub enum Behaviour {
     NeverInService,
     /// No instance starts; the activity ends `Cancelled`.
     Cancelled,
+}
+
+/// ISO 8601 in UTC with milliseconds, as AWS writes timestamps (`2024-05-01T12:00:00.123Z`).
+pub(super) fn timestamp(time: SystemTime) -> String {
+    Timestamp::try_from(time)
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+        .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
 }
 
 /// A group to create with [`super::AsgSim::add_group`].
@@ -344,7 +353,7 @@ impl World {
         }
         let cause = format!(
             "At {} a user request explicitly set group desired capacity changing the desired capacity from {before} to {desired}.",
-            super::xml::timestamp(now.wall)
+            timestamp(now.wall)
         );
         self.change_desired(name, desired, &cause, now);
         Ok((before, desired))
@@ -378,14 +387,14 @@ impl World {
             group.desired -= 1;
             format!(
                 "At {} instance {instance_id} was taken out of service in response to a user request, shrinking the capacity from {} to {}.",
-                super::xml::timestamp(now.wall),
+                timestamp(now.wall),
                 group.desired + 1,
                 group.desired
             )
         } else {
             format!(
                 "At {} instance {instance_id} was taken out of service in response to a user request.",
-                super::xml::timestamp(now.wall)
+                timestamp(now.wall)
             )
         };
         let activity = finished_activity(
@@ -409,7 +418,7 @@ impl World {
         let desired = group.desired;
         let cause = format!(
             "At {} an instance was started in response to a difference between desired and actual capacity.",
-            super::xml::timestamp(now.wall)
+            timestamp(now.wall)
         );
         self.change_desired(name, desired, &cause, now);
         true
@@ -495,7 +504,7 @@ impl World {
             description,
             cause: format!(
                 "{cause}  At {} an instance was started in response to a difference between desired and actual capacity.",
-                super::xml::timestamp(now.wall)
+                timestamp(now.wall)
             ),
             start_time: now.wall,
             end_time: None,

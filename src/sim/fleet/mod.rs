@@ -505,4 +505,3 @@ async fn simulate(nodes: usize) -> Result<FleetSummary, FleetError> {
     }
     Ok(world.summary(spot_before, on_demand_before))
 }
-

@@ -116,7 +116,12 @@ pub async fn kill_and_restart(point: KillPoint) -> Result<RestartOutcome, FleetE
     // The IMDS simulator outlives the killed agent: the restarted one finds the
     // recommendation still served, as it would on the same instance.
     let restarted = world
-        .start_agent_on(&node_name(0), world.instance_id(0).map(str::to_owned), world.aws(), &Handle::current())
+        .start_agent_on(
+            &node_name(0),
+            world.instance_id(0).map(str::to_owned),
+            world.aws(),
+            &Handle::current(),
+        )
         .await?;
     restarted.recommend();
     let mut restarted = restarted;

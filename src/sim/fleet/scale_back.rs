@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 
-use super::{FleetError, FleetSpec, FleetWorld, ON_DEMAND_ASG, SPOT_ASG, WORKLOAD_NAMESPACE, node_name};
+use super::{
+    FleetError, FleetSpec, FleetWorld, ON_DEMAND_ASG, SPOT_ASG, WORKLOAD_NAMESPACE, node_name,
+};
 use crate::config::ScaleBackSettings;
 use crate::sim::kube::FakePod;
 
@@ -50,7 +52,12 @@ async fn simulate_scale_back() -> Result<(), FleetError> {
         FakePod::new(WORKLOAD_NAMESPACE, "landed-app", &node).with_requests("500m", "1Gi"),
     );
     let agent = world
-        .start_agent_on(&node, Some(instance.clone()), world.aws(), &Handle::current())
+        .start_agent_on(
+            &node,
+            Some(instance.clone()),
+            world.aws(),
+            &Handle::current(),
+        )
         .await?;
     let terminations = || {
         world
@@ -104,4 +111,3 @@ async fn simulate_scale_back() -> Result<(), FleetError> {
         ))
     }
 }
-

@@ -340,5 +340,4 @@ mod tests {
         assert_eq!(record.attempts.len(), 1);
         assert_eq!(record.attempts[0].result, AttemptResult::Ready);
     }
-
 }

@@ -1,0 +1,235 @@
+//! The decisions of on-demand scale-back, pure: is the spot ASG healthy, how loaded
+//! would the cluster be without this node, would this node's pods fit on the others, and
+//! so what to do next. [`crate::spot_guard::scale_back`] reads the world and acts on the answers.
+//!
+//! The load is what the scheduler reasons with: the CPU and memory *requests* of the
+//! pods against the allocatable of the Ready, schedulable nodes. The fit check packs the
+//! pods a drain would move onto the other nodes' free requests, largest first; it does
+//! not model taints, affinity, topology spread or ports, so the ceiling keeps headroom.
+
+mod load;
+
+pub use load::{
+    NodeView, PodView, Resources, Utilization, instance_id_of_provider_id, parse_quantity,
+    pod_requests, pods_fit_elsewhere, utilization_without,
+};
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::asg::AsgState;
+use crate::config::ScaleBackSettings;
+
+/// Why the spot ASG does not count as healthy yet; `Ok` when it does: at least desired
+/// instances InService, each with a Ready node that takes pods (or that an agent cordoned
+/// for its own event, such as the node whose recommendation bought the fallback).
+pub fn spot_health(state: &AsgState, nodes: &[NodeView]) -> Result<(), String> {
+    let in_service = state.in_service();
+    if in_service < state.desired_capacity {
+        return Err(format!(
+            "spot ASG {} has {in_service} of {} instances InService",
+            state.name, state.desired_capacity
+        ));
+    }
+    if state.desired_capacity == 0 {
+        return Err(format!("spot ASG {} is at desired capacity 0", state.name));
+    }
+    let by_instance: HashMap<&str, &NodeView> = nodes
+        .iter()
+        .filter_map(|n| Some((n.instance_id.as_deref()?, n)))
+        .collect();
+    for instance in state
+        .instances
+        .iter()
+        .filter(|i| i.lifecycle_state == "InService")
+    {
+        let id = instance.instance_id.as_str();
+        let Some(node) = by_instance.get(id) else {
+            return Err(format!(
+                "instance {id} of spot ASG {} has no node yet",
+                state.name
+            ));
+        };
+        if !node.ready {
+            return Err(format!("node {} (instance {id}) is not Ready", node.name));
+        }
+        if !node.schedulable && !node.cordoned_by_agent {
+            return Err(format!("node {} (instance {id}) is cordoned", node.name));
+        }
+    }
+    Ok(())
+}
+
+/// Whether this instance can leave the on-demand ASG with a decrement: it is a member
+/// and the group is above its MinSize (AWS refuses the decrement otherwise).
+pub fn can_shrink(state: &AsgState, instance_id: &str) -> Result<(), String> {
+    if !state.instances.iter().any(|i| i.instance_id == instance_id) {
+        return Err(format!(
+            "instance {instance_id} is not in on-demand ASG {}",
+            state.name
+        ));
+    }
+    if state.desired_capacity <= state.min_size {
+        return Err(format!(
+            "on-demand ASG {} is at its MinSize ({}); a decrement would be refused",
+            state.name, state.min_size
+        ));
+    }
+    Ok(())
+}
+
+/// One look at the world by a fallback node's agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Since the fallback was bought.
+    pub bought_ago: Duration,
+    /// Since the last scale-back of this node was given up, if one was.
+    pub aborted_ago: Option<Duration>,
+    /// Whether this instance may leave the on-demand ASG ([`can_shrink`]).
+    pub on_demand: Result<(), String>,
+    pub spot_health: Result<(), String>,
+    /// How long the spot ASG has been healthy without a break.
+    pub healthy_for: Duration,
+    pub utilization: Option<Utilization>,
+    pub pods_fit: bool,
+    /// This node already asked the spot ASG for one more instance.
+    pub spot_requested: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Wait(String),
+    /// The pods would not fit on the other nodes: buy one more spot instance first.
+    ScaleSpotFirst,
+    DrainAndTerminate,
+}
+
+pub fn decide(seen: &Observation, settings: &ScaleBackSettings) -> Decision {
+    let secs = |d: Duration| d.as_secs();
+    if seen.bought_ago < settings.min_wait {
+        return Decision::Wait(format!(
+            "the fallback was bought {}s ago; scale-back waits at least {}s",
+            secs(seen.bought_ago),
+            secs(settings.min_wait)
+        ));
+    }
+    if let Some(ago) = seen.aborted_ago.filter(|ago| *ago < settings.min_wait) {
+        return Decision::Wait(format!(
+            "the last scale-back was given up {}s ago; trying again after {}s",
+            secs(ago),
+            secs(settings.min_wait)
+        ));
+    }
+    if let Err(why) = &seen.on_demand {
+        return Decision::Wait(why.clone());
+    }
+    if let Err(why) = &seen.spot_health {
+        return Decision::Wait(format!("spot capacity is not back: {why}"));
+    }
+    if seen.healthy_for < settings.stability_period {
+        return Decision::Wait(format!(
+            "the spot ASG has been healthy for {}s of the {}s stability period",
+            secs(seen.healthy_for),
+            secs(settings.stability_period)
+        ));
+    }
+    match seen.utilization {
+        None => {
+            return Decision::Wait(
+                "no other Ready, schedulable node would be left for the pods".to_owned(),
+            );
+        }
+        Some(load) if load.highest() >= f64::from(settings.utilization_ceiling) => {
+            return Decision::Wait(format!(
+                "without this node the cluster would have {:.0}% of its CPU and {:.0}% of its memory requested, at or above the {}% ceiling",
+                load.cpu, load.memory, settings.utilization_ceiling
+            ));
+        }
+        Some(_) => {}
+    }
+    match (seen.pods_fit, seen.spot_requested) {
+        (true, _) => Decision::DrainAndTerminate,
+        (false, false) => Decision::ScaleSpotFirst,
+        (false, true) => Decision::Wait(
+            "this node's pods do not fit on the other nodes yet; waiting for the extra spot instance"
+                .to_owned(),
+        ),
+    }
+}
+
+/// Where a node's scale-back stands, as recorded on the Node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum Phase {
+    Watching,
+    /// Tainted, cordoned and draining; recorded before the taint.
+    Draining {
+        since: u64,
+    },
+    /// TerminateInstanceInAutoScalingGroup was sent (or the instance had left the ASG).
+    Terminated {
+        at: u64,
+    },
+    /// The drain or the termination failed; the node was put back in service.
+    Aborted {
+        at: u64,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleBackRecord {
+    pub instance_id: String,
+    /// When this node asked the spot ASG for one more instance (Unix ms); once per node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot_requested_at: Option<u64>,
+    pub phase: Phase,
+}
+
+impl ScaleBackRecord {
+    pub fn new(instance_id: &str) -> Self {
+        ScaleBackRecord {
+            instance_id: instance_id.to_owned(),
+            spot_requested_at: None,
+            phase: Phase::Watching,
+        }
+    }
+
+    /// The record of `instance_id`; one of another instance (a reused node name) or an
+    /// unreadable one counts as none.
+    pub fn parse(annotation: Option<&str>, instance_id: &str) -> Self {
+        annotation
+            .and_then(|a| serde_json::from_str::<ScaleBackRecord>(a).ok())
+            .filter(|record| record.instance_id == instance_id)
+            .unwrap_or_else(|| ScaleBackRecord::new(instance_id))
+    }
+
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// What a (re)started agent does first, given the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// Watch for spot capacity to return.
+    Watch,
+    /// A drain had started: finish it and terminate, without deciding again.
+    FinishDrain,
+    /// Given back already; the instance is on its way out.
+    Done,
+}
+
+pub fn resume(record: &ScaleBackRecord) -> Resume {
+    match record.phase {
+        Phase::Watching | Phase::Aborted { .. } => Resume::Watch,
+        Phase::Draining { .. } => Resume::FinishDrain,
+        Phase::Terminated { .. } => Resume::Done,
+    }
+}
+
+#[cfg(test)]
+mod tests;
