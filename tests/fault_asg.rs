@@ -74,20 +74,23 @@ async fn start_for(
     on_demand: &str,
 ) -> FleetAgent {
     let (spot, on_demand) = (spot.to_owned(), on_demand.to_owned());
-    world
-        .start_configured(
-            &node_name(0),
-            world.instance_id(0).map(str::to_owned),
-            asg,
-            &Handle::current(),
-            move |config| {
-                let settings = config.spot_guard.as_mut().expect("Spot Guard is on");
-                settings.spot_asg_name = spot;
-                settings.on_demand_asg_name = on_demand;
-                settings.scale_timeout = SCALE_TIMEOUT;
-            },
-        )
+    let node = node_name(0);
+    let runtime = Handle::current();
+    let starting = world.start_configured(
+        &node,
+        world.instance_id(0).map(str::to_owned),
+        asg,
+        &runtime,
+        move |config| {
+            let settings = config.spot_guard.as_mut().expect("Spot Guard is on");
+            settings.spot_asg_name = spot;
+            settings.on_demand_asg_name = on_demand;
+            settings.scale_timeout = SCALE_TIMEOUT;
+        },
+    );
+    tokio::time::timeout(LIMIT, starting)
         .await
+        .expect("the agent starts in time")
         .expect("agent starts")
 }
 

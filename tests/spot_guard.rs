@@ -53,20 +53,23 @@ async fn world(
 
 /// Node 0's agent, from the flags the chart sets, changed by `edit`.
 async fn start(world: &FleetWorld, edit: impl FnOnce(&mut Config)) -> FleetAgent {
-    world
-        .start_configured(
-            &node_name(0),
-            world.instance_id(0).map(str::to_owned),
-            world.aws(),
-            &Handle::current(),
-            |config| {
-                if let Some(settings) = config.spot_guard.as_mut() {
-                    settings.scale_timeout = Duration::from_secs(10);
-                }
-                edit(config);
-            },
-        )
+    let node = node_name(0);
+    let runtime = Handle::current();
+    let starting = world.start_configured(
+        &node,
+        world.instance_id(0).map(str::to_owned),
+        world.aws(),
+        &runtime,
+        |config| {
+            if let Some(settings) = config.spot_guard.as_mut() {
+                settings.scale_timeout = Duration::from_secs(10);
+            }
+            edit(config);
+        },
+    );
+    tokio::time::timeout(LIMIT, starting)
         .await
+        .expect("the agent starts in time")
         .expect("agent starts")
 }
 

@@ -14,8 +14,6 @@ use tracing::{error, info};
 
 use super::metrics::Metrics;
 
-/// NTH's PROMETHEUS_SERVER_PORT default.
-
 /// Prometheus negotiates this format; it carries `# EOF` and counters' `_total` suffixes.
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

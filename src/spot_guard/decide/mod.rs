@@ -110,8 +110,6 @@ impl CapacityFailure {
     }
 }
 
-/// What to ask of an ASG before the scale-up.
-
 /// What we knew when we raised desired capacity, to judge what comes after.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapacityWatch {
