@@ -228,6 +228,8 @@ async fn activities_come_newest_first_including_seeded_old_failures() {
         },
     )
     .expect("seed activity");
+    // Ordering, not consistency, is under test here.
+    sim.set_describe_lag(Duration::ZERO);
     let aws = client(&sim, 3);
     aws.set_desired_capacity("spot", 4)
         .await
@@ -347,5 +349,110 @@ async fn terminate_instance_with_decrement_shrinks_the_group() {
     assert_eq!(
         (call.desired_before, call.desired_after),
         (Some(3), Some(2))
+    );
+}
+
+#[tokio::test]
+async fn describe_answers_the_state_from_before_a_change_until_the_lag_has_passed() {
+    let sim = sim_with("spot", spec(1, 6, 3)).await;
+    sim.set_describe_lag(Duration::from_millis(600));
+    let aws = client(&sim, 3);
+    aws.set_desired_capacity("spot", 4)
+        .await
+        .expect("set desired");
+
+    let right_after = aws.describe("spot").await.expect("describe");
+    assert_eq!(right_after.desired_capacity, 3, "a read right after the change");
+    assert_eq!(right_after.instances.len(), 3);
+    assert_eq!(sim.group("spot").expect("spot").desired, 4, "the change applied");
+
+    eventually("the read shows the change", || async {
+        let state = aws.describe("spot").await.expect("describe");
+        state.desired_capacity == 4 && state.instances.len() == 4
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_terminated_instance_is_listed_terminating_for_a_while_then_gone() {
+    let sim = sim_with("spot", spec(1, 6, 3)).await;
+    sim.set_describe_lag(Duration::ZERO);
+    sim.set_terminate_delay("spot", Duration::from_millis(400))
+        .expect("group exists");
+    let aws = client(&sim, 3);
+    let victim = sim.group("spot").expect("spot").instance_ids[0].clone();
+    aws.terminate_instance(&victim, true)
+        .await
+        .expect("terminate");
+
+    let state = aws.describe("spot").await.expect("describe");
+    let listed = state.instances.iter().find(|i| i.instance_id == victim);
+    assert_eq!(
+        listed.map(|i| i.lifecycle_state.as_str()),
+        Some("Terminating")
+    );
+    assert_eq!(state.desired_capacity, 2);
+    assert_eq!(state.in_service(), 2);
+    // AWS refuses a second termination of an instance that is already leaving.
+    let again = aws.terminate_instance(&victim, true).await;
+    assert!(
+        matches!(&again, Err(AsgError::Validation { message, .. }) if message.contains("Instance Id not found")),
+        "{again:?}"
+    );
+    eventually("the instance is gone", || async {
+        let state = aws.describe("spot").await.expect("describe");
+        !state.instances.iter().any(|i| i.instance_id == victim)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_lost_answer_still_applies_the_change() {
+    let sim = sim_with("spot", spec(1, 6, 3)).await;
+    sim.fail_next("SetDesiredCapacity", 1, Fault::AnswerLost);
+    let answer = client(&sim, 1).set_desired_capacity("spot", 4).await;
+    assert!(answer.is_err(), "the caller saw an error: {answer:?}");
+    assert_eq!(sim.group("spot").expect("spot").desired, 4);
+}
+
+#[tokio::test]
+async fn each_launch_has_its_own_outcome() {
+    let sim = sim_with("spot", spec(1, 6, 3)).await;
+    sim.set_describe_lag(Duration::ZERO);
+    sim.set_launch_plan("spot", &[Behaviour::Healthy, Behaviour::InsufficientCapacity])
+        .expect("group exists");
+    let aws = client(&sim, 3);
+    aws.set_desired_capacity("spot", 5)
+        .await
+        .expect("set desired");
+    eventually("the first launch is InService", || async {
+        aws.describe("spot").await.expect("describe").in_service() == 4
+    })
+    .await;
+    let activities = aws.scaling_activities("spot").await.expect("activities");
+    let failed = activities
+        .iter()
+        .filter(|a| a.status_code == "Failed")
+        .count();
+    assert_eq!(failed, 1, "{activities:?}");
+    assert_eq!(sim.group("spot").expect("spot").in_service, 4);
+}
+
+#[tokio::test]
+async fn activity_times_come_from_aws_clock() {
+    let sim = sim_with("spot", spec(1, 6, 3)).await;
+    sim.set_describe_lag(Duration::ZERO);
+    sim.set_activity_clock_skew(-90_000);
+    let aws = client(&sim, 3);
+    let before = SystemTime::now();
+    aws.set_desired_capacity("spot", 4)
+        .await
+        .expect("set desired");
+    let activities = aws.scaling_activities("spot").await.expect("activities");
+    let started = activities[0].start_time.expect("start time");
+    let behind = before.duration_since(started).unwrap_or_default();
+    assert!(
+        behind > Duration::from_secs(80),
+        "AWS's clock runs 90 s behind ours: {started:?} vs {before:?}"
     );
 }

@@ -246,7 +246,8 @@ async fn spot_instance_that_never_reaches_in_service_times_out_into_on_demand() 
     let world = world(
         group(Behaviour::NeverInService, 3, 10),
         group(Behaviour::Healthy, 2, 10),
-        Duration::from_millis(600),
+        // Long enough for the on-demand launch to show through AWS's Describe lag.
+        Duration::from_millis(2500),
     )
     .await;
     let mut agent = start(&world, |_| {}).await;
@@ -255,7 +256,7 @@ async fn spot_instance_that_never_reaches_in_service_times_out_into_on_demand() 
 
     let (_, failure) = spot_failed_on_demand_ready(&world);
     match failure {
-        RecordedFailure::Timeout { waited_ms } => assert!(waited_ms >= 600, "{waited_ms}"),
+        RecordedFailure::Timeout { waited_ms } => assert!(waited_ms >= 2500, "{waited_ms}"),
         other => panic!("expected a timeout, got {other:?}"),
     }
     assert_eq!(desired(&world, SPOT_ASG), 4, "the spot request stays");

@@ -16,13 +16,21 @@
 //! paging (`NextToken`), request signing checks, and any other action (answered with
 //! `InvalidAction`). Activities are simplified: one per launched or terminated instance,
 //! `InProgress` until the launch delay passes. Time is the tokio clock.
+//!
+//! AWS's real rules, on by default where they hold in AWS: Describe calls lag a change
+//! ([`AsgSim::set_describe_lag`], 1 s unless set: AWS promises no read-after-write for
+//! them); terminated instances stay `Terminating` for a while ([`AsgSim::set_terminate_delay`]);
+//! each launch has its own outcome ([`AsgSim::set_launch_plan`]); activities carry AWS's
+//! clock, which may be skewed from ours ([`AsgSim::set_activity_clock_skew`]); a change
+//! can be applied and its answer lost ([`Fault::AnswerLost`]); answers can be slow
+//! ([`AsgSim::set_call_delay`]).
 
 mod state;
 mod xml;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -32,6 +40,7 @@ use axum::{Form, Router};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::asg::ScalingActivity;
 use state::{ApiError, Now, World};
@@ -56,6 +65,9 @@ pub enum Fault {
     InternalFailure,
     /// 503 `ServiceUnavailable`: retried as transient.
     ServiceUnavailable,
+    /// The action is applied, then answered 500 `InternalFailure`: a change the caller
+    /// cannot know went through (a retry applies it again).
+    AnswerLost,
 }
 
 impl Fault {
@@ -69,7 +81,7 @@ impl Fault {
                     "User: arn:aws:sts::123456789012:assumed-role/spot-guard/node is not authorized to perform: autoscaling:{action} because no identity-based policy allows the autoscaling:{action} action"
                 ),
             ),
-            Fault::InternalFailure => (
+            Fault::InternalFailure | Fault::AnswerLost => (
                 500,
                 "InternalFailure",
                 "The request processing has failed because of an unknown error, exception or failure.".to_string(),
@@ -112,12 +124,48 @@ impl Call {
     }
 }
 
-#[derive(Debug, Default)]
+/// AWS answers Describe calls from state that can be this old after a change.
+pub const DEFAULT_DESCRIBE_LAG: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
 struct Shared {
     world: World,
     faults: HashMap<String, (u32, Fault)>,
     calls: Vec<Call>,
     requests: u64,
+    describe_lag: Duration,
+    /// The world just before each change within the lag, oldest first.
+    before_changes: VecDeque<(Instant, World)>,
+    delays: HashMap<String, Duration>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            world: World::default(),
+            faults: HashMap::new(),
+            calls: Vec::new(),
+            requests: 0,
+            describe_lag: DEFAULT_DESCRIBE_LAG,
+            before_changes: VecDeque::new(),
+            delays: HashMap::new(),
+        }
+    }
+}
+
+impl Shared {
+    /// The world a Describe call sees at `now`: as it was `describe_lag` ago when it
+    /// changed since; `None` means the current one.
+    fn lagging_view(&mut self, now: Instant) -> Option<World> {
+        let cutoff = now.checked_sub(self.describe_lag)?;
+        while self.before_changes.front().is_some_and(|(at, _)| *at <= cutoff) {
+            self.before_changes.pop_front();
+        }
+        let (_, before) = self.before_changes.front()?;
+        let mut view = before.clone();
+        view.settle(cutoff);
+        Some(view)
+    }
 }
 
 type SharedState = Arc<Mutex<Shared>>;
@@ -227,6 +275,32 @@ impl AsgSim {
         Ok(())
     }
 
+    /// How long Describe calls go on answering the state from before a change; zero
+    /// makes reads consistent.
+    pub fn set_describe_lag(&self, lag: Duration) {
+        lock(&self.shared).describe_lag = lag;
+    }
+
+    /// How long instances of `name` terminated from now on stay listed as `Terminating`.
+    pub fn set_terminate_delay(&self, name: &str, delay: Duration) -> Result<(), AsgSimError> {
+        self.change_group(name, |group| group.terminate_delay = delay)
+    }
+
+    /// The next launches of `name` end as listed, one each; then its behaviour applies.
+    pub fn set_launch_plan(&self, name: &str, plan: &[Behaviour]) -> Result<(), AsgSimError> {
+        self.change_group(name, |group| group.launch_plan = plan.iter().copied().collect())
+    }
+
+    /// AWS's clock, which stamps activities, runs `millis` ahead of ours (behind if negative).
+    pub fn set_activity_clock_skew(&self, millis: i64) {
+        lock(&self.shared).world.clock_skew_ms = millis;
+    }
+
+    /// Every answer to `action` comes `delay` late (the change, if any, applies on arrival).
+    pub fn set_call_delay(&self, action: &str, delay: Duration) {
+        lock(&self.shared).delays.insert(action.to_string(), delay);
+    }
+
     /// The next `times` calls of `action` (e.g. "SetDesiredCapacity") answer `fault`.
     pub fn fail_next(&self, action: &str, times: u32, fault: Fault) {
         lock(&self.shared)
@@ -272,10 +346,14 @@ async fn answer(
     headers: HeaderMap,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    let now = Now::read();
     let mut params: BTreeMap<String, String> = form.into_iter().collect();
     let action = params.remove("Action").unwrap_or_default();
     params.remove("Version");
+    let delay = lock(&shared).delays.get(&action).copied();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    let now = Now::read();
 
     let mut shared = lock(&shared);
     shared.requests += 1;
@@ -298,9 +376,33 @@ async fn answer(
             .map(str::to_string),
         at: now.wall,
     };
-    let result = match take_fault(&mut shared.faults, &action) {
-        Some(fault) => Err(fault.api_error(&action)),
-        None => run(&mut shared.world, &mut call, now),
+    let changes = matches!(
+        action.as_str(),
+        "SetDesiredCapacity" | "TerminateInstanceInAutoScalingGroup"
+    );
+    let before = (changes && !shared.describe_lag.is_zero()).then(|| shared.world.clone());
+    let lagging = if changes {
+        None
+    } else {
+        shared.lagging_view(now.instant)
+    };
+    let result = match (take_fault(&mut shared.faults, &action), lagging) {
+        (Some(Fault::AnswerLost), _) => {
+            let applied = run(&mut shared.world, &mut call, now);
+            if let (Ok(_), Some(before)) = (&applied, before.clone()) {
+                shared.before_changes.push_back((now.instant, before));
+            }
+            Err(Fault::AnswerLost.api_error(&action))
+        }
+        (Some(fault), _) => Err(fault.api_error(&action)),
+        (None, Some(mut view)) => run(&mut view, &mut call, now),
+        (None, None) => {
+            let result = run(&mut shared.world, &mut call, now);
+            if let (Ok(_), Some(before)) = (&result, before) {
+                shared.before_changes.push_back((now.instant, before));
+            }
+            result
+        }
     };
     tracing::debug!(action, group = ?call.group, ok = result.is_ok(), "ASG simulator answered");
     let (status, body) = match result {

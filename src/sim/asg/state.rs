@@ -22,6 +22,9 @@ pub enum Behaviour {
     NeverInService,
     /// No instance starts; the activity ends `Cancelled`.
     Cancelled,
+    /// No instance starts; the activity ends `Failed` for a reason other than capacity
+    /// (a launch template EC2 refuses).
+    FailedOther,
 }
 
 /// ISO 8601 in UTC with milliseconds, as AWS writes timestamps (`2024-05-01T12:00:00.123Z`).
@@ -43,6 +46,10 @@ pub struct GroupSpec {
     pub launch_delay: Duration,
     pub capacity_rebalance: bool,
 }
+
+/// How long a terminated instance stays listed as `Terminating` unless set otherwise
+/// (AWS: a minute or two, more with lifecycle hooks).
+pub const DEFAULT_TERMINATE_DELAY: Duration = Duration::from_millis(500);
 
 impl Default for GroupSpec {
     fn default() -> Self {
@@ -66,8 +73,10 @@ pub struct GroupSnapshot {
     pub desired: i32,
     pub in_service: i32,
     pub pending: i32,
-    /// Instance ids in launch order, oldest first.
+    /// Ids of the instances that are not leaving, in launch order, oldest first.
     pub instance_ids: Vec<String>,
+    /// Terminated instances still listed as `Terminating`.
+    pub terminating_ids: Vec<String>,
     /// The InService ones among them, in the same order.
     pub in_service_ids: Vec<String>,
     pub behaviour: Behaviour,
@@ -96,6 +105,10 @@ impl ApiError {
 pub(super) const ZONE: &str = "us-east-1a";
 pub(super) const INSTANCE_TYPE: &str = "m5.large";
 
+/// EC2's wording for a launch template it refuses, as seen in real activities.
+const INVALID_LAUNCH: &str = "The requested configuration is currently not supported. \
+    Please check the documentation for supported configurations. Launching EC2 instance failed.";
+
 /// EC2's wording for a spot launch without capacity, as seen in real activities.
 const NO_CAPACITY: &str = "Could not launch Spot Instances. InsufficientInstanceCapacity - \
     There is no Spot capacity available that matches your request. Launching EC2 instance failed.";
@@ -104,6 +117,7 @@ const NO_CAPACITY: &str = "Could not launch Spot Instances. InsufficientInstance
 pub(super) enum LifecycleState {
     Pending,
     InService,
+    Terminating,
 }
 
 impl LifecycleState {
@@ -111,6 +125,7 @@ impl LifecycleState {
         match self {
             LifecycleState::Pending => "Pending",
             LifecycleState::InService => "InService",
+            LifecycleState::Terminating => "Terminating",
         }
     }
 }
@@ -121,6 +136,8 @@ pub(super) struct Instance {
     pub state: LifecycleState,
     /// `None`: never turns InService.
     in_service_at: Option<Instant>,
+    /// When a `Terminating` instance leaves the group.
+    gone_at: Option<Instant>,
 }
 
 /// How an `InProgress` activity ends, and when.
@@ -158,6 +175,9 @@ pub(super) struct Group {
     pub desired: i32,
     pub behaviour: Behaviour,
     pub launch_delay: Duration,
+    pub terminate_delay: Duration,
+    /// Outcomes of the next launches, one each, before `behaviour` applies again.
+    pub launch_plan: std::collections::VecDeque<Behaviour>,
     pub capacity_rebalance: bool,
     pub created: SystemTime,
     pub instances: Vec<Instance>,
@@ -184,7 +204,18 @@ impl Group {
             desired: self.desired,
             in_service: self.count(LifecycleState::InService),
             pending: self.count(LifecycleState::Pending),
-            instance_ids: self.instances.iter().map(|i| i.id.clone()).collect(),
+            instance_ids: self
+                .instances
+                .iter()
+                .filter(|i| i.state != LifecycleState::Terminating)
+                .map(|i| i.id.clone())
+                .collect(),
+            terminating_ids: self
+                .instances
+                .iter()
+                .filter(|i| i.state == LifecycleState::Terminating)
+                .map(|i| i.id.clone())
+                .collect(),
             in_service_ids: self
                 .instances
                 .iter()
@@ -198,6 +229,8 @@ impl Group {
     }
 
     fn settle(&mut self, now: Instant) {
+        self.instances
+            .retain(|instance| instance.gone_at.is_none_or(|at| at > now));
         for instance in &mut self.instances {
             if instance.in_service_at.is_some_and(|at| at <= now) {
                 instance.state = LifecycleState::InService;
@@ -230,13 +263,25 @@ impl Now {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct World {
     groups: BTreeMap<String, Group>,
     next_id: u64,
+    /// How far AWS's clock (activity times) is ahead of ours; negative: behind.
+    pub clock_skew_ms: i64,
 }
 
 impl World {
+    /// A time as AWS stamps it, on its own clock.
+    fn aws_time(&self, wall: SystemTime) -> SystemTime {
+        let skew = Duration::from_millis(self.clock_skew_ms.unsigned_abs());
+        if self.clock_skew_ms >= 0 {
+            wall.checked_add(skew).unwrap_or(wall)
+        } else {
+            wall.checked_sub(skew).unwrap_or(wall)
+        }
+    }
+
     fn next_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
@@ -263,6 +308,7 @@ impl World {
                 id: self.instance_id(),
                 state: LifecycleState::InService,
                 in_service_at: None,
+                gone_at: None,
             })
             .collect();
         let group = Group {
@@ -272,6 +318,8 @@ impl World {
             desired: spec.desired,
             behaviour: spec.behaviour,
             launch_delay: spec.launch_delay,
+            terminate_delay: DEFAULT_TERMINATE_DELAY,
+            launch_plan: std::collections::VecDeque::new(),
             capacity_rebalance: spec.capacity_rebalance,
             created: now.wall,
             instances,
@@ -369,7 +417,11 @@ impl World {
         let (name, group) = self
             .groups
             .iter()
-            .find(|(_, g)| g.instances.iter().any(|i| i.id == instance_id))
+            .find(|(_, g)| {
+                g.instances
+                    .iter()
+                    .any(|i| i.id == instance_id && i.state != LifecycleState::Terminating)
+            })
             .ok_or_else(|| {
                 ApiError::validation(format!("Instance Id not found - No managed instance found for instance ID: {instance_id}"))
             })?;
@@ -381,8 +433,17 @@ impl World {
             )));
         }
         let activity_id = self.activity_id();
+        let stamped = Now {
+            instant: now.instant,
+            wall: self.aws_time(now.wall),
+        };
         let group = self.groups.get_mut(&name).ok_or_else(|| not_found(&name))?;
-        group.instances.retain(|i| i.id != instance_id);
+        let gone_at = now.instant + group.terminate_delay;
+        for instance in group.instances.iter_mut().filter(|i| i.id == instance_id) {
+            instance.state = LifecycleState::Terminating;
+            instance.in_service_at = None;
+            instance.gone_at = Some(gone_at);
+        }
         let cause = if decrement {
             group.desired -= 1;
             format!(
@@ -401,7 +462,7 @@ impl World {
             activity_id,
             format!("Terminating EC2 instance: {instance_id}"),
             cause.clone(),
-            now,
+            stamped,
         );
         group.activities.push(activity.clone());
         let desired = group.desired;
@@ -430,21 +491,36 @@ impl World {
             return;
         };
         let target = usize::try_from(desired).unwrap_or(0);
-        let current = group.instances.len();
+        let current = group
+            .instances
+            .iter()
+            .filter(|i| i.state != LifecycleState::Terminating)
+            .count();
         for _ in current..target {
             self.launch(name, cause, now);
         }
+        let stamped = Now {
+            instant: now.instant,
+            wall: self.aws_time(now.wall),
+        };
         for _ in target..current {
             let activity_id = self.activity_id();
             if let Some(group) = self.groups.get_mut(name)
-                && let Some(instance) = group.instances.pop()
+                && let Some(instance) = group
+                    .instances
+                    .iter_mut()
+                    .rev()
+                    .find(|i| i.state != LifecycleState::Terminating)
             {
+                instance.state = LifecycleState::Terminating;
+                instance.in_service_at = None;
+                instance.gone_at = Some(now.instant + group.terminate_delay);
                 let description = format!("Terminating EC2 instance: {}", instance.id);
                 group.activities.push(finished_activity(
                     activity_id,
                     description,
                     cause.to_string(),
-                    now,
+                    stamped,
                 ));
             }
         }
@@ -456,18 +532,21 @@ impl World {
     fn launch(&mut self, name: &str, cause: &str, now: Now) {
         let instance_id = self.instance_id();
         let activity_id = self.activity_id();
+        let aws_now = self.aws_time(now.wall);
         let Some(group) = self.groups.get_mut(name) else {
             return;
         };
         let at = now.instant + group.launch_delay;
-        let end_time = now.wall + group.launch_delay;
-        let (description, outcome) = match group.behaviour {
+        let end_time = aws_now + group.launch_delay;
+        let behaviour = group.launch_plan.pop_front().unwrap_or(group.behaviour);
+        let (description, outcome) = match behaviour {
             Behaviour::Healthy | Behaviour::NeverInService => {
-                let never = group.behaviour == Behaviour::NeverInService;
+                let never = behaviour == Behaviour::NeverInService;
                 group.instances.push(Instance {
                     id: instance_id.clone(),
                     state: LifecycleState::Pending,
                     in_service_at: (!never).then_some(at),
+                    gone_at: None,
                 });
                 let outcome = (!never).then_some(Outcome {
                     at,
@@ -489,6 +568,15 @@ impl World {
                     message: Some(NO_CAPACITY.to_string()),
                 }),
             ),
+            Behaviour::FailedOther => (
+                format!("Launching a new EC2 instance.  Status Reason: {INVALID_LAUNCH}"),
+                Some(Outcome {
+                    at,
+                    end_time,
+                    status: "Failed",
+                    message: Some(INVALID_LAUNCH.to_string()),
+                }),
+            ),
             Behaviour::Cancelled => (
                 "Launching a new EC2 instance.".to_string(),
                 Some(Outcome {
@@ -504,9 +592,9 @@ impl World {
             description,
             cause: format!(
                 "{cause}  At {} an instance was started in response to a difference between desired and actual capacity.",
-                timestamp(now.wall)
+                timestamp(aws_now)
             ),
-            start_time: now.wall,
+            start_time: aws_now,
             end_time: None,
             status: "InProgress".to_string(),
             message: None,
