@@ -80,6 +80,20 @@ pub enum AsgError {
 }
 
 impl AsgError {
+    /// Whether the call may have taken effect although it failed: no answer came
+    /// (timeout, connection lost) or AWS answered a server error after receiving it.
+    /// A refusal (4xx: validation, access, throttling) never applied.
+    pub fn may_have_applied(&self) -> bool {
+        match self {
+            AsgError::Transport { .. } => true,
+            AsgError::Api { code, .. } => matches!(
+                code.as_str(),
+                "InternalFailure" | "InternalError" | "ServiceUnavailable" | "RequestTimeout"
+            ),
+            AsgError::NotFound { .. } | AsgError::Validation { .. } => false,
+        }
+    }
+
     /// AWS refuses a desired capacity above MaxSize with a ValidationError that
     /// says "above max value"; treat it as a capacity failure, like a full ASG.
     pub fn is_above_max_size(&self) -> bool {

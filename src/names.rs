@@ -70,6 +70,9 @@ pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 /// On the spot ASG's Lease: the last capacity failure, read by every agent.
 pub const CAPACITY_FAILURE_ANNOTATION: &str = "spot-guard/capacity-failure";
+/// On an ASG's Lease: the desired capacity last set under it, and when. Describe calls
+/// may answer from before that change for a while; the next holder trusts the larger.
+pub const LAST_TARGET_ANNOTATION: &str = "spot-guard/last-target";
 /// On an ASG's Lease, one key per instance Spot Guard bought: the ledger.
 pub const LEDGER_KEY_PREFIX: &str = "replacement.spot-guard/";
 /// Taken by a fallback node while it gives itself back: one at a time.

@@ -2,7 +2,9 @@
 //! agent reads the step from the Node, resumes, never scales a second time for the same
 //! recommendation, and still taints, cordons and drains the node.
 
-use spot_guard::sim::fleet::{KillPoint, kill_and_restart};
+use spot_guard::imds::RebalanceRecommendation;
+use spot_guard::monitor::rebalance_event_id;
+use spot_guard::sim::fleet::{KillPoint, RECOMMENDATION_TIME, kill_and_restart};
 
 async fn assert_resumes(point: KillPoint) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -21,10 +23,13 @@ async fn assert_resumes(point: KillPoint) {
     assert_eq!(outcome.scale_ups, 1, "one scale-up in all ({step})");
     assert_eq!(outcome.spot_growth, 1, "{step}");
     assert!(outcome.drained, "the node ends drained ({step})");
+    let served = rebalance_event_id(&RebalanceRecommendation {
+        notice_time: RECOMMENDATION_TIME.to_owned(),
+    });
     assert_eq!(
-        outcome.recorded_event.as_deref(),
-        Some("rebalance-recommendation-restart"),
-        "the record is on the Node ({step})"
+        outcome.recorded_event,
+        Some(served),
+        "the record of the recommendation IMDS served is on the Node ({step})"
     );
 }
 

@@ -5,10 +5,11 @@
 //! land ([`crate::spot_guard::ca_protection`]) and, for an on-demand fallback, to give it back once
 //! spot capacity returns ([`crate::spot_guard::scale_back`]).
 //!
-//! Agents that wait on the same ASG at once may each see the others' new instances: they
-//! all write the same entries (one key per instance, so no write is lost). An instance
-//! another actor launched into the ASG during such a wait is recorded too; scale-back
-//! only gives an instance back when the cluster has room without it.
+//! Agents that wait on the same ASG at once may each see the others' new instances as
+//! new (AWS's Describe calls lag): each claims its replacement here, and an instance
+//! another node claimed is never counted again. An instance another actor launched into
+//! the ASG during such a wait can be claimed too; scale-back only gives an instance back
+//! when the cluster has room without it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -17,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::decide::{Role, millis_ago, unix_millis};
 use crate::lease::{LeaseError, Leases};
@@ -67,49 +68,62 @@ pub fn stale_keys(annotations: &BTreeMap<String, String>, now: SystemTime) -> Ve
         .collect()
 }
 
-/// Records `instances` as bought in `asg` for `for_node`; failures are logged, since the
-/// replacement itself is in place and only its protection and scale-back depend on it.
-pub async fn record(
+/// Claims `count` of the new InService `candidates` for `for_node`, in one
+/// read-modify-write of the lease: an instance another node's replacement already
+/// claimed is never taken, so two nodes never count the same new instance (AWS's
+/// Describe lag can show one agent's launch to another as new). This node's own earlier
+/// claims (a restarted agent) count first. Returns the claimed instances, or none when
+/// fewer than `count` are free yet.
+#[allow(clippy::too_many_arguments)]
+pub async fn claim(
     leases: &Leases,
     lease: &str,
     asg: &str,
     role: Role,
     for_node: &str,
-    instances: &[String],
-) {
-    if instances.is_empty() {
-        return;
-    }
+    candidates: &[String],
+    count: usize,
+) -> Result<Vec<String>, LeaseError> {
     let now = SystemTime::now();
-    let entry = LedgerEntry {
+    let value = serde_json::to_string(&LedgerEntry {
         role,
         asg: asg.to_owned(),
         for_node: for_node.to_owned(),
         at: unix_millis(now),
-    };
-    let value = serde_json::to_string(&entry).unwrap_or_default();
-    // Pruned on the same read the entries are written on: one read-modify-write.
-    let written = leases
+    })
+    .unwrap_or_default();
+    let claimed = std::sync::Mutex::new(Vec::new());
+    leases
         .edit_annotations(lease, |annotations| {
-            for stale in stale_keys(annotations, now) {
-                annotations.remove(&stale);
+            let owner = |id: &String| entry_of(annotations, id).map(|entry| entry.for_node);
+            let mine: Vec<String> = candidates
+                .iter()
+                .filter(|id| owner(id).as_deref() == Some(for_node))
+                .cloned()
+                .collect();
+            let free = candidates.iter().filter(|id| owner(id).is_none()).cloned();
+            let picked: Vec<String> = mine.iter().cloned().chain(free).take(count).collect();
+            let enough = picked.len() == count;
+            let mut write = false;
+            if enough {
+                for stale in stale_keys(annotations, now) {
+                    annotations.remove(&stale);
+                }
+                for id in picked.iter().filter(|id| !mine.contains(id)) {
+                    annotations.insert(key(id), value.clone());
+                    write = true;
+                }
             }
-            for id in instances {
-                annotations.insert(key(id), value.clone());
-            }
-            true
+            *claimed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                if enough { picked } else { Vec::new() };
+            write
         })
-        .await;
-    match written {
-        Ok(()) => info!(
-            "Recorded on lease {lease}: {} bought in ASG {asg} for node {for_node}",
-            instances.join(", ")
-        ),
-        Err(error) => warn!(
-            "Recording the new instances {} of ASG {asg} on lease {lease} failed; their agents will not know they are replacements (no Cluster Autoscaler protection, no scale-back): {error}",
-            instances.join(", ")
-        ),
-    }
+        .await?;
+    Ok(claimed
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
 /// This instance's entry on one of the leases, if any.

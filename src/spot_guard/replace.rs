@@ -11,13 +11,15 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use super::SpotGuard;
 use super::decide::{
-    self, AttemptRecord, AttemptResult, CapacityFailure, CapacityFailureNote, NextStep,
+    self, AttemptRecord, AttemptResult, CapacityFailure, CapacityFailureNote, LastTarget, NextStep,
     ReplacementOutcome, ReplacementRecord, Role, Scaled, WatchVerdict,
 };
 use super::ledger;
-use crate::asg::{AutoScaling, ScalingActivity};
+use crate::asg::{AsgState, AutoScaling, ScalingActivity};
 use crate::lease::HeldLease;
-use crate::names::{self, CAPACITY_FAILURE_ANNOTATION, REPLACEMENT_ANNOTATION};
+use crate::names::{
+    self, CAPACITY_FAILURE_ANNOTATION, LAST_TARGET_ANNOTATION, REPLACEMENT_ANNOTATION,
+};
 use crate::node::NodeError;
 use crate::record;
 use crate::report::{InterruptionEvent, SpotGuardStep};
@@ -133,22 +135,11 @@ impl<A: AutoScaling> SpotGuard<A> {
         let scaled = match resume {
             Some(scaled) => scaled,
             None => {
-                let request = tokio::time::timeout(
-                    self.settings.scale_timeout,
-                    self.request_under_lease(role, name, record, event),
-                );
+                let request = self.request_under_lease(role, name, record, event);
                 let requested = tokio::select! {
                     _ = preempt.cancelled() => return Err(Preempted),
                     requested = request => requested,
                 };
-                let requested = requested.unwrap_or_else(|_| {
-                    Err(CapacityFailure::Api {
-                        error: format!(
-                            "scaling ASG {name} did not finish within SPOT_GUARD_SCALE_TIMEOUT ({}s)",
-                            self.settings.scale_timeout.as_secs()
-                        ),
-                    })
-                });
                 match requested {
                     Ok(scaled) => scaled,
                     Err(failure) => {
@@ -164,20 +155,11 @@ impl<A: AutoScaling> SpotGuard<A> {
                 }
             }
         };
-        let verdict = self.wait_for_new_instances(name, &scaled, preempt).await?;
+        let verdict = self
+            .wait_for_new_instances(role, name, &scaled, preempt)
+            .await?;
         let (result, outcome) = match verdict {
-            Ok(new_instances) => {
-                ledger::record(
-                    &self.leases,
-                    &names::asg_lease(name),
-                    name,
-                    role,
-                    self.node.name(),
-                    &new_instances,
-                )
-                .await;
-                (AttemptResult::Ready, AttemptOutcome::Ready)
-            }
+            Ok(_claimed) => (AttemptResult::Ready, AttemptOutcome::Ready),
             Err(failure) => {
                 if role == Role::Spot && decide::is_capacity_shortage(&failure) {
                     self.remember_capacity_failure(name, &failure).await;
@@ -202,12 +184,47 @@ impl<A: AutoScaling> SpotGuard<A> {
         record: &mut ReplacementRecord,
         event: &InterruptionEvent,
     ) -> Result<Scaled, CapacityFailure> {
-        let held = self.acquire(name).await?;
-        let result = self
-            .request_while_held(&held, role, name, record, event)
-            .await;
+        let limit = self.settings.scale_timeout;
+        // Queueing behind other nodes' agents has its own bound, not the request's.
+        let held = tokio::time::timeout(limit, self.acquire(name))
+            .await
+            .map_err(|_| CapacityFailure::Api {
+                error: format!(
+                    "waited SPOT_GUARD_SCALE_TIMEOUT ({}s) for lease {} of ASG {name}, which other nodes' agents kept",
+                    limit.as_secs(),
+                    names::asg_lease(name)
+                ),
+            })??;
+        let result = tokio::time::timeout(
+            limit,
+            self.request_while_held(&held, role, name, record, event),
+        )
+        .await;
         held.release().await;
-        result
+        match result {
+            Ok(result) => result,
+            Err(_) => match record.attempt(role) {
+                // Cut off after the intent was recorded: SetDesiredCapacity may be out.
+                Some(AttemptRecord {
+                    result: AttemptResult::Pending,
+                    scaled: Some(scaled),
+                    ..
+                }) => {
+                    warn!(
+                        "Scaling ASG {name} to {} did not finish within SPOT_GUARD_SCALE_TIMEOUT ({}s); it may have gone through, so it counts as sent: waiting for its instance",
+                        scaled.to,
+                        limit.as_secs()
+                    );
+                    Ok(scaled.clone())
+                }
+                _ => Err(CapacityFailure::Api {
+                    error: format!(
+                        "reading ASG {name} did not finish within SPOT_GUARD_SCALE_TIMEOUT ({}s)",
+                        limit.as_secs()
+                    ),
+                }),
+            },
+        }
     }
 
     /// Reads the ASG, records the intent on the Node, then sets desired capacity.
@@ -249,12 +266,24 @@ impl<A: AutoScaling> SpotGuard<A> {
             warn!("Reading scaling activities of ASG {name} failed; only activities started after the scale-up will count: {error}");
             Vec::new()
         });
-        let scaled = decide::plan_target(
-            &before,
-            self.settings.scale_count,
-            &activities,
-            SystemTime::now(),
-        )?;
+        let now = SystemTime::now();
+        let last_target = held
+            .annotations()
+            .get(LAST_TARGET_ANNOTATION)
+            .map(String::as_str);
+        let trusted = decide::trusted_desired(before.desired_capacity, last_target, now);
+        if trusted != before.desired_capacity {
+            info!(
+                "ASG {name} reads desired {} but {trusted} was set under lease {} moments ago (AWS's reads lag its changes); counting from {trusted}",
+                before.desired_capacity,
+                held.name()
+            );
+        }
+        let counted = AsgState {
+            desired_capacity: trusted,
+            ..before
+        };
+        let scaled = decide::plan_target(&counted, self.settings.scale_count, &activities, now)?;
         if !held.is_held() {
             return Err(CapacityFailure::Api {
                 error: format!(
@@ -280,10 +309,15 @@ impl<A: AutoScaling> SpotGuard<A> {
             "Scaling ASG {name} from {} to {} instances",
             scaled.from, scaled.to
         );
-        self.asg
-            .set_desired_capacity(name, scaled.to)
-            .await
-            .map_err(|error| CapacityFailure::from_api_error(&error))?;
+        match self.asg.set_desired_capacity(name, scaled.to).await {
+            Ok(()) => {}
+            Err(error) if error.may_have_applied() => warn!(
+                "SetDesiredCapacity({}) on ASG {name} got no clean answer ({error}); it may have gone through, so it counts as sent: waiting for its instance, never buying a second",
+                scaled.to
+            ),
+            Err(error) => return Err(CapacityFailure::from_api_error(&error)),
+        }
+        self.remember_target(held, name, scaled.to).await;
         self.reporter.spot_guard(
             event,
             SpotGuardStep::ScaleUp {
@@ -300,6 +334,7 @@ impl<A: AutoScaling> SpotGuard<A> {
     /// passes.
     async fn wait_for_new_instances(
         &self,
+        role: Role,
         name: &str,
         scaled: &Scaled,
         preempt: &CancellationToken,
@@ -339,11 +374,24 @@ impl<A: AutoScaling> SpotGuard<A> {
                     elapsed().as_secs_f64()
                 ),
                 WatchVerdict::Ready { in_service } => {
+                    let candidates = decide::new_in_service_ids(scaled, &state);
+                    let claimed = self.claim(name, role, &candidates).await;
+                    if !claimed.is_empty() {
+                        info!(
+                            "New instance reached InService in ASG {name}: {} is this node's replacement ({in_service} new InService, desired {}, was {})",
+                            claimed.join(", "),
+                            scaled.to,
+                            scaled.from
+                        );
+                        return Ok(Ok(claimed));
+                    }
+                    if elapsed() >= timeout {
+                        return Ok(Err(CapacityFailure::Timeout { waited: elapsed() }));
+                    }
                     info!(
-                        "New instance reached InService in ASG {name} ({in_service} new InService, desired {}, was {})",
-                        scaled.to, scaled.from
+                        "ASG {name}: the {in_service} new InService instance(s) are other nodes' replacements; waiting for this node's ({:.1}s since the request)",
+                        elapsed().as_secs_f64()
                     );
-                    return Ok(Ok(decide::new_in_service_ids(scaled, &state)));
                 }
                 WatchVerdict::Failed(failure) => {
                     warn!(
@@ -353,6 +401,29 @@ impl<A: AutoScaling> SpotGuard<A> {
                     return Ok(Err(failure));
                 }
             }
+        }
+    }
+
+    /// Writes the target just set on the ASG's Lease, for the next holder whose read
+    /// may predate it.
+    async fn remember_target(&self, held: &HeldLease, name: &str, desired: i32) {
+        let note = LastTarget {
+            desired,
+            at: decide::unix_millis(SystemTime::now()),
+            node: self.node.name().to_owned(),
+        };
+        if let Err(error) = self
+            .leases
+            .annotate(
+                held.name(),
+                &[(LAST_TARGET_ANNOTATION, Some(note.to_annotation().as_str()))],
+            )
+            .await
+        {
+            warn!(
+                "Could not note desired {desired} of ASG {name} on lease {}; an agent scaling next may count from a stale read: {error}",
+                held.name()
+            );
         }
     }
 
@@ -382,6 +453,41 @@ impl<A: AutoScaling> SpotGuard<A> {
                 self.settings.capacity_cool_off.as_secs()
             ),
             Err(error) => warn!("Could not share the capacity failure of ASG {name}: {error}"),
+        }
+    }
+
+    /// This node's replacement among the new InService `candidates`, claimed on the
+    /// ASG's ledger so no other node counts it; none while all are other nodes'.
+    async fn claim(&self, name: &str, role: Role, candidates: &[String]) -> Vec<String> {
+        let count = usize::try_from(self.settings.scale_count).unwrap_or(1);
+        let lease = names::asg_lease(name);
+        match ledger::claim(
+            &self.leases,
+            &lease,
+            name,
+            role,
+            self.node.name(),
+            candidates,
+            count,
+        )
+        .await
+        {
+            Ok(claimed) => {
+                if !claimed.is_empty() {
+                    info!(
+                        "Recorded on lease {lease}: {} bought in ASG {name} for node {}",
+                        claimed.join(", "),
+                        self.node.name()
+                    );
+                }
+                claimed
+            }
+            Err(error) => {
+                warn!(
+                    "Recording the new instances of ASG {name} on lease {lease} failed, so they count as this node's unchecked (their agents get no Cluster Autoscaler protection or scale-back): {error}"
+                );
+                candidates.iter().take(count).cloned().collect()
+            }
         }
     }
 

@@ -354,6 +354,46 @@ pub fn cool_off(
     (since < window).then_some(note)
 }
 
+/// How long the desired capacity last set under an ASG's Lease is trusted over a read:
+/// longer than AWS's Describe calls lag a change, short enough that a decrease made by
+/// someone else (Cluster Autoscaler, a person) soon wins again.
+pub const LAST_TARGET_TRUST: Duration = Duration::from_secs(60);
+
+/// The desired capacity last set under an ASG's Lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastTarget {
+    pub desired: i32,
+    /// Unix milliseconds, on the setter's clock.
+    pub at: u64,
+    pub node: String,
+}
+
+impl LastTarget {
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The desired capacity to count from: the read, or what was last set under the Lease
+/// if that is larger and recent, since a read right after a change may predate it.
+pub fn trusted_desired(read: i32, last_target: Option<&str>, now: SystemTime) -> i32 {
+    let last = last_target.and_then(|text| serde_json::from_str::<LastTarget>(text).ok());
+    let Some(last) = last else {
+        return read;
+    };
+    // Either way off on the setter's clock (skew) counts as age.
+    let age = match now.duration_since(from_unix_millis(last.at)) {
+        Ok(age) => age,
+        Err(ahead) => ahead.duration(),
+    };
+    if age < LAST_TARGET_TRUST {
+        read.max(last.desired)
+    } else {
+        read
+    }
+}
+
 /// The instance is given back only when its replacement arrived and it was drained.
 pub fn may_give_back(outcome: &ReplacementOutcome, drained: bool) -> bool {
     drained

@@ -143,7 +143,8 @@ impl ReplacementRecord {
         record
     }
 
-    fn attempt(&self, role: Role) -> Option<&AttemptRecord> {
+    /// What was asked of the ASG of `role`, if anything.
+    pub fn attempt(&self, role: Role) -> Option<&AttemptRecord> {
         self.attempts.iter().find(|a| a.role == role)
     }
 }
