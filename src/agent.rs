@@ -26,6 +26,17 @@ use k8s_openapi::jiff::Timestamp;
 
 /// On shutdown, how long a rebalance flow may take to return before it is abandoned.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
+/// How long a preempted rebalance flow may take to stop before it is aborted: a spot
+/// interruption leaves two minutes, and the drain must not wait on a hung AWS call.
+const PREEMPT_GRACE: Duration = Duration::from_millis(200);
+
+/// Sleeps until `at`; forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// What the agent needs to act; built once from [`Config`].
 #[derive(Debug, Clone)]
@@ -35,6 +46,8 @@ pub struct AgentSettings {
     pub actions: ActionSettings,
     pub drain: DrainSettings,
     pub uptime_file: String,
+    /// Between attempts at a drain that did not complete (NTH: every poll, 2 s).
+    pub retry_interval: Duration,
 }
 
 impl AgentSettings {
@@ -69,6 +82,7 @@ impl AgentSettings {
                 poll_interval: config.tuning.drain_poll_interval,
             },
             uptime_file: config.uptime_from_file.clone(),
+            retry_interval: config.tuning.poll_interval,
         }
     }
 }
@@ -169,11 +183,31 @@ impl<A: AutoScaling + 'static> Agent<A> {
             ..Memory::default()
         };
         let mut rebalance: Option<RebalanceTask> = None;
+        // A drain-now notice whose drain is incomplete, tried again each retry interval
+        // as NTH does, until it completes or the event is cancelled.
+        let mut unfinished: Option<(Notice, tokio::time::Instant)> = None;
         loop {
+            let retry_at = unfinished.as_ref().map(|(_, at)| *at);
             let notice = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => None,
                 notice = notices.recv() => notice,
+                _ = sleep_until_some(retry_at) => {
+                    let Some((notice, _)) = unfinished.take() else { continue };
+                    let event_id = notice.event_id().to_string();
+                    let span = info_span!("drain_now", node = %agent.settings.node_name, %event_id);
+                    info!(%event_id, "Retrying the incomplete drain for {event_id}");
+                    let complete = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        complete = agent.handle_drain_now(&notice, true).instrument(span) => complete,
+                    };
+                    if complete {
+                        memory.handled.insert(event_id);
+                    } else {
+                        unfinished = Some((notice, tokio::time::Instant::now() + agent.settings.retry_interval));
+                    }
+                    continue;
+                }
             };
             // The monitor closes the channel only when it stops, i.e. on shutdown too.
             let Some(notice) = notice else {
@@ -229,6 +263,12 @@ impl<A: AutoScaling + 'static> Agent<A> {
                     });
                 }
                 Notice::ScheduledEventEnded { state, .. } => {
+                    if unfinished
+                        .as_ref()
+                        .is_some_and(|(pending, _)| pending.event_id() == event_id)
+                    {
+                        unfinished = None;
+                    }
                     let acted_on = memory.handled.contains(&event_id)
                         || memory.draining_for.as_deref() == Some(event_id.as_str());
                     if !acted_on {
@@ -261,21 +301,36 @@ impl<A: AutoScaling + 'static> Agent<A> {
                     if let Some(undo) = memory.pending_rebalance_undo.take() {
                         undo.cancel();
                     }
-                    if let Some(task) = rebalance.take().filter(RebalanceTask::running) {
+                    if let Some(mut task) = rebalance.take().filter(RebalanceTask::running) {
                         warn!(%event_id, "{} preempts the rebalance flow of {}: the replacement may still be pending; draining now", describe(&drain_now), task.event_id);
                         task.preempt.cancel();
-                        let _ = task.handle.await;
+                        // The flow stops at its next await; one stuck in a call is cut off.
+                        if tokio::time::timeout(PREEMPT_GRACE, &mut task.handle)
+                            .await
+                            .is_err()
+                        {
+                            warn!(%event_id, "The rebalance flow of {} did not stop within {PREEMPT_GRACE:?}; aborting it", task.event_id);
+                            task.handle.abort();
+                        }
                     }
                     memory.draining_for = Some(event_id.clone());
                     let span = info_span!("drain_now", node = %agent.settings.node_name, %event_id);
-                    tokio::select! {
+                    let complete = tokio::select! {
                         _ = shutdown.cancelled() => {
                             warn!(%event_id, "Shutting down: abandoning the node actions for {event_id}; a restarted agent acts on it again");
                             return;
                         }
-                        _ = agent.handle_drain_now(&drain_now).instrument(span) => {
-                            memory.handled.insert(event_id);
-                        }
+                        complete = agent.handle_drain_now(&drain_now, false).instrument(span) => complete,
+                    };
+                    if complete {
+                        memory.handled.insert(event_id);
+                        unfinished = None;
+                    } else {
+                        warn!(%event_id, "The drain for {event_id} is incomplete; trying again every {:?} until it completes", agent.settings.retry_interval);
+                        unfinished = Some((
+                            drain_now,
+                            tokio::time::Instant::now() + agent.settings.retry_interval,
+                        ));
                     }
                 }
             }
@@ -364,10 +419,14 @@ impl<A: AutoScaling + 'static> Agent<A> {
         }
     }
 
-    async fn handle_drain_now(&self, notice: &Notice) {
+    /// Acts on a drain-now notice; `retry` is a later attempt after an incomplete drain.
+    /// Returns false when the drain is still incomplete, so the caller tries again.
+    async fn handle_drain_now(&self, notice: &Notice, retry: bool) -> bool {
         let event_id = notice.event_id();
         let event = report_event(notice);
-        self.reporter.notice_received(&event);
+        if !retry {
+            self.reporter.notice_received(&event);
+        }
         let (taint_key, reason) = match notice {
             Notice::SpotInterruption { action, time, .. } => {
                 info!(%event_id, "Handling spot interruption notice: action={action} time={time}");
@@ -386,11 +445,18 @@ impl<A: AutoScaling + 'static> Agent<A> {
             }
             Notice::RebalanceRecommendation { .. }
             | Notice::ScheduledEventEnded { .. }
-            | Notice::RebalanceRecommendationCleared { .. } => return,
+            | Notice::RebalanceRecommendationCleared { .. } => return true,
         };
         let plan = plan::plan_drain_now(&self.settings.actions, taint_key, event_id);
-        self.act(&plan, &event, reason).await;
-        self.done(&event).await;
+        let complete = self.act(&plan, &event, reason).await != ActionOutcome::DrainIncomplete;
+        if complete {
+            // Only a finished drain is recorded: a restarted agent retries an unfinished one.
+            self.actions.record_handled(&event.event_id).await;
+        }
+        if !retry {
+            self.count_handled();
+        }
+        complete
     }
 
     async fn act(

@@ -127,3 +127,102 @@ async fn a_scale_up_whose_answer_was_lost_is_waited_for_not_bought_again() {
         agent.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_interruption_drains_at_once_while_a_describe_call_hangs() {
+    install_crypto();
+    let mut spec = FleetSpec::new(1);
+    spec.spot.behaviour = spot_guard::sim::asg::Behaviour::NeverInService;
+    spec.capacity_check_timeout = Duration::from_secs(120);
+    let world = FleetWorld::start(spec).await.expect("world");
+    let agents = start_all(&world).await;
+    let agent = &agents[0];
+    agent.recommend();
+    eventually("the spot scale-up is sent", || {
+        !world.asg.calls_of("SetDesiredCapacity").is_empty()
+    })
+    .await;
+    // From now on AWS holds every Describe answer far longer than a spot notice lasts.
+    world
+        .asg
+        .set_call_delay("DescribeAutoScalingGroups", Duration::from_secs(600));
+    let checks = world.asg.calls_of("DescribeAutoScalingGroups").len();
+    // Long enough for the wait loop to be inside its next (hung) check.
+    tokio::time::sleep(world.spec.check_interval * 3).await;
+
+    agent
+        .imds
+        .set_spot_action(Some(("terminate", "2026-11-24T08:24:00Z")));
+    // Well inside the SDK's own 10 s cut-off of the hung call: the drain did not wait
+    // for the check to end.
+    eventually_within(
+        "the interruption drains the node",
+        Duration::from_secs(5),
+        || !world.kube.evictions().is_empty(),
+    )
+    .await;
+    assert_eq!(
+        world.asg.calls_of("DescribeAutoScalingGroups").len(),
+        checks,
+        "the hung check never answered"
+    );
+    for agent in agents {
+        agent.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_cut_short_is_retried_while_the_interruption_stands() {
+    install_crypto();
+    let world = FleetWorld::start(FleetSpec::new(1)).await.expect("world");
+    // A budget that allows no disruption holds a pod of the node.
+    let node = spot_guard::sim::fleet::node_name(0);
+    world.kube.add_pod(
+        spot_guard::sim::kube::FakePod::new("default", "guarded", &node)
+            .with_label("app", "guarded"),
+    );
+    world
+        .kube
+        .add_pdb("default", "guarded", &[("app", "guarded")], 0);
+    let imds = spot_guard::sim::imds::ImdsSim::start().await.expect("IMDS");
+    imds.set_instance_id(world.instance_id(0).expect("instance"));
+    let mut config = world
+        .config(&spot_guard::sim::fleet::node_name(0), &imds.url())
+        .expect("config");
+    config.node_termination_grace_period = Duration::from_secs(1);
+    config.report.emit_kubernetes_events = true;
+    let agent = spot_guard::sim::harness::start(&config, &world.kube.url(), Some(world.aws()))
+        .await
+        .expect("agent starts");
+
+    imds.set_spot_action(Some(("terminate", "2026-11-24T08:24:00Z")));
+    eventually("the first drain gives up on the budget", || {
+        world
+            .kube
+            .events()
+            .iter()
+            .any(|event| event.reason.as_deref() == Some("CordonAndDrainError"))
+    })
+    .await;
+    world.kube.set_pdb_max_unavailable("default", "guarded", 1);
+    eventually("a later attempt evicts the pod", || {
+        world.kube.pod("default", "guarded").is_none()
+    })
+    .await;
+    agent.stop().await;
+}
+
+async fn eventually(what: &str, check: impl FnMut() -> bool) {
+    eventually_within(what, Duration::from_secs(20), check).await;
+}
+
+async fn eventually_within(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
