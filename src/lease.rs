@@ -113,6 +113,11 @@ fn holder_of(lease: &Lease) -> Option<&str> {
 }
 
 impl Leases {
+    /// Who this agent is on its Leases: its node's name.
+    pub fn holder(&self) -> &str {
+        &self.settings.holder
+    }
+
     pub fn new(client: kube::Client, settings: LeaseSettings) -> Self {
         Leases {
             api: Api::namespaced(client, &settings.namespace),

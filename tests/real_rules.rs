@@ -226,3 +226,59 @@ async fn eventually_within(what: &str, limit: Duration, mut check: impl FnMut() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_instance_is_given_back_once_even_when_killed_right_after_the_call() {
+    install_crypto();
+    let mut spec = FleetSpec::new(1);
+    spec.terminate_after_drain = true;
+    let world = FleetWorld::start(spec).await.expect("world");
+    let instance = world.instance_id(0).expect("instance").to_owned();
+    let terminations = || {
+        world
+            .asg
+            .calls_of("TerminateInstanceInAutoScalingGroup")
+            .iter()
+            .filter(|call| call.param("InstanceId") == Some(instance.as_str()))
+            .count()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("agent runtime");
+    let first = world
+        .start_agent(0, world.aws(), runtime.handle())
+        .await
+        .expect("agent starts");
+    // Slow Node writes keep the agent between the call and its record when it is killed.
+    world.kube.set_latency(Duration::from_millis(300));
+    first.recommend();
+    eventually("the give-back is sent", || terminations() == 1).await;
+    runtime.shutdown_background();
+    assert_eq!(first.handled(), 0, "killed before it recorded the event");
+    world.kube.set_latency(Duration::ZERO);
+
+    let mut restarted = world
+        .start_agent(0, world.aws(), &Handle::current())
+        .await
+        .expect("agent restarts");
+    restarted.recommend();
+    assert!(
+        restarted.wait_handled(1, LIMIT).await,
+        "the restarted agent finishes"
+    );
+
+    assert_eq!(
+        terminations(),
+        1,
+        "TerminateInstanceInAutoScalingGroup sent once"
+    );
+    let spot = world.asg.group(SPOT_ASG).expect("spot");
+    assert_eq!(
+        spot.desired,
+        world.spec.spot.desired.max(1),
+        "one bought, one given back"
+    );
+    restarted.stop().await;
+}

@@ -4,11 +4,13 @@
 
 use tracing::{error, info, warn};
 
+use std::time::SystemTime;
+
 use super::SpotGuard;
-use super::decide::{self, ReplacementOutcome};
+use super::decide::{self, LastTarget, ReplacementOutcome};
 use crate::asg::AutoScaling;
 use crate::lease::Leases;
-use crate::names;
+use crate::names::{self, LAST_TARGET_ANNOTATION};
 use crate::report::InterruptionEvent;
 
 impl<A: AutoScaling> SpotGuard<A> {
@@ -42,6 +44,21 @@ impl<A: AutoScaling> SpotGuard<A> {
             );
             return;
         };
+        let mut record = self.load_record(&event.event_id).await;
+        if record.give_back_sent {
+            info!(
+                "Instance {instance_id} of node {node} was already given back before a restart; not sending it again"
+            );
+            return;
+        }
+        // Recorded before it is sent: a restart in between never sends it twice.
+        record.give_back_sent = true;
+        if let Err(error) = self.save(&record).await {
+            error!(
+                "Recording the give-back of instance {instance_id} on node {node} failed, so it was not sent; the spot ASG stays one bigger: {error}"
+            );
+            return;
+        }
         let spot = self.settings.spot_asg_name.clone();
         let given_back = tokio::time::timeout(
             self.settings.scale_timeout,
@@ -49,55 +66,120 @@ impl<A: AutoScaling> SpotGuard<A> {
         )
         .await
         .unwrap_or_else(|_| {
-            Err(format!(
-                "not done within SPOT_GUARD_SCALE_TIMEOUT ({}s)",
-                self.settings.scale_timeout.as_secs()
-            ))
+            Err(GiveBackError {
+                message: format!(
+                    "not done within SPOT_GUARD_SCALE_TIMEOUT ({}s)",
+                    self.settings.scale_timeout.as_secs()
+                ),
+                may_have_applied: true,
+            })
         });
         match given_back {
             Ok(true) => {
-                let mut record = self.load_record(&event.event_id).await;
                 record.gave_back = true;
                 self.save_or_warn(&record).await;
             }
             Ok(false) => {}
             Err(error) => error!(
-                "Terminating instance {instance_id} of node {node} after its drain failed; the spot ASG stays one bigger: {error}"
+                "Terminating instance {instance_id} of node {node} after its drain failed{}; it is not sent again: {error}",
+                if error.may_have_applied {
+                    " or got no clean answer"
+                } else {
+                    "; the spot ASG stays one bigger"
+                }
             ),
         }
     }
 }
 
-/// Terminates `instance_id` with ShouldDecrementDesiredCapacity if it is still a member of
-/// `asg`, under the ASG's Lease, since the decrement must not land between another
-/// agent's read and write of desired capacity. Returns whether it terminated. Used to
-/// give back a drained spot instance and an on-demand fallback.
+/// A give-back that did not go through cleanly.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct GiveBackError {
+    pub message: String,
+    /// The termination may have been applied although no clean answer came.
+    pub may_have_applied: bool,
+}
+
+impl GiveBackError {
+    fn before_sending(message: String) -> Self {
+        GiveBackError {
+            message,
+            may_have_applied: false,
+        }
+    }
+}
+
+/// Terminates `instance_id` with ShouldDecrementDesiredCapacity if it is an InService
+/// member of `asg`, under the ASG's Lease, since the decrement must not land between
+/// another agent's read and write of desired capacity; the desired capacity noted on
+/// the Lease goes down with it. Returns whether it sent the termination. Used to give
+/// back a drained spot instance and an on-demand fallback; callers record on the Node
+/// that it is being sent before calling, so it is never sent twice.
 pub async fn terminate_with_decrement<A: AutoScaling>(
     client: &A,
     leases: &Leases,
     asg: &str,
     instance_id: &str,
-) -> Result<bool, String> {
-    let held = leases
-        .acquire(&names::asg_lease(asg))
-        .await
-        .map_err(|error| format!("taking the lease for ASG {asg}: {error}"))?;
+) -> Result<bool, GiveBackError> {
+    let lease = names::asg_lease(asg);
+    let held = leases.acquire(&lease).await.map_err(|error| {
+        GiveBackError::before_sending(format!("taking the lease for ASG {asg}: {error}"))
+    })?;
     let result = async {
-        let state = client.describe(asg).await.map_err(|e| e.to_string())?;
-        if !state.instances.iter().any(|i| i.instance_id == instance_id) {
-            info!("Instance {instance_id} is no longer in ASG {asg}; nothing to terminate");
-            return Ok(false);
-        }
-        info!(
-            "Terminating instance {instance_id} in ASG {asg} with ShouldDecrementDesiredCapacity: desired capacity {} -> {}",
-            state.desired_capacity,
-            state.desired_capacity - 1
-        );
-        client
-            .terminate_instance(instance_id, true)
+        let state = client
+            .describe(asg)
             .await
-            .map_err(|e| e.to_string())?;
-        Ok(true)
+            .map_err(|error| GiveBackError::before_sending(error.to_string()))?;
+        let member = state.instances.iter().find(|i| i.instance_id == instance_id);
+        match member.map(|i| i.lifecycle_state.as_str()) {
+            Some("InService") => {}
+            Some(leaving) => {
+                info!("Instance {instance_id} is {leaving} in ASG {asg}; nothing to terminate");
+                return Ok(false);
+            }
+            None => {
+                info!("Instance {instance_id} is no longer in ASG {asg}; nothing to terminate");
+                return Ok(false);
+            }
+        }
+        let now = SystemTime::now();
+        let desired = decide::trusted_desired(
+            state.desired_capacity,
+            held.annotations()
+                .get(LAST_TARGET_ANNOTATION)
+                .map(String::as_str),
+            now,
+        );
+        info!(
+            "Terminating instance {instance_id} in ASG {asg} with ShouldDecrementDesiredCapacity: desired capacity {desired} -> {}",
+            desired - 1
+        );
+        let sent = client.terminate_instance(instance_id, true).await;
+        if let Err(error) = &sent
+            && !error.may_have_applied()
+        {
+            return Err(GiveBackError::before_sending(error.to_string()));
+        }
+        // The next holder's read may predate the decrement: note the smaller target.
+        let note = LastTarget {
+            desired: desired - 1,
+            at: decide::unix_millis(now),
+            node: leases.holder().to_owned(),
+        };
+        if let Err(error) = leases
+            .annotate(
+                &lease,
+                &[(LAST_TARGET_ANNOTATION, Some(note.to_annotation().as_str()))],
+            )
+            .await
+        {
+            warn!("Could not note desired {} of ASG {asg} on lease {lease}: {error}", desired - 1);
+        }
+        sent.map(|()| true).map_err(|error| GiveBackError {
+            message: error.to_string(),
+            may_have_applied: true,
+        })
     }
     .await;
     held.release().await;

@@ -17,7 +17,7 @@ mod own_node;
 mod replace;
 pub mod scale_back;
 
-pub use give_back::terminate_with_decrement;
+pub use give_back::{GiveBackError, terminate_with_decrement};
 
 use std::time::SystemTime;
 

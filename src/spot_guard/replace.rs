@@ -507,7 +507,7 @@ impl<A: AutoScaling> SpotGuard<A> {
             .unwrap_or_else(|| ReplacementRecord::new(event_id))
     }
 
-    async fn save(&self, record: &ReplacementRecord) -> Result<(), NodeError> {
+    pub(super) async fn save(&self, record: &ReplacementRecord) -> Result<(), NodeError> {
         self.node
             .set_annotations(&[(REPLACEMENT_ANNOTATION, record.to_annotation().as_str())])
             .await

@@ -114,6 +114,9 @@ pub struct ReplacementRecord {
     /// This instance was terminated (with decrement) after its drain.
     #[serde(default)]
     pub gave_back: bool,
+    /// The give-back was about to be sent: never send it again, even after a restart.
+    #[serde(default)]
+    pub give_back_sent: bool,
 }
 
 impl ReplacementRecord {
@@ -122,6 +125,7 @@ impl ReplacementRecord {
             event_id: event_id.to_owned(),
             attempts: Vec::new(),
             gave_back: false,
+            give_back_sent: false,
         }
     }
 
@@ -241,6 +245,7 @@ mod tests {
             event_id: "e1".into(),
             attempts,
             gave_back: false,
+            give_back_sent: false,
         };
         let spot_ice = CapacityFailure::InsufficientCapacity {
             message: "no capacity".into(),

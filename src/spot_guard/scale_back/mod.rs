@@ -368,17 +368,34 @@ impl<A: AutoScaling> ScaleBack<A> {
             .actions
             .apply(&plan, &event, "on-demand scale-back")
             .await;
-        let result = if outcome == ActionOutcome::Drained {
-            terminate_with_decrement(
-                &self.asg,
-                &self.leases,
-                &self.on_demand_asg,
-                &self.instance_id,
-            )
-            .await
-            .map(|_| ())
-        } else {
+        let result = if outcome != ActionOutcome::Drained {
             Err("the drain did not complete".to_owned())
+        } else {
+            // Recorded as sent before it is sent: a restart never sends it twice.
+            record.phase = Phase::Terminated { at: now() };
+            match self.save(record).await {
+                Err(error) => Err(format!(
+                    "recording the termination before sending it failed, so it was not sent: {error}"
+                )),
+                Ok(()) => match terminate_with_decrement(
+                    &self.asg,
+                    &self.leases,
+                    &self.on_demand_asg,
+                    &self.instance_id,
+                )
+                .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(error) if error.may_have_applied => {
+                        warn!(
+                            "Terminating instance {} got no clean answer ({error}); it may be on its way out, so it is not sent again",
+                            self.instance_id
+                        );
+                        Ok(())
+                    }
+                    Err(error) => Err(error.to_string()),
+                },
+            }
         };
         match result {
             Ok(()) => {
@@ -389,10 +406,6 @@ impl<A: AutoScaling> ScaleBack<A> {
                         instance: &self.instance_id,
                     },
                 );
-                record.phase = Phase::Terminated { at: now() };
-                if let Err(error) = self.save(record).await {
-                    warn!("Recording the termination on node {name} failed: {error}");
-                }
                 if let Err(error) =
                     ledger::forget(&self.leases, ledger_lease, &self.instance_id).await
                 {
