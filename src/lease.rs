@@ -6,13 +6,21 @@
 //! with the read's `resourceVersion` once the lease is free, expired or already ours (an
 //! earlier run of this agent on the same node); renew while held; release by clearing the
 //! holder. A holder that dies blocks the others at most the lease duration.
+//!
+//! Clocks differ between nodes, so, as client-go's leader election does, expiry is
+//! judged by the observer's own monotonic clock: a lease held by another is expired once
+//! its record has not changed for a whole duration *as this agent has watched it*, never
+//! by comparing the holder's renewTime with this agent's wall clock. The holder treats
+//! its lease as lost a margin before it could expire for anyone (no renewal for two
+//! thirds of the duration), and callers check [`HeldLease::is_held`] right before each
+//! write they make under it.
 //! Shared memory that outlives one turn (e.g. a capacity failure) lives in the Lease's
 //! annotations and is written with the same optimistic concurrency, held or not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -20,6 +28,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::node::is_transient;
@@ -58,6 +67,9 @@ pub struct LeaseSettings {
 pub struct Leases {
     api: Api<Lease>,
     settings: LeaseSettings,
+    /// Per lease: its holder record as last seen, and when (this agent's clock) it was
+    /// first seen so.
+    observed: Arc<Mutex<HashMap<String, (String, Instant)>>>,
 }
 
 /// A lease this agent holds; renewed in the background until released or dropped.
@@ -68,12 +80,30 @@ pub struct HeldLease {
     name: String,
     annotations: BTreeMap<String, String>,
     lost: Arc<AtomicBool>,
+    /// When the last renewal (or the acquisition) was sent, on this agent's clock.
+    renewed: Arc<Mutex<Instant>>,
     renewer: JoinHandle<()>,
     released: bool,
 }
 
-/// Whether `holder` may take the lease now: nobody holds it, it is ours, or it expired.
-pub fn is_free(lease: &Lease, holder: &str, now: Timestamp, default_duration: Duration) -> bool {
+/// No renewal for this share of the duration and the holder counts its lease as lost,
+/// well before another agent (which waits the whole duration) could take it.
+const RENEW_DEADLINE_NUMERATOR: u32 = 2;
+const RENEW_DEADLINE_DENOMINATOR: u32 = 3;
+
+fn renew_deadline(duration: Duration) -> Duration {
+    duration * RENEW_DEADLINE_NUMERATOR / RENEW_DEADLINE_DENOMINATOR
+}
+
+/// Whether `holder` may take the lease now: nobody holds it, it is ours, or its record
+/// has not changed for longer than its duration while this agent watched
+/// (`unchanged_for`, on this agent's clock).
+pub fn is_free(
+    lease: &Lease,
+    holder: &str,
+    unchanged_for: Duration,
+    default_duration: Duration,
+) -> bool {
     let Some(spec) = &lease.spec else {
         return true;
     };
@@ -82,17 +112,24 @@ pub fn is_free(lease: &Lease, holder: &str, now: Timestamp, default_duration: Du
         Some(current) if current == holder => return true,
         Some(_) => {}
     }
-    let Some(MicroTime(renewed)) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else {
-        return true;
-    };
-    let duration_ms = spec
+    let duration = spec
         .lease_duration_seconds
-        .map_or_else(|| millis(default_duration), |s| i64::from(s) * 1000);
-    now.as_millisecond() - renewed.as_millisecond() > duration_ms
+        .and_then(|seconds| u64::try_from(seconds).ok())
+        .map_or(default_duration, Duration::from_secs);
+    unchanged_for > duration
 }
 
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+/// What identifies one renewal of a lease: any change of it restarts the observer's count.
+fn record_of(lease: &Lease) -> String {
+    let spec = lease.spec.clone().unwrap_or_default();
+    format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}",
+        spec.holder_identity,
+        spec.renew_time.map(|MicroTime(t)| t.as_microsecond()),
+        spec.acquire_time.map(|MicroTime(t)| t.as_microsecond()),
+        spec.lease_transitions,
+        spec.lease_duration_seconds
+    )
 }
 
 fn duration_seconds(duration: Duration) -> i32 {
@@ -122,6 +159,7 @@ impl Leases {
         Leases {
             api: Api::namespaced(client, &settings.namespace),
             settings,
+            observed: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -150,10 +188,12 @@ impl Leases {
     pub async fn acquire(&self, name: &str) -> Result<HeldLease, LeaseError> {
         let mut waiting_on: Option<String> = None;
         loop {
+            // The turn counts from before the request: its answer may come late.
+            let sent_at = Instant::now();
             match self.try_acquire(name).await {
                 Ok(Some(lease)) => {
                     debug!(lease = name, "Acquired lease {name}");
-                    return Ok(self.held(name, lease));
+                    return Ok(self.held(name, lease, sent_at));
                 }
                 Ok(None) => {}
                 Err(LeaseError::Api { source, .. }) if is_transient(&source) => {
@@ -183,6 +223,20 @@ impl Leases {
         holder_of(&lease).map(str::to_owned)
     }
 
+    /// How long the lease's record has looked the same to this agent.
+    fn unchanged_for(&self, name: &str, lease: &Lease) -> Duration {
+        let record = record_of(lease);
+        let now = Instant::now();
+        let mut observed = self.observed.lock().unwrap_or_else(PoisonError::into_inner);
+        match observed.get(name) {
+            Some((seen, since)) if *seen == record => now.duration_since(*since),
+            _ => {
+                observed.insert(name.to_owned(), (record, now));
+                Duration::ZERO
+            }
+        }
+    }
+
     /// One look: `Some` with the stored lease when it is now ours, `None` when another
     /// agent holds it or won the race.
     async fn try_acquire(&self, name: &str) -> Result<Option<Lease>, LeaseError> {
@@ -207,7 +261,14 @@ impl Leases {
                 };
                 self.api.create(&PostParams::default(), &lease).await
             }
-            Some(lease) if is_free(&lease, &self.settings.holder, now, self.settings.duration) => {
+            Some(lease)
+                if is_free(
+                    &lease,
+                    &self.settings.holder,
+                    self.unchanged_for(name, &lease),
+                    self.settings.duration,
+                ) =>
+            {
                 let spec = self.held_spec(lease.spec.as_ref(), now);
                 let taken = Lease {
                     spec: Some(spec),
@@ -227,14 +288,21 @@ impl Leases {
         }
     }
 
-    fn held(&self, name: &str, lease: Lease) -> HeldLease {
+    fn held(&self, name: &str, lease: Lease, sent_at: Instant) -> HeldLease {
         let lost = Arc::new(AtomicBool::new(false));
-        let renewer = tokio::spawn(renew(self.clone(), name.to_owned(), lost.clone()));
+        let renewed = Arc::new(Mutex::new(sent_at));
+        let renewer = tokio::spawn(renew(
+            self.clone(),
+            name.to_owned(),
+            lost.clone(),
+            renewed.clone(),
+        ));
         HeldLease {
             leases: self.clone(),
             name: name.to_owned(),
             annotations: lease.metadata.annotations.unwrap_or_default(),
             lost,
+            renewed,
             renewer,
             released: false,
         }
@@ -341,16 +409,17 @@ impl Leases {
     }
 }
 
-/// Renews every third of the duration; marks the lease lost when another agent took it
-/// or when no renewal succeeded for a whole duration.
-async fn renew(leases: Leases, name: String, lost: Arc<AtomicBool>) {
-    let period = leases.settings.duration / 3;
-    let mut last_renewed = tokio::time::Instant::now();
+/// Renews every fifth of the duration; marks the lease lost when another agent took it
+/// or when no renewal succeeded within the renew deadline.
+async fn renew(leases: Leases, name: String, lost: Arc<AtomicBool>, renewed: Arc<Mutex<Instant>>) {
+    let period = leases.settings.duration / 5;
+    let deadline = renew_deadline(leases.settings.duration);
     loop {
         tokio::time::sleep(period).await;
         let holder = leases.settings.holder.clone();
         let taken_over = AtomicBool::new(false);
-        let renewed = leases
+        let sent_at = Instant::now();
+        let result = leases
             .update(&name, "renewing", |lease| {
                 if holder_of(lease) != Some(holder.as_str()) {
                     taken_over.store(true, Ordering::Relaxed);
@@ -367,11 +436,12 @@ async fn renew(leases: Leases, name: String, lost: Arc<AtomicBool>) {
             lost.store(true, Ordering::Relaxed);
             return;
         }
-        match renewed {
-            Ok(()) => last_renewed = tokio::time::Instant::now(),
+        match result {
+            Ok(()) => *renewed.lock().unwrap_or_else(PoisonError::into_inner) = sent_at,
             Err(error) => {
                 warn!(lease = %name, "Renewing lease {name} failed: {error}");
-                if last_renewed.elapsed() >= leases.settings.duration {
+                let last = *renewed.lock().unwrap_or_else(PoisonError::into_inner);
+                if last.elapsed() >= deadline {
                     lost.store(true, Ordering::Relaxed);
                     return;
                 }
@@ -390,10 +460,14 @@ impl HeldLease {
         &self.annotations
     }
 
-    /// False once renewal failed for a whole duration or another agent took the lease:
-    /// the turn is over and nothing may be written on its strength.
+    /// False once no renewal succeeded within the renew deadline (two thirds of the
+    /// duration, on this agent's clock) or another agent took the lease: the turn is
+    /// over and nothing may be written on its strength.
     pub fn is_held(&self) -> bool {
-        !self.lost.load(Ordering::Relaxed) && !self.renewer.is_finished()
+        let renewed = *self.renewed.lock().unwrap_or_else(PoisonError::into_inner);
+        !self.lost.load(Ordering::Relaxed)
+            && !self.renewer.is_finished()
+            && renewed.elapsed() < renew_deadline(self.leases.settings.duration)
     }
 
     /// Gives the lease up so the next agent need not wait for it to expire.
@@ -449,6 +523,7 @@ mod tests {
     use super::*;
 
     fn lease(holder: Option<&str>, renewed_ms_ago: i64, duration_s: i32, now: Timestamp) -> Lease {
+        // The holder's renewTime, on the holder's clock: it plays no part in expiry.
         let renewed = Timestamp::from_millisecond(now.as_millisecond() - renewed_ms_ago).unwrap();
         Lease {
             metadata: ObjectMeta::default(),
@@ -462,25 +537,41 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_is_free_when_unheld_ours_or_expired() {
+    fn a_lease_is_free_when_unheld_ours_or_unchanged_for_its_duration_as_watched() {
         let now = Timestamp::now();
         let default = Duration::from_secs(15);
+        let secs = Duration::from_secs;
         let cases = [
-            ("nobody holds it", lease(None, 0, 15, now), true),
-            ("empty holder", lease(Some(""), 0, 15, now), true),
+            ("nobody holds it", lease(None, 0, 15, now), secs(0), true),
+            ("empty holder", lease(Some(""), 0, 15, now), secs(0), true),
             (
                 "ours from an earlier run",
                 lease(Some("me"), 0, 15, now),
+                secs(0),
                 true,
             ),
             (
-                "another's, fresh",
-                lease(Some("other"), 14_000, 15, now),
+                "another's, unchanged for 14 s here",
+                lease(Some("other"), 0, 15, now),
+                secs(14),
                 false,
             ),
             (
-                "another's, expired",
-                lease(Some("other"), 15_001, 15, now),
+                "another's, unchanged for 16 s here",
+                lease(Some("other"), 0, 15, now),
+                secs(16),
+                true,
+            ),
+            (
+                "another's whose clock is a minute behind, just renewed",
+                lease(Some("other"), 60_000, 15, now),
+                secs(0),
+                false,
+            ),
+            (
+                "another's whose clock is a minute ahead, silent for 16 s",
+                lease(Some("other"), -60_000, 15, now),
+                secs(16),
                 true,
             ),
             (
@@ -489,11 +580,16 @@ mod tests {
                     metadata: ObjectMeta::default(),
                     spec: None,
                 },
+                secs(0),
                 true,
             ),
         ];
-        for (name, lease, free) in cases {
-            assert_eq!(is_free(&lease, "me", now, default), free, "case: {name}");
+        for (name, lease, unchanged_for, free) in cases {
+            assert_eq!(
+                is_free(&lease, "me", unchanged_for, default),
+                free,
+                "case: {name}"
+            );
         }
     }
 

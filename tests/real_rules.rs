@@ -282,3 +282,81 @@ async fn a_drained_instance_is_given_back_once_even_when_killed_right_after_the_
     );
     restarted.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_holder_whose_clock_is_a_minute_behind_keeps_its_lease() {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use kube::api::{Api, PostParams};
+
+    install_crypto();
+    let world = FleetWorld::start(FleetSpec::new(1)).await.expect("world");
+    let agents = start_all(&world).await;
+    // Another node's agent holds the spot ASG's lease and renews it; its clock runs a
+    // minute behind ours, so every renewTime it writes looks a minute old here.
+    let name = names::asg_lease(SPOT_ASG);
+    let other = Api::<Lease>::namespaced(
+        spot_guard::node::client_for_url(&world.kube.url()).expect("client"),
+        NAMESPACE,
+    );
+    let skewed_now = || MicroTime(Timestamp::now() - SignedDuration::from_secs(60));
+    let mut held = other
+        .create(
+            &PostParams::default(),
+            &Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some("other-node".to_owned()),
+                    lease_duration_seconds: Some(2),
+                    acquire_time: Some(skewed_now()),
+                    renew_time: Some(skewed_now()),
+                    ..LeaseSpec::default()
+                }),
+            },
+        )
+        .await
+        .expect("the other agent takes the lease");
+    let lease_reads = || {
+        world
+            .kube
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with(&format!("/leases/{name}")))
+            .count()
+    };
+    let reads_before = lease_reads();
+    agents[0].recommend();
+
+    // The holder renews every 300 ms for longer than the lease's duration.
+    let renewing_until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < renewing_until {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Some(spec) = held.spec.as_mut() {
+            spec.renew_time = Some(skewed_now());
+        }
+        held = other
+            .replace(&name, &PostParams::default(), &held)
+            .await
+            .expect("the other agent renews");
+    }
+    assert!(
+        lease_reads() >= reads_before + 5,
+        "the agent kept looking at the lease while it waited"
+    );
+    assert!(
+        world.asg.calls_of("SetDesiredCapacity").is_empty(),
+        "the agent scaled while another agent held the lease"
+    );
+
+    // The holder dies: after the lease's duration, as watched here, it is taken over.
+    let mut agents = agents;
+    assert!(agents[0].wait_handled(1, LIMIT).await);
+    assert_eq!(world.asg.calls_of("SetDesiredCapacity").len(), 1);
+    for agent in agents {
+        agent.stop().await;
+    }
+}

@@ -305,6 +305,15 @@ impl<A: AutoScaling> SpotGuard<A> {
             ),
         })?;
         *record = intent;
+        // The record write took time: the turn must still be ours for the write to AWS.
+        if !held.is_held() {
+            return Err(CapacityFailure::Api {
+                error: format!(
+                    "lost lease {} before scaling ASG {name}; not scaling on a stale read",
+                    held.name()
+                ),
+            });
+        }
         info!(
             "Scaling ASG {name} from {} to {} instances",
             scaled.from, scaled.to
