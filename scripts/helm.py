@@ -92,7 +92,12 @@ def lint(args):
     for error in report.get("errors") or []:
         failed = True
         print(f"[ERROR] {error}")
-    print(f"{report.get('total_charts_linted', 0)} chart(s) linted, {'failed' if failed else 'no failures'}")
+    linted = report.get("total_charts_linted", 0)
+    if linted < 1:
+        # An empty report is not a pass: nothing was looked at.
+        failed = True
+        print(f"[ERROR] {args.chart}: no chart was linted")
+    print(f"{linted} chart(s) linted, {'failed' if failed else 'no failures'}")
     return 1 if failed else 0
 
 

@@ -8,6 +8,7 @@ use spot_guard::report::{
     InterruptionEvent, NodeAction, NodeMetadata, ReportSettings, Reporter, ServeError,
     SpotGuardStep, bind, monitor_kind, serve_metrics,
 };
+use spot_guard::spot_guard::decide::CapacityFailure;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -85,7 +86,11 @@ async fn scrape_shows_nth_and_spot_guard_metrics() {
         SpotGuardStep::Fallback {
             spot_asg: "spot-asg",
             on_demand_asg: "od-asg",
-            reason: "insufficient_capacity",
+            // What the agent reports for EC2's InsufficientInstanceCapacity.
+            reason: CapacityFailure::InsufficientCapacity {
+                message: "InsufficientInstanceCapacity".to_owned(),
+            }
+            .reason(),
             detail: "InsufficientInstanceCapacity",
         },
     );
@@ -136,7 +141,7 @@ async fn scrape_shows_nth_and_spot_guard_metrics() {
     );
     assert_line(
         &text,
-        r#"spot_guard_fallbacks_total{reason="insufficient_capacity"} 1"#,
+        r#"spot_guard_fallbacks_total{reason="insufficient-capacity"} 1"#,
     );
     assert_line(
         &text,

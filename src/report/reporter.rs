@@ -85,7 +85,8 @@ pub enum SpotGuardStep<'a> {
         since_notice: Option<Duration>,
     },
     /// The spot ASG could not deliver; trying the on-demand ASG. `reason` is a short,
-    /// low-cardinality label (e.g. `timeout`, `insufficient_capacity`), `detail` the message.
+    /// low-cardinality label ([`crate::spot_guard::decide::CapacityFailure::reason`]: `max-size`,
+    /// `insufficient-capacity`, `activity-failed`, `timeout`, `api-error`), `detail` the message.
     Fallback {
         spot_asg: &'a str,
         on_demand_asg: &'a str,

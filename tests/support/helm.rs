@@ -61,5 +61,9 @@ pub fn template(values: &str) -> Result<Vec<Value>, String> {
 pub fn lint(values: &str) -> Result<String, String> {
     let (ok, stdout, stderr) = run(&["lint"], values);
     let report = format!("{stdout}{stderr}");
-    if ok { Ok(report) } else { Err(report) }
+    if ok && stdout.contains("1 chart(s) linted, no failures") {
+        Ok(report)
+    } else {
+        Err(report)
+    }
 }
