@@ -365,3 +365,34 @@ async fn bad_base_url_is_rejected() {
     let imds = ImdsClient::new("http://169.254.169.254/", 3).expect("trailing slash is fine");
     assert_eq!(imds.base_url(), "http://169.254.169.254");
 }
+
+#[tokio::test]
+async fn a_token_request_that_never_answers_falls_back_to_v1_after_the_request_timeout() {
+    // A pod without host networking behind a hop limit of 1: the PUT's answer is dropped.
+    let sim = start_sim().await;
+    sim.set_token_mode(TokenMode::TokenHangs);
+    sim.set_rebalance(Some("2020-10-27T08:22:00Z"));
+    let imds = client(&sim, 3);
+
+    let recommendation = within(imds.rebalance_recommendation())
+        .await
+        .expect("read over IMDSv1");
+
+    assert!(recommendation.is_some(), "the recommendation is read");
+    assert_eq!(sim.token_puts(), 1, "the hung PUT is not repeated at once");
+    assert!(sim.gets_without_token() >= 1, "the read went over IMDSv1");
+}
+
+#[tokio::test]
+async fn a_slow_path_delays_only_its_own_answers() {
+    let sim = start_sim().await;
+    sim.set_path_delay(SPOT_INSTANCE_ACTION_PATH, Duration::from_secs(5));
+    sim.set_rebalance(Some("2020-10-27T08:22:00Z"));
+    let imds = client(&sim, 1);
+
+    // The slow path times out (request timeout 500 ms); the others answer.
+    let spot = within(imds.spot_instance_action()).await;
+    assert!(spot.is_err(), "the slow path timed out: {spot:?}");
+    let rebalance = within(imds.rebalance_recommendation()).await;
+    assert!(rebalance.expect("rebalance read").is_some());
+}

@@ -43,9 +43,11 @@ pub enum TokenMode {
     V2Required,
     /// The token PUT answers this status (403, 404, 405 …); GETs without a token work.
     TokenRefused(u16),
-    /// The token PUT answers this status and GETs without a valid token answer 401:
-    /// what a pod sees when IMDSv2 is required and the hop limit is too low.
+    /// The token PUT answers this status and GETs without a valid token answer 401.
     V2RequiredTokenRefused(u16),
+    /// The token PUT never answers; GETs without a token work: what a pod without host
+    /// networking sees when the instance's hop limit is 1 (the PUT's reply is dropped).
+    TokenHangs,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +66,7 @@ struct SimState {
     failing_gets: (u32, u16),
     down: bool,
     delay: Duration,
+    path_delays: HashMap<String, Duration>,
     garbage: HashMap<String, String>,
     token_puts: u64,
     gets: HashMap<String, u64>,
@@ -175,6 +178,11 @@ impl ImdsSim {
     }
 
     /// Every answer waits this long first.
+    /// Every answer to `path` comes `delay` late (on top of [`ImdsSim::set_delay`]).
+    pub fn set_path_delay(&self, path: &str, delay: Duration) {
+        self.state().path_delays.insert(path.to_string(), delay);
+    }
+
     pub fn set_delay(&self, delay: Duration) {
         self.state().delay = delay;
     }
@@ -231,7 +239,7 @@ async fn handle(
     headers: HeaderMap,
 ) -> Response {
     let path = uri.path().to_string();
-    let (delay, down) = {
+    let (delay, down, hangs) = {
         let mut state = lock(&state);
         if method == Method::PUT && path == TOKEN_PATH {
             state.token_puts += 1;
@@ -243,8 +251,15 @@ async fn handle(
                 state.gets_without_token += 1;
             }
         }
-        (state.delay, state.down)
+        let delay = state.delay + state.path_delays.get(&path).copied().unwrap_or_default();
+        let hangs = method == Method::PUT
+            && path == TOKEN_PATH
+            && state.token_mode == TokenMode::TokenHangs;
+        (delay, state.down, hangs)
     };
+    if hangs {
+        std::future::pending::<()>().await;
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
