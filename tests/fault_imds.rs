@@ -4,21 +4,17 @@
 //! nothing stopped or panicked. (Client-level retries, garbage JSON and the monitor's outage
 //! recovery are in tests/imds_client.rs and tests/monitor.rs.)
 
+use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use spot_guard::agent::{Agent, AgentSettings};
-use spot_guard::aws::{AwsAutoScaling, AwsSettings};
-use spot_guard::config::SpotGuardConfig;
-use spot_guard::drain::DrainSettings;
-use spot_guard::flow::ActionSettings;
 use spot_guard::imds::{ImdsClient, REBALANCE_RECOMMENDATION_PATH, SPOT_INSTANCE_ACTION_PATH};
 use spot_guard::monitor::{self, MonitorError, MonitorSettings, Notice};
-use spot_guard::node;
+use spot_guard::report::reason;
 use spot_guard::sim::asg::{AsgSim, Behaviour, GroupSpec};
+use spot_guard::sim::harness;
 use spot_guard::sim::imds::{ImdsSim, TokenMode};
 use spot_guard::sim::kube::{EvictionOutcome, FakeKube, FakePod};
-use spot_guard::spot_guard::SpotGuard;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -173,14 +169,43 @@ async fn an_imds_outage_mid_run_does_not_resend_a_notice_already_delivered() {
     monitor.stop().await;
 }
 
-// --- Through the agent -----------------------------------------------------------------------
+// --- Through the agent, started as production starts it ------------------------------------
+
+const SPOT_ASG: &str = "spot";
+const ON_DEMAND_ASG: &str = "on-demand";
+const INTERRUPTION_TIME: &str = "2026-11-24T10:02:00Z";
+
+fn events_with_reason(kube: &FakeKube, wanted: &str) -> usize {
+    kube.events()
+        .iter()
+        .filter(|event| event.reason.as_deref() == Some(wanted))
+        .count()
+}
+
+fn successful_scale_ups(asg: &AsgSim) -> usize {
+    asg.calls_of("SetDesiredCapacity")
+        .iter()
+        .filter(|call| call.error_code.is_none())
+        .count()
+}
+
+/// Allowed evictions per pod name.
+fn evictions_per_pod(kube: &FakeKube) -> BTreeMap<String, usize> {
+    let mut evicted = BTreeMap::new();
+    for eviction in kube.evictions() {
+        if eviction.outcome == EvictionOutcome::Allowed {
+            *evicted.entry(eviction.name.clone()).or_insert(0) += 1;
+        }
+    }
+    evicted
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recommendation_that_flaps_with_imds_errors_buys_one_instance_and_drains_once() {
     let imds = sim().await;
     let asg = AsgSim::start().await.expect("ASG simulator");
     let kube = FakeKube::start().await.expect("fake Kubernetes API");
-    for name in ["spot", "on-demand"] {
+    for name in [SPOT_ASG, ON_DEMAND_ASG] {
         asg.add_group(
             name,
             GroupSpec {
@@ -192,74 +217,40 @@ async fn a_recommendation_that_flaps_with_imds_errors_buys_one_instance_and_drai
         );
     }
     kube.add_node(NODE);
-    for i in 0..3 {
-        kube.add_pod(FakePod::new("default", &format!("web-{i}"), NODE));
+    let pods: Vec<String> = (0..3).map(|i| format!("web-{i}")).collect();
+    for pod in &pods {
+        kube.add_pod(FakePod::new("default", pod, NODE));
     }
-    let guard = SpotGuard::new(
-        AwsAutoScaling::for_endpoint(
-            asg.url(),
-            "us-east-1",
-            &AwsSettings {
-                endpoint_url: None,
-                max_attempts: 2,
-            },
-        ),
-        SpotGuardConfig {
-            spot_asg_name: "spot".into(),
-            on_demand_asg_name: "on-demand".into(),
-            scale_timeout: Duration::from_secs(10),
-            capacity_check_timeout: Duration::from_secs(10),
-            check_interval: Duration::from_millis(50),
-        },
-        false,
-    );
-    let settings = AgentSettings {
-        node_name: NODE.into(),
-        dry_run: false,
-        actions: ActionSettings {
-            spot_guard: true,
-            enable_rebalance_draining: true,
-            ..ActionSettings::default()
-        },
-        drain: DrainSettings {
-            timeout: Duration::from_secs(5),
-            eviction_retry_interval: Duration::from_millis(50),
-            poll_interval: Duration::from_millis(50),
-            ..DrainSettings::default()
-        },
-        uptime_file: "/proc/uptime".into(),
-    };
-    let client = node::client_for_url(&kube.url()).expect("kube client");
-    let agent = Agent::new(settings, client, Some(guard));
-    let handled = agent.handled();
-    let shutdown = CancellationToken::new();
-    let (tx, rx) = mpsc::channel(16);
-    let imds_client = ImdsClient::builder(&imds.url())
-        .tries(2)
-        .retry_base_delay(Duration::from_millis(10))
-        .request_timeout(Duration::from_millis(300))
-        .build()
-        .expect("IMDS client");
-    let monitor = tokio::spawn(monitor::run(
-        imds_client,
-        MonitorSettings {
-            interval: POLL,
-            ..MonitorSettings::default()
-        },
-        tx,
-        shutdown.clone(),
-    ));
-    let agent = tokio::spawn(agent.run(rx, shutdown.clone()));
+    // The flags the chart sets for Spot Guard, parsed as the binary parses them; events on,
+    // so that every notice the agent starts acting on leaves a trace in the fake API.
+    let mut flags = harness::spot_guard_flags(SPOT_ASG, ON_DEMAND_ASG);
+    flags.push("--metadata-tries=2".to_owned());
+    flags.push("--emit-kubernetes-events=true".to_owned());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut config = harness::config(NODE, &imds.url(), &flags).expect("the flags are accepted");
+    config.tuning.poll_interval = POLL;
+    config.node_termination_grace_period = Duration::from_secs(5);
+    let settings = config.spot_guard.as_mut().expect("Spot Guard is on");
+    harness::fast_spot_guard(settings);
+    settings.check_interval = Duration::from_millis(50);
+    let mut agent = harness::start(&config, &kube.url(), Some(harness::aws(&asg)))
+        .await
+        .expect("the agent starts");
 
-    // The recommendation comes through a burst of 500s; once acted on, it goes, IMDS
-    // drops out, and the same recommendation comes back.
+    // The recommendation comes through a burst of 500s.
     imds.fail_next_gets(6, 500);
     imds.set_rebalance(Some(NOTICE_TIME));
-    let mut handled = handled;
-    tokio::time::timeout(BOUND, handled.wait_for(|n| *n >= 1))
-        .await
-        .expect("the flow ends")
-        .expect("the agent is alive");
+    assert!(
+        agent.wait_handled(1, BOUND).await,
+        "the recommendation is handled within {BOUND:?}"
+    );
+    assert_eq!(successful_scale_ups(&asg), 1, "{:?}", asg.calls());
+    assert_eq!(asg.group(SPOT_ASG).expect("spot").desired, 3);
+    let expected: BTreeMap<String, usize> = pods.iter().map(|pod| (pod.clone(), 1)).collect();
+    assert_eq!(evictions_per_pod(&kube), expected, "each pod evicted once");
+
+    // Once acted on, the recommendation goes, IMDS drops out, and the same recommendation
+    // comes back through a few 503s.
     imds.set_rebalance(None);
     wait_for_gets(&imds, REBALANCE_RECOMMENDATION_PATH, 3).await;
     imds.set_down(true);
@@ -267,28 +258,49 @@ async fn a_recommendation_that_flaps_with_imds_errors_buys_one_instance_and_drai
     imds.set_down(false);
     imds.fail_next_gets(3, 503);
     imds.set_rebalance(Some(NOTICE_TIME));
+    // At most 3 of these 5 reads fail: the monitor has read the recommendation again.
     wait_for_gets(&imds, REBALANCE_RECOMMENDATION_PATH, 5).await;
 
-    assert_eq!(asg.calls_of("SetDesiredCapacity").len(), 1);
-    assert_eq!(asg.group("spot").expect("spot").desired, 3);
-    assert_eq!(asg.group("on-demand").expect("on-demand").desired, 2);
-    let allowed = kube
-        .evictions()
-        .iter()
-        .filter(|e| e.outcome == EvictionOutcome::Allowed)
-        .count();
-    assert_eq!(allowed, 3, "each pod evicted once");
-    assert!(!agent.is_finished(), "the agent stopped");
-    assert!(!monitor.is_finished(), "the monitor stopped");
-    shutdown.cancel();
-    tokio::time::timeout(BOUND, agent)
+    // Evidence that the agent is past the returned recommendation: a spot interruption
+    // served only now reaches the agent after anything the monitor sent for it, and the
+    // agent takes notices in order; handling it also shows the monitor and the agent alive.
+    imds.set_spot_action(Some(("terminate", INTERRUPTION_TIME)));
+    assert!(
+        agent.wait_handled(2, BOUND).await,
+        "the interruption served after the flapping is handled within {BOUND:?}"
+    );
+    assert!(
+        agent.reporter.flush(BOUND).await,
+        "the agent's events are written"
+    );
+    assert_eq!(
+        events_with_reason(&kube, reason::REBALANCE_RECOMMENDATION),
+        1,
+        "the agent started acting on the recommendation once: {:?}",
+        kube.events()
+    );
+    assert_eq!(
+        events_with_reason(&kube, reason::SPOT_INTERRUPTION),
+        1,
+        "{:?}",
+        kube.events()
+    );
+    assert_eq!(
+        successful_scale_ups(&asg),
+        1,
+        "one SetDesiredCapacity in all: {:?}",
+        asg.calls()
+    );
+    assert_eq!(asg.group(SPOT_ASG).expect("spot").desired, 3);
+    assert_eq!(asg.group(ON_DEMAND_ASG).expect("on-demand").desired, 2);
+    assert_eq!(
+        evictions_per_pod(&kube),
+        expected,
+        "each pod evicted once, none again for the interruption"
+    );
+    tokio::time::timeout(BOUND, agent.stop())
         .await
-        .expect("agent stops")
-        .expect("agent did not panic");
-    let _ = tokio::time::timeout(BOUND, monitor)
-        .await
-        .expect("monitor stops")
-        .expect("monitor did not panic");
+        .expect("the agent stops");
 }
 
 // --- The binary with no IMDS at all ------------------------------------------------------------

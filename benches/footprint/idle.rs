@@ -1,0 +1,185 @@
+//! Idle: the release binary polling IMDS at its real interval (idle-process), and one poll
+//! of the monitor on a thread of its own (idle-poll).
+
+use std::time::{Duration, Instant};
+
+use spot_guard::imds::{ImdsClient, REBALANCE_RECOMMENDATION_PATH, SPOT_INSTANCE_ACTION_PATH};
+use spot_guard::monitor::{self, MonitorSettings};
+use spot_guard::sim::imds::ImdsSim;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::alloc;
+use crate::procfs::{children_cpu, cpu_ticks, status_kib, thread_cpu, tick};
+use crate::table::{Table, mib, ms};
+use crate::world::{spawn_binary, stop_child, wait_until, world};
+use crate::{Mode, Result};
+
+/// The real binary polling IMDS at its real 2 s interval with Spot Guard on.
+pub async fn idle_process(mode: &Mode) -> Result<Table> {
+    let seconds: u64 = if mode.full {
+        std::env::var("SPOT_GUARD_BENCH_IDLE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(90)
+    } else {
+        2
+    };
+    let world = world(0, Duration::from_millis(100)).await?;
+    let cpu_before_child = children_cpu();
+    let mut child = spawn_binary(
+        &world,
+        &[
+            ("ENABLE_SPOT_GUARD", "true"),
+            ("SPOT_ASG_NAME", "spot"),
+            ("ON_DEMAND_ASG_NAME", "on-demand"),
+            ("ENABLE_REBALANCE_MONITORING", "true"),
+            ("ENABLE_REBALANCE_DRAINING", "true"),
+        ],
+    )?;
+    let pid = child.id();
+    let polls = || world.imds.gets(REBALANCE_RECOMMENDATION_PATH);
+    wait_until("the agent polls IMDS", || polls() >= 2).await?;
+    let (rss_start, ticks_start, polls_start) =
+        (status_kib(pid, "VmRSS")?, cpu_ticks(pid)?, polls());
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let elapsed = started.elapsed();
+    let (rss_end, hwm, ticks_end, polls_end) = (
+        status_kib(pid, "VmRSS")?,
+        status_kib(pid, "VmHWM")?,
+        cpu_ticks(pid)?,
+        polls(),
+    );
+    stop_child(&mut child).await?;
+    let total_cpu = children_cpu().saturating_sub(cpu_before_child);
+    let polls = (polls_end - polls_start).max(1);
+    let cpu = tick() * u32::try_from(ticks_end - ticks_start)?;
+    let growth_per_10_min = (rss_end as f64 - rss_start as f64) * 600.0 / elapsed.as_secs_f64();
+    let gets_per_poll = world.imds.gets(SPOT_INSTANCE_ACTION_PATH) as f64 > 0.0;
+    let mut table = Table::new(
+        &format!(
+            "Idle footprint of the release binary, real 2 s poll, Spot Guard on ({:.0} s measured)",
+            elapsed.as_secs_f64()
+        ),
+        &["figure", "value", "goal"],
+    );
+    table.row(vec![
+        "polls measured".into(),
+        polls.to_string(),
+        String::new(),
+    ]);
+    table.row(vec![
+        "RSS after the first polls".into(),
+        mib(rss_start),
+        "≤ 10 MiB".into(),
+    ]);
+    table.row(vec![
+        format!("RSS after {:.0} s", elapsed.as_secs_f64()),
+        mib(rss_end),
+        "≤ 10 MiB".into(),
+    ]);
+    table.row(vec![
+        "peak RSS (VmHWM, start-up included)".into(),
+        mib(hwm),
+        String::new(),
+    ]);
+    table.row(vec![
+        "RSS growth, extrapolated to 10 min".into(),
+        format!("{:+.0} KiB", growth_per_10_min),
+        String::new(),
+    ]);
+    table.row(vec![
+        "CPU per poll (/proc ticks over the window)".into(),
+        format!("{:.3} ms", cpu.as_secs_f64() * 1000.0 / polls as f64),
+        "≤ 0.5 ms".into(),
+    ]);
+    table.row(vec![
+        "CPU for the whole run, start-up and shutdown included (getrusage)".into(),
+        ms(total_cpu),
+        String::new(),
+    ]);
+    table.row(vec![
+        "IMDS paths read per poll".into(),
+        if gets_per_poll {
+            "3 (spot ITN, scheduled events, rebalance)"
+        } else {
+            "?"
+        }
+        .into(),
+        String::new(),
+    ]);
+    Ok(table)
+}
+
+/// The monitor alone on its own thread: allocations and CPU per poll.
+pub async fn idle_poll(mode: &Mode) -> Result<Table> {
+    let polls_wanted: u64 = if mode.full { 1000 } else { 20 };
+    let imds = ImdsSim::start().await?;
+    let client = ImdsClient::new(&imds.url(), 3)?;
+    let shutdown = CancellationToken::new();
+    let thread = std::thread::spawn({
+        let shutdown = shutdown.clone();
+        move || -> Result<(), String> {
+            alloc::count_this_thread();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let (tx, mut rx) = mpsc::channel(16);
+            runtime.block_on(async move {
+                let drain_notices = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+                let outcome = monitor::run(
+                    client,
+                    MonitorSettings {
+                        interval: Duration::from_millis(10),
+                        rebalance: true,
+                        spot_interruption: true,
+                        scheduled_events: true,
+                        asg_lifecycle: false,
+                    },
+                    tx,
+                    shutdown,
+                )
+                .await;
+                drain_notices.abort();
+                outcome.map_err(|e| e.to_string())
+            })
+        }
+    });
+    let pthread = std::os::unix::thread::JoinHandleExt::as_pthread_t(&thread);
+    let polls = || imds.gets(REBALANCE_RECOMMENDATION_PATH);
+    wait_until("warm-up polls", || polls() >= 20).await?;
+    let ((a0, b0), c0, p0) = (alloc::counted(), thread_cpu(pthread)?, polls());
+    wait_until("measured polls", || polls() >= p0 + polls_wanted).await?;
+    let ((a1, b1), c1, p1) = (alloc::counted(), thread_cpu(pthread)?, polls());
+    shutdown.cancel();
+    thread
+        .join()
+        .map_err(|_| "monitor thread panicked")?
+        .map_err(|e| format!("monitor: {e}"))?;
+    let n = (p1 - p0).max(1) as f64;
+    let mut table = Table::new(
+        &format!(
+            "One poll of the monitor (IMDSv2, 3 paths), {} polls on a thread of its own",
+            p1 - p0
+        ),
+        &["figure", "value", "goal"],
+    );
+    table.row(vec![
+        "allocations per poll".into(),
+        format!("{:.0}", (a1 - a0) as f64 / n),
+        "(none set)".into(),
+    ]);
+    table.row(vec![
+        "bytes allocated per poll".into(),
+        format!("{:.0}", (b1 - b0) as f64 / n),
+        String::new(),
+    ]);
+    table.row(vec![
+        "CPU per poll (thread CPU clock)".into(),
+        format!("{:.3} ms", (c1 - c0).as_secs_f64() * 1000.0 / n),
+        "≤ 0.5 ms".into(),
+    ]);
+    Ok(table)
+}
