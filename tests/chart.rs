@@ -511,6 +511,13 @@ async fn requests_of_every_flow(
                 .await
                 .expect("annotate lease");
         }
+        if leases {
+            // Spot Guard finds the replacement's Node by its providerID: a paged list.
+            Api::<Node>::all(client.clone())
+                .list(&ListParams::default().limit(500))
+                .await
+                .expect("list nodes");
+        }
         if scale_back {
             // A fallback node's look at the cluster: every node, every pod.
             Api::<Node>::all(client.clone())

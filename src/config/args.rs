@@ -142,6 +142,10 @@ pub struct Args {
     #[arg(long, env = "SPOT_GUARD_CHECK_INTERVAL", default_value_t = 10)]
     pub spot_guard_check_interval: u64,
 
+    /// Seconds to wait, after the replacement is InService, for its Node to be Ready and schedulable in the cluster before the node is tainted and drained (0: do not wait).
+    #[arg(long, env = "SPOT_GUARD_NODE_READY_TIMEOUT", default_value_t = 180)]
+    pub spot_guard_node_ready_timeout: u64,
+
     /// Seconds a Lease on an ASG stays valid without renewal: how long an agent that died
     /// holding it can keep the other nodes' agents from scaling that ASG.
     #[arg(long, env = "SPOT_GUARD_LEASE_DURATION", default_value_t = 15)]

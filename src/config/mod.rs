@@ -127,6 +127,9 @@ pub struct SpotGuardSettings {
     /// The wait for InService, per ASG, counted from the request.
     pub capacity_check_timeout: Duration,
     pub check_interval: Duration,
+    /// After InService, how long to wait for the replacement's Node to be Ready in the
+    /// cluster; zero does not wait.
+    pub node_ready_timeout: Duration,
     /// The agent's namespace, where the Leases live.
     pub lease_namespace: String,
     pub lease_duration: Duration,
@@ -155,6 +158,7 @@ impl SpotGuardSettings {
             scale_timeout: Duration::from_secs(120),
             capacity_check_timeout: Duration::from_secs(120),
             check_interval: Duration::from_secs(10),
+            node_ready_timeout: Duration::from_secs(180),
             lease_namespace: "kube-system".to_owned(),
             lease_duration: Duration::from_secs(15),
             lease_retry_interval: Duration::from_millis(500),
@@ -363,6 +367,10 @@ impl fmt::Display for Config {
         }
         if let Some(fleet) = &self.spot_guard {
             settings.extend([
+                (
+                    "spot_guard_node_ready_timeout",
+                    seconds(fleet.node_ready_timeout),
+                ),
                 ("spot_guard_lease_namespace", fleet.lease_namespace.clone()),
                 ("spot_guard_lease_duration", seconds(fleet.lease_duration)),
                 ("spot_guard_scale_count", fleet.scale_count.to_string()),

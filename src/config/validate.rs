@@ -300,6 +300,7 @@ fn spot_guard_settings(args: &Args, problems: &mut Vec<String>) -> Option<SpotGu
         scale_timeout: Duration::from_secs(args.spot_guard_scale_timeout),
         capacity_check_timeout: Duration::from_secs(args.spot_guard_capacity_check_timeout),
         check_interval: Duration::from_secs(args.spot_guard_check_interval),
+        node_ready_timeout: Duration::from_secs(args.spot_guard_node_ready_timeout),
         lease_namespace: non_empty(args.pod_namespace.as_ref())
             .unwrap_or_else(|| "kube-system".to_string()),
         lease_duration: Duration::from_secs(args.spot_guard_lease_duration),

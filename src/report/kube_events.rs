@@ -46,6 +46,8 @@ pub mod reason {
     pub const SPOT_GUARD_FALLBACK: &str = "SpotGuardFallback";
     pub const SPOT_GUARD_FAILED: &str = "SpotGuardFailed";
     pub const SPOT_GUARD_PREEMPTED: &str = "SpotGuardPreempted";
+    pub const SPOT_GUARD_NODE_READY: &str = "SpotGuardNodeReady";
+    pub const SPOT_GUARD_NODE_NOT_READY: &str = "SpotGuardNodeNotReady";
     pub const SPOT_GUARD_SCALE_BACK: &str = "SpotGuardScaleBack";
     pub const SPOT_GUARD_SCALE_BACK_ABORTED: &str = "SpotGuardScaleBackAborted";
 

@@ -20,6 +20,8 @@ pub mod metric {
     pub const ACTIONS_NODE: &str = "actions_node_total";
     pub const EVENTS_ERROR: &str = "events_error_total";
     pub const REPLACEMENT_SECONDS: &str = "spot_guard_replacement_in_service_seconds";
+    pub const NODE_READY_SECONDS: &str = "spot_guard_replacement_node_ready_seconds";
+    pub const NODE_NOT_READY: &str = "spot_guard_replacement_node_not_ready_total";
     pub const SCALE_ATTEMPTS: &str = "spot_guard_scale_attempts_total";
     pub const FALLBACKS: &str = "spot_guard_fallbacks_total";
     pub const DRAIN_SECONDS: &str = "spot_guard_drain_duration_seconds";
@@ -78,6 +80,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabels {
+    asg: String,
+    instance: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SinkLabels {
     sink: String,
 }
@@ -93,6 +101,8 @@ pub struct Metrics {
     actions_node: Family<ActionNodeLabels, Counter>,
     events_error: Family<WhereLabels, Counter>,
     replacement_seconds: HistogramFamily<AsgLabels>,
+    node_ready_seconds: HistogramFamily<AsgLabels>,
+    node_not_ready: Family<InstanceLabels, Counter>,
     scale_attempts: Family<AttemptLabels, Counter>,
     fallbacks: Family<ReasonLabels, Counter>,
     drain_seconds: HistogramFamily<OutcomeLabels>,
@@ -137,6 +147,20 @@ impl Metrics {
             "Time from the rebalance recommendation to the replacement instance InService, by ASG",
             replacement_seconds.clone(),
         );
+        let node_ready_seconds: HistogramFamily<AsgLabels> =
+            Family::new_with_constructor(|| Histogram::new(REPLACEMENT_BUCKETS));
+        registry.register(
+            "spot_guard_replacement_node_ready_seconds",
+            "Time from the replacement instance InService to its Node Ready and schedulable, by ASG",
+            node_ready_seconds.clone(),
+        );
+        // One series per replacement whose Node never became Ready: a handful per agent.
+        let node_not_ready = Family::<InstanceLabels, Counter>::default();
+        registry.register(
+            "spot_guard_replacement_node_not_ready",
+            "Replacements whose Node was not Ready within SPOT_GUARD_NODE_READY_TIMEOUT, by ASG and instance",
+            node_not_ready.clone(),
+        );
         let scale_attempts = Family::<AttemptLabels, Counter>::default();
         registry.register(
             "spot_guard_scale_attempts",
@@ -180,6 +204,8 @@ impl Metrics {
             actions_node,
             events_error,
             replacement_seconds,
+            node_ready_seconds,
+            node_not_ready,
             scale_attempts,
             fallbacks,
             drain_seconds,
@@ -231,6 +257,23 @@ impl Metrics {
                 asg: asg.to_owned(),
             })
             .observe(since_notice.as_secs_f64());
+    }
+
+    pub fn node_ready(&self, asg: &str, since_in_service: Duration) {
+        self.node_ready_seconds
+            .get_or_create(&AsgLabels {
+                asg: asg.to_owned(),
+            })
+            .observe(since_in_service.as_secs_f64());
+    }
+
+    pub fn node_not_ready(&self, asg: &str, instance: &str) {
+        self.node_not_ready
+            .get_or_create(&InstanceLabels {
+                asg: asg.to_owned(),
+                instance: instance.to_owned(),
+            })
+            .inc();
     }
 
     pub fn scale_attempt(&self, asg: &str, outcome: &str) {

@@ -99,6 +99,20 @@ pub enum SpotGuardStep<'a> {
         reason: &'a str,
         detail: &'a str,
     },
+    /// The replacement's Node is Ready and schedulable, `waited` after InService.
+    NodeReady {
+        asg: &'a str,
+        instance: &'a str,
+        node: &'a str,
+        waited: Duration,
+    },
+    /// The replacement's Node was not Ready within the timeout; draining anyway.
+    NodeNotReady {
+        asg: &'a str,
+        instance: &'a str,
+        waited: Duration,
+        detail: &'a str,
+    },
     /// A spot interruption notice stopped the wait on `asg`.
     Preempted { asg: &'a str },
     /// An on-demand fallback was drained and `instance` terminated in `asg` (decremented).
@@ -110,6 +124,8 @@ pub enum SpotGuardStep<'a> {
 /// Webhook `.Kind` values of Spot Guard's posts.
 pub mod webhook_kind {
     pub const SPOT_GUARD_IN_SERVICE: &str = "SPOT_GUARD_IN_SERVICE";
+    pub const SPOT_GUARD_NODE_READY: &str = "SPOT_GUARD_NODE_READY";
+    pub const SPOT_GUARD_NODE_NOT_READY: &str = "SPOT_GUARD_NODE_NOT_READY";
     pub const SPOT_GUARD_FALLBACK: &str = "SPOT_GUARD_FALLBACK";
     pub const SPOT_GUARD_FAILED: &str = "SPOT_GUARD_FAILED";
     pub const SPOT_GUARD_SCALE_BACK: &str = "SPOT_GUARD_SCALE_BACK";
@@ -363,6 +379,50 @@ impl Reporter {
                         message,
                     ),
                     why,
+                );
+            }
+            SpotGuardStep::NodeReady {
+                asg,
+                instance,
+                node,
+                waited,
+            } => {
+                if let Some(metrics) = metrics {
+                    metrics.node_ready(asg, waited);
+                }
+                let message = format!(
+                    "Node {node} of replacement {instance} is Ready, {:.0}s after InService",
+                    waited.as_secs_f64()
+                );
+                self.emit(ReasonedEvent::normal(
+                    reason::SPOT_GUARD_NODE_READY,
+                    message.clone(),
+                ));
+                self.post(
+                    spot_guard_event(event, webhook_kind::SPOT_GUARD_NODE_READY, asg, message),
+                    "",
+                );
+            }
+            SpotGuardStep::NodeNotReady {
+                asg,
+                instance,
+                waited,
+                detail,
+            } => {
+                if let Some(metrics) = metrics {
+                    metrics.node_not_ready(asg, instance);
+                }
+                let message = format!(
+                    "Replacement {instance} was InService {:.0}s ago but its Node is not Ready ({detail}); draining anyway",
+                    waited.as_secs_f64()
+                );
+                self.emit(ReasonedEvent::warning(
+                    reason::SPOT_GUARD_NODE_NOT_READY,
+                    message.clone(),
+                ));
+                self.post(
+                    spot_guard_event(event, webhook_kind::SPOT_GUARD_NODE_NOT_READY, asg, message),
+                    "node-not-ready",
                 );
             }
             SpotGuardStep::Preempted { asg } => {

@@ -71,9 +71,12 @@ pub fn spot_guard_flags(spot_asg: &str, on_demand_asg: &str) -> Vec<String> {
     ]
 }
 
-/// Spot Guard's settings shortened for simulation: checks every 100 ms, Leases of 2 s.
+/// Spot Guard's settings shortened for simulation: checks every 100 ms, Leases of 2 s,
+/// and no wait for the replacement's Node, which only worlds with a kubelet
+/// ([`crate::sim::kubelet`]) register: those set SPOT_GUARD_NODE_READY_TIMEOUT themselves.
 pub fn fast_spot_guard(settings: &mut SpotGuardSettings) {
     settings.check_interval = Duration::from_millis(100);
+    settings.node_ready_timeout = Duration::ZERO;
     settings.capacity_check_timeout = Duration::from_secs(10);
     settings.scale_timeout = Duration::from_secs(60);
     settings.lease_duration = Duration::from_secs(2);

@@ -8,4 +8,5 @@ pub mod fleet;
 pub mod harness;
 pub mod imds;
 pub mod kube;
+pub mod kubelet;
 pub mod scenarios;

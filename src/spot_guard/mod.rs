@@ -13,6 +13,7 @@ pub mod ca_protection;
 pub mod decide;
 mod give_back;
 pub mod ledger;
+mod node_ready;
 mod own_node;
 mod replace;
 pub mod scale_back;
@@ -39,6 +40,7 @@ pub struct SpotGuard<A> {
     dry_run: bool,
     reporter: Reporter,
     leases: Leases,
+    kube: kube::Client,
     /// Writes the replacement record: even in dry run nothing else is written, and a
     /// dry run never reaches the record.
     node: NodeClient,
@@ -71,7 +73,8 @@ impl<A: AutoScaling> SpotGuard<A> {
             dry_run,
             reporter,
             leases,
-            node: NodeClient::new(kube, node_name, false),
+            node: NodeClient::new(kube.clone(), node_name, false),
+            kube,
             instance_id,
         }
     }
@@ -144,9 +147,17 @@ impl<A: AutoScaling> SpotGuard<A> {
             match decide::plan_target(&state, self.settings.scale_count, &[], SystemTime::now()) {
                 Ok(scaled) => info!(
                     asg = %name,
-                    "DRY RUN: would scale ASG {name} from {} to {} instances and wait for InService",
+                    "DRY RUN: would scale ASG {name} from {} to {} instances, wait for InService{}",
                     scaled.from,
-                    scaled.to
+                    scaled.to,
+                    if self.settings.node_ready_timeout.is_zero() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", then up to {}s for the new Node to be Ready",
+                            self.settings.node_ready_timeout.as_secs()
+                        )
+                    }
                 ),
                 Err(failure) => {
                     info!(asg = %name, "DRY RUN: ASG {name} could not be scaled: {failure}")

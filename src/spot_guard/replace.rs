@@ -12,7 +12,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use super::SpotGuard;
 use super::decide::{
     self, AttemptRecord, AttemptResult, CapacityFailure, CapacityFailureNote, LastTarget, NextStep,
-    ReplacementOutcome, ReplacementRecord, Role, Scaled, WatchVerdict,
+    NodeWait, NodeWaitResult, ReplacementOutcome, ReplacementRecord, Role, Scaled, WatchVerdict,
 };
 use super::ledger;
 use crate::asg::{AsgState, AutoScaling, ScalingActivity};
@@ -25,7 +25,7 @@ use crate::record;
 use crate::report::{InterruptionEvent, SpotGuardStep};
 
 /// A spot interruption notice cut the wait short.
-struct Preempted;
+pub(super) struct Preempted;
 
 /// How one ASG's attempt ended.
 enum AttemptOutcome {
@@ -51,7 +51,11 @@ impl<A: AutoScaling> SpotGuard<A> {
         let mut record = self.load_record(&event.event_id).await;
         loop {
             let (role, resume) = match decide::next_step(Some(&record), &event.event_id) {
-                NextStep::Finished(outcome) => return outcome,
+                NextStep::Finished(outcome) => {
+                    return self
+                        .after_in_service(outcome, &mut record, preempt, event)
+                        .await;
+                }
                 NextStep::Start(role) => (role, None),
                 NextStep::Resume { role, scaled } => {
                     info!(
@@ -159,7 +163,17 @@ impl<A: AutoScaling> SpotGuard<A> {
             .wait_for_new_instances(role, name, &scaled, preempt)
             .await?;
         let (result, outcome) = match verdict {
-            Ok(_claimed) => (AttemptResult::Ready, AttemptOutcome::Ready),
+            Ok(claimed) => {
+                if !self.settings.node_ready_timeout.is_zero() {
+                    record.node_wait = Some(NodeWait {
+                        asg: name.to_owned(),
+                        instances: claimed,
+                        in_service_at: decide::unix_millis(SystemTime::now()),
+                        result: NodeWaitResult::Waiting,
+                    });
+                }
+                (AttemptResult::Ready, AttemptOutcome::Ready)
+            }
             Err(failure) => {
                 if role == Role::Spot && decide::is_capacity_shortage(&failure) {
                     self.remember_capacity_failure(name, &failure).await;
@@ -566,7 +580,7 @@ impl<A: AutoScaling> SpotGuard<A> {
         );
     }
 
-    fn preempted(&self, event: &InterruptionEvent, asg: &str) -> ReplacementOutcome {
+    pub(super) fn preempted(&self, event: &InterruptionEvent, asg: &str) -> ReplacementOutcome {
         self.reporter
             .spot_guard(event, SpotGuardStep::Preempted { asg });
         ReplacementOutcome::Preempted

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -19,6 +20,7 @@ use crate::sim::asg::{AsgSim, AsgSimError, Behaviour, Call, GroupSpec};
 use crate::sim::harness::{self, HarnessError};
 use crate::sim::imds::{ImdsSim, ImdsSimError};
 use crate::sim::kube::{FakeKube, FakePod};
+use crate::sim::kubelet::{self, KubeletSpec, NodeShape};
 
 mod restarts;
 mod scale_back;
@@ -70,6 +72,11 @@ pub struct FleetSpec {
     pub scale_back: Option<crate::config::ScaleBackSettings>,
     /// Agents write Kubernetes events (EMIT_KUBERNETES_EVENTS) and keep metrics.
     pub reports: bool,
+    /// The kubelets of new instances register their Nodes; `None`: nobody does, and
+    /// tests register them with [`FleetWorld::run_kubelets`].
+    pub kubelet: Option<KubeletSpec>,
+    /// SPOT_GUARD_NODE_READY_TIMEOUT; zero does not wait for the replacement's Node.
+    pub node_ready_timeout: Duration,
 }
 
 impl FleetSpec {
@@ -103,14 +110,16 @@ impl FleetSpec {
             new_node_protection: Duration::ZERO,
             scale_back: None,
             reports: false,
+            kubelet: Some(KubeletSpec::default()),
+            node_ready_timeout: Duration::from_secs(10),
         }
     }
 }
 
 /// The simulators, with one node and one workload pod per agent.
 pub struct FleetWorld {
-    pub asg: AsgSim,
-    pub kube: FakeKube,
+    pub asg: Arc<AsgSim>,
+    pub kube: Arc<FakeKube>,
     pub spec: FleetSpec,
     instance_ids: Vec<String>,
 }
@@ -182,6 +191,22 @@ impl FleetWorld {
                 &node,
             ));
         }
+        let (asg, kube) = (Arc::new(asg), Arc::new(kube));
+        if let Some(kubelet) = spec.kubelet {
+            kubelet::spawn(
+                &asg,
+                &kube,
+                vec![
+                    (SPOT_ASG.to_owned(), "spot-new".to_owned()),
+                    (ON_DEMAND_ASG.to_owned(), "on-demand".to_owned()),
+                ],
+                kubelet,
+                NodeShape {
+                    cpu: NODE_CPU.to_owned(),
+                    memory: NODE_MEMORY.to_owned(),
+                },
+            );
+        }
         Ok(FleetWorld {
             asg,
             kube,
@@ -226,10 +251,17 @@ impl FleetWorld {
                 "node 0 did not finish its rebalance recommendation".to_owned(),
             ));
         }
-        match self.run_kubelets().as_slice() {
-            [(node, instance)] => Ok((node.clone(), instance.clone())),
+        // Its kubelet has registered it (or the test does it now, without one).
+        self.run_kubelets();
+        let fallback = self
+            .asg
+            .group(ON_DEMAND_ASG)
+            .map(|group| group.in_service_ids)
+            .unwrap_or_default();
+        match fallback.as_slice() {
+            [instance] => Ok((format!("on-demand-{instance}"), instance.clone())),
             other => Err(FleetError::Unexpected(format!(
-                "expected one on-demand fallback node, found {other:?}"
+                "expected one on-demand fallback instance, found {other:?}"
             ))),
         }
     }
@@ -292,6 +324,7 @@ impl FleetWorld {
             settings.capacity_cool_off = self.spec.capacity_cool_off;
             settings.new_node_protection = self.spec.new_node_protection;
             settings.scale_back = self.spec.scale_back.clone();
+            settings.node_ready_timeout = self.spec.node_ready_timeout;
         }
         Ok(config)
     }

@@ -4,6 +4,7 @@
 //! should see at the end and is checked against it, so the simulation is also a test.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::info;
@@ -15,6 +16,7 @@ use crate::sim::asg::{AsgSim, Behaviour, GroupSpec};
 use crate::sim::harness;
 use crate::sim::imds::ImdsSim;
 use crate::sim::kube::{FakeKube, FakePod, Termination};
+use crate::sim::kubelet::{self, KubeletSpec, NodeShape};
 
 pub const NODE: &str = "ip-10-0-1-23.ec2.internal";
 pub const SPOT_ASG: &str = "spot-asg";
@@ -86,6 +88,25 @@ pub async fn run_scenario(scenario: &Scenario) -> Result<Outcome, ScenarioError>
     if scenario.pdb_holds_for.is_some() {
         kube.add_pdb("default", "web", &[("app", "web")], 0);
     }
+    // The kubelets of the groups' instances register their Nodes, new ones a while
+    // after InService, NotReady first.
+    let (asg, kube) = (Arc::new(asg), Arc::new(kube));
+    kubelet::spawn(
+        &asg,
+        &kube,
+        vec![
+            (SPOT_ASG.to_owned(), "spot".to_owned()),
+            (ON_DEMAND_ASG.to_owned(), "on-demand".to_owned()),
+        ],
+        KubeletSpec {
+            join_delay: Duration::from_millis(600),
+            ready_delay: Duration::from_millis(600),
+        },
+        NodeShape {
+            cpu: "4".to_owned(),
+            memory: "16Gi".to_owned(),
+        },
+    );
 
     let uptime_file = std::env::temp_dir().join(format!(
         "spot-guard-simulate-{}-{}.uptime",
@@ -282,6 +303,7 @@ fn scenario_config(scenario: &Scenario, sims: &Sims<'_>) -> Result<Config, Scena
         harness::fast_spot_guard(settings);
         settings.scale_timeout = Duration::from_secs(5);
         settings.check_interval = CHECK_INTERVAL;
+        settings.node_ready_timeout = Duration::from_secs(10);
         settings.capacity_check_timeout = if scenario.interruption_after.is_some() {
             Duration::from_secs(30)
         } else {

@@ -10,11 +10,13 @@
 //! instances it saw, which also waits for earlier agents' launches that AWS had not
 //! listed yet, and is not fooled by other nodes' instances being terminated.
 
+mod node_ready;
 mod record;
 
+pub use node_ready::{NodeReadiness, STARTUP_TAINTS, instance_id_of_provider_id, readiness};
 pub use record::{
-    AttemptRecord, AttemptResult, NextStep, RecordedFailure, ReplacementRecord, Role, Scaled,
-    failed, next_step,
+    AttemptRecord, AttemptResult, NextStep, NodeWait, NodeWaitResult, RecordedFailure,
+    ReplacementRecord, Role, Scaled, failed, next_step,
 };
 
 use std::collections::HashSet;

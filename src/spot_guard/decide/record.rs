@@ -117,6 +117,29 @@ pub struct ReplacementRecord {
     /// The give-back was about to be sent: never send it again, even after a restart.
     #[serde(default)]
     pub give_back_sent: bool,
+    /// The wait for the replacement's Node, once it is InService (when configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_wait: Option<NodeWait>,
+}
+
+/// The wait for the Nodes of the instances this node claimed as its replacement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeWait {
+    pub asg: String,
+    pub instances: Vec<String>,
+    /// When they were seen InService, Unix milliseconds.
+    pub in_service_at: u64,
+    pub result: NodeWaitResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum NodeWaitResult {
+    Waiting,
+    Ready,
+    /// Not Ready within the timeout: drained anyway.
+    TimedOut,
 }
 
 impl ReplacementRecord {
@@ -126,7 +149,15 @@ impl ReplacementRecord {
             attempts: Vec::new(),
             gave_back: false,
             give_back_sent: false,
+            node_wait: None,
         }
+    }
+
+    /// The Node wait still to do, if any.
+    pub fn pending_node_wait(&self) -> Option<&NodeWait> {
+        self.node_wait
+            .as_ref()
+            .filter(|wait| wait.result == NodeWaitResult::Waiting)
     }
 
     /// Parses the annotation; anything unreadable counts as no record.
@@ -246,6 +277,7 @@ mod tests {
             attempts,
             gave_back: false,
             give_back_sent: false,
+            node_wait: None,
         };
         let spot_ice = CapacityFailure::InsufficientCapacity {
             message: "no capacity".into(),

@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use crate::drain::{DrainSettings, PodDisposition, classify};
 use crate::names::CORDONED_BY_ANNOTATION;
 use crate::record::is_unschedulable;
+use crate::spot_guard::decide::instance_id_of_provider_id;
 
 /// CPU in millicores and memory in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -152,12 +153,6 @@ impl NodeView {
     fn takes_pods(&self) -> bool {
         self.ready && self.schedulable
     }
-}
-
-/// `aws:///us-east-1a/i-0abc…` → `i-0abc…`.
-pub fn instance_id_of_provider_id(provider_id: &str) -> Option<String> {
-    let last = provider_id.strip_prefix("aws://")?.rsplit('/').next()?;
-    last.starts_with("i-").then(|| last.to_owned())
 }
 
 /// A scheduled, unfinished pod as scale-back sees it.

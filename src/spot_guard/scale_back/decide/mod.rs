@@ -10,8 +10,8 @@
 mod load;
 
 pub use load::{
-    NodeView, PodView, Resources, Utilization, instance_id_of_provider_id, parse_quantity,
-    pod_requests, pods_fit_elsewhere, utilization_without,
+    NodeView, PodView, Resources, Utilization, parse_quantity, pod_requests, pods_fit_elsewhere,
+    utilization_without,
 };
 
 use std::collections::HashMap;

@@ -1,5 +1,6 @@
 use super::*;
 use crate::asg::AsgInstance;
+use crate::spot_guard::decide::instance_id_of_provider_id;
 
 fn node(name: &str, instance: &str, cpu: i64, memory_gib: i64) -> NodeView {
     NodeView {
