@@ -3,22 +3,31 @@
 //! the fake API server), desired capacity grows by exactly one per node, with no lost
 //! update in the simulator's log, and every node ends drained.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::LeaseSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
 use spot_guard::asg::{AsgError, AsgState, AutoScaling, ScalingActivity};
 use spot_guard::aws::AwsAutoScaling;
-use spot_guard::fleet_flow::CAPACITY_FAILURE_ANNOTATION;
+use spot_guard::imds::REBALANCE_RECOMMENDATION_PATH;
+use spot_guard::names::{CAPACITY_FAILURE_ANNOTATION, asg_lease};
 use spot_guard::sim::asg::Behaviour;
 use spot_guard::sim::fleet::{
-    self, FleetSpec, FleetSummary, FleetWorld, NAMESPACE, ON_DEMAND_ASG, RunningAgent, SPOT_ASG,
+    self, FleetAgent, FleetSpec, FleetSummary, FleetWorld, NAMESPACE, ON_DEMAND_ASG, SPOT_ASG,
 };
-use spot_guard::spot_guard::Fleet;
 use tokio::runtime::Handle;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
-async fn world(spec: FleetSpec) -> FleetWorld {
+async fn world(mut spec: FleetSpec) -> FleetWorld {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // Generous, so that a loaded machine does not turn a slow launch or a slow Node
+    // into a fallback: these tests count where capacity was bought.
+    spec.capacity_check_timeout = Duration::from_secs(30);
+    spec.node_ready_timeout = Duration::from_secs(30);
     FleetWorld::start(spec).await.expect("simulators start")
 }
 
@@ -26,29 +35,20 @@ fn desired(world: &FleetWorld, asg: &str) -> i32 {
     world.asg.group(asg).expect("group exists").desired
 }
 
-fn event(index: usize) -> String {
-    format!("rebalance-recommendation-{index:03}")
-}
-
-async fn start_all(world: &FleetWorld, indices: std::ops::Range<usize>) -> Vec<RunningAgent> {
-    indices
-        .map(|i| {
+async fn start_all(world: &FleetWorld, indices: std::ops::Range<usize>) -> Vec<FleetAgent> {
+    let mut agents = Vec::new();
+    for index in indices {
+        agents.push(
             world
-                .start_agent(i, world.aws(), &Handle::current())
-                .expect("agent starts")
-        })
-        .collect()
+                .start_agent(index, world.aws(), &Handle::current())
+                .await
+                .expect("agent starts"),
+        );
+    }
+    agents
 }
 
-async fn recommend(agent: &RunningAgent, index: usize) {
-    agent
-        .notices
-        .send(fleet::recommendation(&event(index)))
-        .await
-        .expect("agent is running");
-}
-
-async fn wait_all(agents: &mut [RunningAgent]) {
+async fn wait_all(agents: &mut [FleetAgent]) {
     for agent in agents.iter_mut() {
         assert!(
             agent.wait_handled(1, LIMIT).await,
@@ -112,8 +112,8 @@ async fn twenty_recommendations_at_once_buy_exactly_twenty_spot_instances() {
     let world = world(FleetSpec::new(20)).await;
     let (spot, on_demand) = (desired(&world, SPOT_ASG), desired(&world, ON_DEMAND_ASG));
     let mut agents = start_all(&world, 0..20).await;
-    for (index, agent) in agents.iter().enumerate() {
-        recommend(agent, index).await;
+    for agent in &agents {
+        agent.recommend();
     }
     wait_all(&mut agents).await;
     let summary = world.summary(spot, on_demand);
@@ -121,7 +121,7 @@ async fn twenty_recommendations_at_once_buy_exactly_twenty_spot_instances() {
     assert_one_each(&world, &summary, 20, 0);
     let lease = world
         .kube
-        .lease(NAMESPACE, &Fleet::lease_name(SPOT_ASG))
+        .lease(NAMESPACE, &asg_lease(SPOT_ASG))
         .expect("the spot ASG's lease exists");
     assert_eq!(
         lease.spec.and_then(|s| s.holder_identity),
@@ -137,8 +137,8 @@ async fn what_does_not_fit_under_max_size_goes_to_on_demand_per_node() {
     let world = world(spec).await;
     let (spot, on_demand) = (desired(&world, SPOT_ASG), desired(&world, ON_DEMAND_ASG));
     let mut agents = start_all(&world, 0..20).await;
-    for (index, agent) in agents.iter().enumerate() {
-        recommend(agent, index).await;
+    for agent in &agents {
+        agent.recommend();
     }
     wait_all(&mut agents).await;
     let summary = world.summary(spot, on_demand);
@@ -151,55 +151,82 @@ async fn random_arrival_still_buys_exactly_one_each() {
     let world = world(FleetSpec::new(20)).await;
     let (spot, on_demand) = (desired(&world, SPOT_ASG), desired(&world, ON_DEMAND_ASG));
     let mut agents = start_all(&world, 0..20).await;
-    let senders: Vec<_> = agents
-        .iter()
-        .zip(delays(20, 0x5eed, 800))
+    // Each node's IMDS starts serving its recommendation after its own delay.
+    let mut arrivals: Vec<(Duration, usize)> = delays(20, 0x5eed, 800)
+        .into_iter()
         .enumerate()
-        .map(|(index, (agent, delay))| {
-            let notices = agent.notices.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                notices
-                    .send(fleet::recommendation(&event(index)))
-                    .await
-                    .expect("agent is running");
-            })
-        })
+        .map(|(index, delay)| (delay, index))
         .collect();
-    for sender in senders {
-        sender.await.expect("sender task");
+    arrivals.sort();
+    let started = tokio::time::Instant::now();
+    for (delay, index) in arrivals {
+        tokio::time::sleep_until(started + delay).await;
+        agents[index].recommend();
     }
     wait_all(&mut agents).await;
     assert_one_each(&world, &world.summary(spot, on_demand), 20, 0);
 }
 
-/// Describes never answer: the agent hangs while it holds the lease.
-struct HangsOnDescribe(AwsAutoScaling);
+/// Once armed (after the agent's start-up check of the ASGs), describes never answer:
+/// the agent hangs while it holds the lease.
+#[derive(Clone)]
+struct HangsOnDescribe {
+    aws: AwsAutoScaling,
+    armed: Arc<AtomicBool>,
+}
 
 impl AutoScaling for HangsOnDescribe {
-    async fn describe(&self, _asg: &str) -> Result<AsgState, AsgError> {
-        std::future::pending().await
+    async fn describe(&self, asg: &str) -> Result<AsgState, AsgError> {
+        if self.armed.load(Ordering::SeqCst) {
+            std::future::pending().await
+        } else {
+            self.aws.describe(asg).await
+        }
     }
 
     async fn set_desired_capacity(&self, asg: &str, desired: i32) -> Result<(), AsgError> {
-        self.0.set_desired_capacity(asg, desired).await
+        self.aws.set_desired_capacity(asg, desired).await
     }
 
     async fn scaling_activities(&self, asg: &str) -> Result<Vec<ScalingActivity>, AsgError> {
-        self.0.scaling_activities(asg).await
+        self.aws.scaling_activities(asg).await
     }
 
     async fn terminate_instance(&self, instance_id: &str, decrement: bool) -> Result<(), AsgError> {
-        AutoScaling::terminate_instance(&self.0, instance_id, decrement).await
+        AutoScaling::terminate_instance(&self.aws, instance_id, decrement).await
     }
 }
 
-fn holder(world: &FleetWorld) -> Option<String> {
+fn spot_lease_spec(world: &FleetWorld) -> Option<LeaseSpec> {
     world
         .kube
-        .lease(NAMESPACE, &Fleet::lease_name(SPOT_ASG))
+        .lease(NAMESPACE, &asg_lease(SPOT_ASG))
         .and_then(|lease| lease.spec)
-        .and_then(|spec| spec.holder_identity)
+}
+
+fn holder(world: &FleetWorld) -> Option<String> {
+    spot_lease_spec(world).and_then(|spec| spec.holder_identity)
+}
+
+/// Reads of the spot ASG's lease the fake API server has answered.
+fn spot_lease_reads(world: &FleetWorld) -> usize {
+    let path = format!("/leases/{}", asg_lease(SPOT_ASG));
+    world
+        .kube
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(&path))
+        .count()
+}
+
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    tokio::time::timeout(LIMIT, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -212,38 +239,86 @@ async fn an_agent_killed_holding_the_lease_delays_the_others_only_until_it_expir
         .enable_all()
         .build()
         .expect("runtime");
+    let armed = Arc::new(AtomicBool::new(false));
+    let hangs = HangsOnDescribe {
+        aws: world.aws(),
+        armed: Arc::clone(&armed),
+    };
     let victim = world
-        .start_agent(0, HangsOnDescribe(world.aws()), victim_runtime.handle())
+        .start_agent(0, hangs, victim_runtime.handle())
+        .await
         .expect("victim starts");
-    recommend(&victim, 0).await;
+    armed.store(true, Ordering::SeqCst);
+    victim.recommend();
     let victim_node = fleet::node_name(0);
-    tokio::time::timeout(LIMIT, async {
-        while holder(&world).as_deref() != Some(victim_node.as_str()) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    wait_for("the victim takes the lease", || {
+        holder(&world).as_deref() == Some(victim_node.as_str())
     })
-    .await
-    .expect("the victim takes the lease");
+    .await;
 
     let mut others = start_all(&world, 1..20).await;
-    for (offset, agent) in others.iter().enumerate() {
-        recommend(agent, offset + 1).await;
+    let polled: Vec<u64> = others
+        .iter()
+        .map(|agent| agent.imds.gets(REBALANCE_RECOMMENDATION_PATH))
+        .collect();
+    for agent in &others {
+        agent.recommend();
     }
-    // Renewed by a live holder, the lease keeps everyone else waiting.
-    tokio::time::sleep(world.spec.lease_duration * 2).await;
+    // Renewed by a live holder, the lease keeps everyone else waiting. Evidence that
+    // they are: each one's monitor has passed its recommendation on (a second poll
+    // since); the holder renewed the lease after the moment an unrenewed lease would
+    // have expired; and the others asked for it again after that renewal.
+    wait_for("every other agent has its recommendation", || {
+        others
+            .iter()
+            .zip(&polled)
+            .all(|(agent, before)| agent.imds.gets(REBALANCE_RECOMMENDATION_PATH) >= before + 2)
+    })
+    .await;
+    let lapse = Timestamp::now()
+        .checked_add(world.spec.lease_duration)
+        .expect("timestamp");
+    wait_for(
+        "the holder renews the lease past its first possible expiry",
+        || {
+            spot_lease_spec(&world)
+                .and_then(|spec| spec.renew_time)
+                .is_some_and(|MicroTime(renewed)| renewed > lapse)
+        },
+    )
+    .await;
+    let asked = spot_lease_reads(&world);
+    wait_for("the others look at the lease again", || {
+        spot_lease_reads(&world) >= asked + 2 * others.len()
+    })
+    .await;
     assert!(
         world.asg.calls_of("SetDesiredCapacity").is_empty(),
         "nobody scales while the holder lives"
     );
+    assert_eq!(
+        holder(&world).as_deref(),
+        Some(victim_node.as_str()),
+        "the victim still holds the lease"
+    );
+    assert!(others.iter().all(|agent| agent.handled() == 0));
     victim_runtime.shutdown_background();
     wait_all(&mut others).await;
-    assert_eq!(desired(&world, SPOT_ASG), spot + 19, "the other 19 scaled");
+    assert_eq!(
+        desired(&world, SPOT_ASG),
+        spot + 19,
+        "the other 19 scaled\n{}",
+        world.summary(spot, on_demand)
+    );
 
-    // The victim's pod restarts: its recommendation is still served and it buys its own.
+    // The victim's pod restarts on the same instance, whose IMDS still serves the
+    // recommendation (a fresh simulator here, so it is served again): it buys its own.
+    drop(victim);
     let mut restarted = world
         .start_agent(0, world.aws(), &Handle::current())
+        .await
         .expect("restarted agent starts");
-    recommend(&restarted, 0).await;
+    restarted.recommend();
     assert!(
         restarted.wait_handled(1, LIMIT).await,
         "restarted agent finishes"
@@ -257,7 +332,7 @@ async fn a_capacity_failure_sends_later_recommendations_straight_to_on_demand() 
     spec.spot.behaviour = Behaviour::InsufficientCapacity;
     let world = world(spec).await;
     let mut first = start_all(&world, 0..1).await;
-    recommend(&first[0], 0).await;
+    first[0].recommend();
     wait_all(&mut first).await;
     assert_eq!(
         world.asg.calls_of("SetDesiredCapacity").len(),
@@ -266,14 +341,14 @@ async fn a_capacity_failure_sends_later_recommendations_straight_to_on_demand() 
     );
     let note = world
         .kube
-        .lease(NAMESPACE, &Fleet::lease_name(SPOT_ASG))
+        .lease(NAMESPACE, &asg_lease(SPOT_ASG))
         .and_then(|lease| lease.metadata.annotations)
         .and_then(|a| a.get(CAPACITY_FAILURE_ANNOTATION).cloned())
         .expect("the failure is remembered on the spot ASG's lease");
     assert!(note.contains("insufficient-capacity"), "{note}");
 
     let mut second = start_all(&world, 1..2).await;
-    recommend(&second[0], 1).await;
+    second[0].recommend();
     wait_all(&mut second).await;
     let scaled: Vec<String> = world
         .asg
@@ -299,8 +374,8 @@ async fn drained_instances_are_given_back_with_a_decrement() {
         .map(|i| world.instance_id(i).expect("instance").to_owned())
         .collect();
     let mut agents = start_all(&world, 0..3).await;
-    for (index, agent) in agents.iter().enumerate() {
-        recommend(agent, index).await;
+    for agent in &agents {
+        agent.recommend();
     }
     wait_all(&mut agents).await;
     let terminations = world.asg.calls_of("TerminateInstanceInAutoScalingGroup");

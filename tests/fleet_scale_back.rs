@@ -4,19 +4,24 @@
 //! protected from Cluster Autoscaler for a bounded window. One ASG simulator, one fake
 //! API server, agents as tasks with their own clients, as in a DaemonSet.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use spot_guard::ca_protection::{CA_SCALE_DOWN_DISABLED, PROTECTED_UNTIL_ANNOTATION};
-use spot_guard::flow::SCALE_BACK_TAINT;
-use spot_guard::scale_back_flow::{
-    Phase, SCALE_BACK_ANNOTATION, SCALE_BACK_LEASE, ScaleBackRecord, ScaleBackSettings,
+use spot_guard::config::ScaleBackSettings;
+use spot_guard::imds::SPOT_INSTANCE_ACTION_PATH;
+use spot_guard::lease::{LeaseSettings, Leases};
+use spot_guard::names::{
+    CA_SCALE_DOWN_DISABLED, PROTECTED_UNTIL_ANNOTATION, SCALE_BACK_ANNOTATION, SCALE_BACK_LEASE,
+    SCALE_BACK_TAINT, asg_lease,
 };
+use spot_guard::node::client_for_url;
 use spot_guard::sim::asg::Behaviour;
 use spot_guard::sim::fleet::{
-    self, FleetSpec, FleetWorld, NAMESPACE, ON_DEMAND_ASG, RunningAgent, SPOT_ASG,
-    WORKLOAD_NAMESPACE,
+    self, FleetAgent, FleetSpec, FleetWorld, NAMESPACE, ON_DEMAND_ASG, SPOT_ASG, WORKLOAD_NAMESPACE,
 };
 use spot_guard::sim::kube::FakePod;
+use spot_guard::spot_guard::decide::from_unix_millis;
+use spot_guard::spot_guard::ledger;
+use spot_guard::spot_guard::scale_back::decide::{Phase, ScaleBackRecord};
 use tokio::runtime::Handle;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -48,7 +53,7 @@ fn desired(world: &FleetWorld, asg: &str) -> i32 {
     world.asg.group(asg).expect("group exists").desired
 }
 
-fn start_on(world: &FleetWorld, node: &str, instance: &str) -> RunningAgent {
+async fn start_on(world: &FleetWorld, node: &str, instance: &str) -> FleetAgent {
     world
         .start_agent_on(
             node,
@@ -56,7 +61,14 @@ fn start_on(world: &FleetWorld, node: &str, instance: &str) -> RunningAgent {
             world.aws(),
             &Handle::current(),
         )
+        .await
         .expect("agent starts")
+}
+
+async fn stop(agent: FleetAgent) {
+    tokio::time::timeout(LIMIT, agent.stop())
+        .await
+        .expect("the agent stops in time");
 }
 
 fn annotation(world: &FleetWorld, node: &str, key: &str) -> Option<String> {
@@ -95,36 +107,135 @@ fn terminations_of(world: &FleetWorld, instance: &str) -> usize {
         .count()
 }
 
-/// Watches for `window`, registering new nodes as they come: the fallback must stay
-/// in service all along.
-async fn assert_kept_for(
+/// Scale-back checks made so far: each looks at the on-demand ASG (as the agent's
+/// start-up check does once, before `start_on` returns).
+fn scale_back_checks(world: &FleetWorld) -> usize {
+    world
+        .asg
+        .calls_of("DescribeAutoScalingGroups")
+        .iter()
+        .filter(|call| call.group.as_deref() == Some(ON_DEMAND_ASG))
+        .count()
+}
+
+/// The (node, instance) pairs of the InService instances of `asg` that Spot Guard
+/// bought (not the fleet's own), once `count` of them have registered their Nodes.
+async fn bought_nodes(world: &FleetWorld, asg: &str, count: usize) -> Vec<(String, String)> {
+    let originals: Vec<String> = (0..world.spec.nodes)
+        .filter_map(|index| world.instance_id(index).map(str::to_owned))
+        .collect();
+    let registered = || {
+        let nodes = world.kube.nodes();
+        let mut found: Vec<(String, String)> = world
+            .asg
+            .group(asg)
+            .map(|group| group.in_service_ids)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|instance| !originals.contains(instance))
+            .filter_map(|instance| {
+                let node = nodes.iter().find(|node| {
+                    node.spec
+                        .as_ref()
+                        .and_then(|spec| spec.provider_id.as_deref())
+                        .is_some_and(|id| id.ends_with(&format!("/{instance}")))
+                })?;
+                Some((node.metadata.name.clone()?, instance))
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    wait_for(
+        &format!("{count} bought instances of {asg} register"),
+        || registered().len() >= count,
+    )
+    .await;
+    let found = registered();
+    assert_eq!(found.len(), count, "bought in {asg}: {found:?}");
+    found
+}
+
+/// The ledger on the lease of `asg`: the instances Spot Guard bought there.
+fn ledger_of(world: &FleetWorld, asg: &str) -> std::collections::BTreeMap<String, String> {
+    world
+        .kube
+        .lease(NAMESPACE, &asg_lease(asg))
+        .and_then(|lease| lease.metadata.annotations)
+        .unwrap_or_default()
+}
+
+/// Requests answered since `from` (an index into the log) with `method` on a path
+/// ending in `suffix`.
+fn requests_since(world: &FleetWorld, from: usize, method: &str, suffix: &str) -> usize {
+    world.kube.requests()[from..]
+        .iter()
+        .filter(|r| r.method == method && r.path.ends_with(suffix))
+        .count()
+}
+
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    tokio::time::timeout(LIMIT, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+}
+
+/// Checks that the fallback stays in service until `done` (the simulated kubelets
+/// register new instances meanwhile).
+async fn keep_watching(
     world: &FleetWorld,
     node: &str,
     instance: &str,
-    window: Duration,
     why: &str,
+    mut done: impl FnMut() -> bool,
 ) {
-    let until = tokio::time::Instant::now() + window;
-    while tokio::time::Instant::now() < until {
-        world.run_kubelets();
+    let until = tokio::time::Instant::now() + LIMIT;
+    loop {
         assert!(
             !cordoned(world, node),
             "{why}: the fallback is not cordoned"
         );
         assert_eq!(terminations_of(world, instance), 0, "{why}: not terminated");
+        if done() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < until, "{why}: timed out");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// Waits until the fallback's record says it was terminated, registering new nodes
-/// until then.
+/// The fallback stays in service for at least `window` and at least `checks` scale-back
+/// checks: evidence that its agent looked again and again and decided to keep it.
+async fn assert_kept_for(
+    world: &FleetWorld,
+    node: &str,
+    instance: &str,
+    window: Duration,
+    checks: usize,
+    why: &str,
+) {
+    let until = tokio::time::Instant::now() + window;
+    let from = scale_back_checks(world);
+    keep_watching(world, node, instance, why, || {
+        tokio::time::Instant::now() >= until && scale_back_checks(world) >= from + checks
+    })
+    .await;
+}
+
+/// Waits until the fallback's record says it was terminated (written just before the
+/// termination is sent) and the termination has reached the ASG.
 async fn wait_terminated(world: &FleetWorld, node: &str, instance: &str) {
     let until = tokio::time::Instant::now() + LIMIT;
     loop {
         if matches!(
             record(world, node, instance).phase,
             Phase::Terminated { .. }
-        ) {
+        ) && terminations_of(world, instance) > 0
+        {
             return;
         }
         assert!(
@@ -132,7 +243,6 @@ async fn wait_terminated(world: &FleetWorld, node: &str, instance: &str) {
             "the fallback was given back in time; record: {:?}",
             record(world, node, instance)
         );
-        world.run_kubelets();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -140,6 +250,11 @@ async fn wait_terminated(world: &FleetWorld, node: &str, instance: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fallback_gives_itself_back_once_spot_is_back_and_the_cluster_has_room() {
     let (world, node, instance) = world_with_fallback(50).await;
+    let ledger_key = ledger::key(&instance);
+    let ledger_entry = ledger_of(&world, ON_DEMAND_ASG)
+        .get(&ledger_key)
+        .cloned()
+        .expect("the ledger lists the fallback");
     world
         .kube
         .add_pod(FakePod::new(WORKLOAD_NAMESPACE, "moved-app", &node).with_requests("500m", "1Gi"));
@@ -150,14 +265,16 @@ async fn a_fallback_gives_itself_back_once_spot_is_back_and_the_cluster_has_room
                 .with_requests("3", "1Gi"),
         );
     }
-    let mut agent = start_on(&world, &node, &instance);
+    let agent = start_on(&world, &node, &instance).await;
 
-    // Spot is still short (desired 4, 3 InService): kept well past the minimum wait.
+    // Spot is still short (desired 4, 3 InService): kept well past the minimum wait,
+    // over many checks.
     assert_kept_for(
         &world,
         &node,
         &instance,
         Duration::from_secs(2),
+        10,
         "spot short",
     )
     .await;
@@ -168,13 +285,19 @@ async fn a_fallback_gives_itself_back_once_spot_is_back_and_the_cluster_has_room
     );
 
     // Spot capacity returns; its new node takes pods, but without the fallback the
-    // cluster would have 7.5 of 12 CPUs (62%) requested, over the 50% ceiling.
+    // cluster would have 7.5 of 12 CPUs (62%) requested, over the 50% ceiling. Kept for
+    // well past the stability period after the new node registered, over many checks.
     world.asg.restore_capacity(SPOT_ASG).expect("group exists");
+    keep_watching(&world, &node, &instance, "spot returning", || {
+        world.kube.nodes().len() == 5
+    })
+    .await;
     assert_kept_for(
         &world,
         &node,
         &instance,
         Duration::from_secs(2),
+        15,
         "over the ceiling",
     )
     .await;
@@ -220,17 +343,18 @@ async fn a_fallback_gives_itself_back_once_spot_is_back_and_the_cluster_has_room
             .spec
             .and_then(|s| s.holder_identity)
     };
-    let until = tokio::time::Instant::now() + LIMIT;
-    while holder().is_some() {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "the scale-back lease is released for the next fallback node"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        "the scale-back lease is released for the next fallback node",
+        || holder().is_none(),
+    )
+    .await;
+    wait_for("the fallback leaves the ledger", || {
+        !ledger_of(&world, ON_DEMAND_ASG).contains_key(&ledger_key)
+    })
+    .await;
 
     // Reported on the Node and in the metrics, as every Spot Guard step is.
-    assert!(agent.reporter.flush(LIMIT).await, "reports delivered");
+    assert!(agent.agent.reporter.flush(LIMIT).await, "reports delivered");
     let scale_back_events: Vec<String> = world
         .kube
         .events()
@@ -241,6 +365,7 @@ async fn a_fallback_gives_itself_back_once_spot_is_back_and_the_cluster_has_room
     assert_eq!(scale_back_events.len(), 1, "{scale_back_events:?}");
     assert!(scale_back_events[0].contains(&instance));
     let metrics = agent
+        .agent
         .reporter
         .metrics()
         .expect("metrics on")
@@ -250,14 +375,64 @@ async fn a_fallback_gives_itself_back_once_spot_is_back_and_the_cluster_has_room
         metrics.contains("spot_guard_scale_backs_total{outcome=\"terminated\"} 1"),
         "{metrics}"
     );
+    stop(agent).await;
 
-    // A restarted agent reads the record and does not terminate again.
-    agent.shutdown.cancel();
-    let _ = (&mut agent.task).await;
-    let restarted = start_on(&world, &node, &instance);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A restarted agent does not terminate again. The ledger no longer lists the
+    // instance: the restarted agent looks for its entry, finds none and looks again.
+    let ledger_lease = format!("/leases/{}", asg_lease(ON_DEMAND_ASG));
+    let from = world.kube.requests().len();
+    let restarted = start_on(&world, &node, &instance).await;
+    wait_for(
+        "the restarted agent looked for its ledger entry twice",
+        || requests_since(&world, from, "GET", &ledger_lease) >= 2,
+    )
+    .await;
     assert_eq!(terminations_of(&world, &instance), 1, "still exactly once");
-    restarted.shutdown.cancel();
+    stop(restarted).await;
+
+    // Had the entry stayed (its removal failed), the record, which says the instance
+    // was terminated, stops the restarted agent: it finds its entry, stops looking and
+    // makes no scale-back check while its monitor polls IMDS five more times (five
+    // check intervals).
+    let leases = Leases::new(
+        client_for_url(&world.kube.url()).expect("client"),
+        LeaseSettings {
+            namespace: NAMESPACE.to_owned(),
+            holder: "test".to_owned(),
+            duration: Duration::from_secs(2),
+            retry_interval: Duration::from_millis(20),
+        },
+    )
+    .annotate(
+        &asg_lease(ON_DEMAND_ASG),
+        &[(ledger_key.as_str(), Some(ledger_entry.as_str()))],
+    )
+    .await;
+    assert!(leases.is_ok(), "entry restored: {leases:?}");
+    let from = world.kube.requests().len();
+    let restarted = start_on(&world, &node, &instance).await;
+    let checks = scale_back_checks(&world);
+    wait_for("the restarted agent looked for its ledger entry", || {
+        requests_since(&world, from, "GET", &ledger_lease) >= 1
+    })
+    .await;
+    let polls = restarted.imds.gets(SPOT_INSTANCE_ACTION_PATH);
+    wait_for("five more IMDS polls", || {
+        restarted.imds.gets(SPOT_INSTANCE_ACTION_PATH) >= polls + 5
+    })
+    .await;
+    assert_eq!(
+        requests_since(&world, from, "GET", &ledger_lease),
+        1,
+        "it found its entry at once and stopped looking"
+    );
+    assert_eq!(
+        scale_back_checks(&world),
+        checks,
+        "no scale-back check: the record says it was given back"
+    );
+    assert_eq!(terminations_of(&world, &instance), 1, "still exactly once");
+    stop(restarted).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -278,12 +453,11 @@ async fn pods_that_would_not_fit_get_one_more_spot_instance_first() {
             .with_requests("2500m", "1Gi"),
         );
     }
-    let _agent = start_on(&world, &node, &instance);
+    let _agent = start_on(&world, &node, &instance).await;
     world.asg.restore_capacity(SPOT_ASG).expect("group exists");
     // The returned spot instance gets a pod of its own, so only one more makes room.
     let until = tokio::time::Instant::now() + LIMIT;
     while world.kube.nodes().len() < 5 {
-        world.run_kubelets();
         assert!(tokio::time::Instant::now() < until, "spot node registers");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -321,52 +495,102 @@ async fn pods_that_would_not_fit_get_one_more_spot_instance_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_autoscaler_protection_ends_after_its_window_even_across_a_restart() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let mut spec = FleetSpec::new(1);
-    spec.new_node_protection = Duration::from_secs(3);
+    // Long enough for both replacements' agents to start within it on a loaded machine.
+    let window = Duration::from_secs(6);
+    let mut spec = FleetSpec::new(2);
+    spec.new_node_protection = window;
     let world = FleetWorld::start(spec).await.expect("simulators start");
-    let mut first = world
-        .start_agent(0, world.aws(), &Handle::current())
-        .expect("agent starts");
-    first
-        .notices
-        .send(fleet::recommendation("rebalance-recommendation-000"))
-        .await
-        .expect("agent runs");
-    assert!(first.wait_handled(1, LIMIT).await);
-    let registered = world.run_kubelets();
-    assert_eq!(registered.len(), 1, "the spot replacement registers");
+    // Both spot nodes get a recommendation: two replacements, both in the ledger.
+    let mut buyers = Vec::new();
+    for index in [0, 1] {
+        buyers.push(
+            world
+                .start_agent(index, world.aws(), &Handle::current())
+                .await
+                .expect("agent starts"),
+        );
+    }
+    for buyer in &buyers {
+        buyer.recommend();
+    }
+    for buyer in &mut buyers {
+        assert!(buyer.wait_handled(1, LIMIT).await, "{} handled", buyer.node);
+    }
+    let registered = bought_nodes(&world, SPOT_ASG, 2).await;
     let (node, instance) = registered[0].clone();
-    let mut agent = start_on(&world, &node, &instance);
-    let until = tokio::time::Instant::now() + LIMIT;
-    while annotation(&world, &node, CA_SCALE_DOWN_DISABLED).is_none() {
-        assert!(tokio::time::Instant::now() < until, "protection applied");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(annotation(&world, &node, PROTECTED_UNTIL_ANNOTATION).is_some());
-    // The agent restarts in the middle of the window; the new one removes it on time.
-    agent.shutdown.cancel();
-    let _ = (&mut agent.task).await;
-    let _restarted = start_on(&world, &node, &instance);
-    while annotation(&world, &node, CA_SCALE_DOWN_DISABLED).is_some() {
-        assert!(tokio::time::Instant::now() < until, "protection removed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(annotation(&world, &node, PROTECTED_UNTIL_ANNOTATION), None);
+    let (other_node, other_instance) = registered[1].clone();
+    let ledger = ledger_of(&world, SPOT_ASG);
+    assert!(ledger::entry_of(&ledger, &instance).is_some());
+    let other_entry =
+        ledger::entry_of(&ledger, &other_instance).expect("the ledger lists the other one");
 
-    // An annotation someone else set is never touched.
-    let (other_node, other_instance) = ("spot-node-000", world.instance_id(0).expect("id"));
-    world.kube.update_node(other_node, |n| {
+    // Someone else disabled scale-down on the other replacement before its agent
+    // started: that annotation is never touched.
+    world.kube.update_node(&other_node, |n| {
         n.metadata
             .annotations
             .get_or_insert_with(Default::default)
             .insert(CA_SCALE_DOWN_DISABLED.to_owned(), "true".to_owned());
     });
-    let _other = start_on(&world, other_node, other_instance);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let other_from = world.kube.requests().len();
+    let other = start_on(&world, &other_node, &other_instance).await;
+    let other_window_end = from_unix_millis(other_entry.at) + window;
+    assert!(
+        SystemTime::now() < other_window_end,
+        "the other replacement's agent starts within the window it would protect its node"
+    );
+
+    let agent = start_on(&world, &node, &instance).await;
+    wait_for("protection applied", || {
+        annotation(&world, &node, CA_SCALE_DOWN_DISABLED).is_some()
+    })
+    .await;
+    assert!(annotation(&world, &node, PROTECTED_UNTIL_ANNOTATION).is_some());
+    // The agent restarts in the middle of the window; the new one removes it on time.
+    stop(agent).await;
     assert_eq!(
-        annotation(&world, other_node, CA_SCALE_DOWN_DISABLED).as_deref(),
+        annotation(&world, &node, CA_SCALE_DOWN_DISABLED).as_deref(),
+        Some("true"),
+        "still protected when the agent restarts"
+    );
+    let _restarted = start_on(&world, &node, &instance).await;
+    wait_for("protection removed", || {
+        annotation(&world, &node, CA_SCALE_DOWN_DISABLED).is_none()
+    })
+    .await;
+    assert_eq!(annotation(&world, &node, PROTECTED_UNTIL_ANNOTATION), None);
+
+    // The other agent read its node at start-up (with the start and the agent's own
+    // read: three GETs); a protection of its own would have ended by now, and its
+    // monitor has polled IMDS twice since.
+    let node_path = format!("/api/v1/nodes/{other_node}");
+    wait_for("the other agent read its node", || {
+        requests_since(&world, other_from, "GET", &node_path) >= 3
+    })
+    .await;
+    wait_for("the other replacement's window is over", || {
+        SystemTime::now() > other_window_end
+    })
+    .await;
+    let polls = other.imds.gets(SPOT_INSTANCE_ACTION_PATH);
+    wait_for("two more IMDS polls of the other agent", || {
+        other.imds.gets(SPOT_INSTANCE_ACTION_PATH) >= polls + 2
+    })
+    .await;
+    assert_eq!(
+        annotation(&world, &other_node, CA_SCALE_DOWN_DISABLED).as_deref(),
         Some("true")
     );
+    assert_eq!(
+        annotation(&world, &other_node, PROTECTED_UNTIL_ANNOTATION),
+        None
+    );
+    let writes: Vec<String> = world.kube.requests()[other_from..]
+        .iter()
+        .filter(|r| r.method != "GET" && r.path == node_path)
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(writes.is_empty(), "nothing written on it: {writes:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -386,8 +610,9 @@ async fn an_agent_killed_during_the_scale_back_drain_finishes_it_after_a_restart
         .enable_all()
         .build()
         .expect("runtime");
-    let _victim = world
+    let victim = world
         .start_agent_on(&node, Some(instance.clone()), world.aws(), runtime.handle())
+        .await
         .expect("agent starts");
     world.asg.restore_capacity(SPOT_ASG).expect("group exists");
     let until = tokio::time::Instant::now() + LIMIT;
@@ -396,11 +621,12 @@ async fn an_agent_killed_during_the_scale_back_drain_finishes_it_after_a_restart
         Phase::Draining { .. }
     ) || !cordoned(&world, &node)
     {
-        world.run_kubelets();
         assert!(tokio::time::Instant::now() < until, "the drain starts");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     runtime.shutdown_background();
+    drop(victim);
+    assert_eq!(terminations_of(&world, &instance), 0, "killed mid-drain");
 
     // The budget lifts; the restarted agent finishes the drain and terminates, once.
     assert!(
@@ -409,7 +635,7 @@ async fn an_agent_killed_during_the_scale_back_drain_finishes_it_after_a_restart
             .set_pdb_max_unavailable(WORKLOAD_NAMESPACE, "guarded", 1),
         "budget exists"
     );
-    let _restarted = start_on(&world, &node, &instance);
+    let _restarted = start_on(&world, &node, &instance).await;
     wait_terminated(&world, &node, &instance).await;
     assert_eq!(
         terminations_of(&world, &instance),
@@ -434,17 +660,14 @@ async fn fallback_nodes_go_one_at_a_time_and_stop_at_the_ceiling() {
     for index in [0, 1] {
         let mut agent = world
             .start_agent(index, world.aws(), &Handle::current())
-            .expect("agent starts");
-        agent
-            .notices
-            .send(fleet::recommendation(&format!("rebalance-{index}")))
             .await
-            .expect("agent runs");
+            .expect("agent starts");
+        agent.recommend();
         assert!(agent.wait_handled(1, LIMIT).await, "node {index} handled");
+        stop(agent).await;
     }
     assert_eq!(desired(&world, ON_DEMAND_ASG), 2, "two fallbacks bought");
-    let fallbacks = world.run_kubelets();
-    assert_eq!(fallbacks.len(), 2);
+    let fallbacks = bought_nodes(&world, ON_DEMAND_ASG, 2).await;
     // Node 2 carries 3 of its 4 CPUs; each fallback runs a 1-CPU pod that, once evicted,
     // comes back on node 2 (as a controller would reschedule it).
     world.kube.add_pod(
@@ -457,10 +680,10 @@ async fn fallback_nodes_go_one_at_a_time_and_stop_at_the_ceiling() {
                 .recreated_on(&fleet::node_name(2)),
         );
     }
-    let _agents: Vec<RunningAgent> = fallbacks
-        .iter()
-        .map(|(node, instance)| start_on(&world, node, instance))
-        .collect();
+    let mut fallback_agents = Vec::new();
+    for (node, instance) in &fallbacks {
+        fallback_agents.push(start_on(&world, node, instance).await);
+    }
     world.asg.restore_capacity(SPOT_ASG).expect("group exists");
 
     // Without either fallback: 5 of 12 CPUs requested (42%), so the first one goes. Then,
@@ -473,7 +696,6 @@ async fn fallback_nodes_go_one_at_a_time_and_stop_at_the_ceiling() {
     };
     let until = tokio::time::Instant::now() + LIMIT;
     while gone(&world) == 0 {
-        world.run_kubelets();
         assert!(tokio::time::Instant::now() < until, "one fallback goes");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -482,14 +704,19 @@ async fn fallback_nodes_go_one_at_a_time_and_stop_at_the_ceiling() {
         .find(|(_, instance)| terminations_of(&world, instance) == 0)
         .cloned()
         .expect("one fallback left");
+    // Its checks (the other agent is done) see spot healthy and the pods moved.
     assert_kept_for(
         &world,
         &kept_node,
         &kept_instance,
         Duration::from_secs(2),
+        15,
         "the second would breach the ceiling",
     )
     .await;
     assert_eq!(gone(&world), 1, "exactly one fallback given back");
     assert_eq!(desired(&world, ON_DEMAND_ASG), 1);
+    for agent in fallback_agents {
+        stop(agent).await;
+    }
 }

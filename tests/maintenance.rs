@@ -1,33 +1,36 @@
 //! NTH's other IMDS monitors through the whole agent: scheduled maintenance (and its
 //! cancellation), reboot and restart, ASG lifecycle termination, and acting once per
-//! notice across agent restarts. IMDS simulator and fake Kubernetes API over HTTP.
+//! notice across agent restarts. Each agent is configured from the flags a user would
+//! set and started by `run::start`, exactly as the binary starts it, against an IMDS
+//! simulator and a fake Kubernetes API over HTTP (no Spot Guard).
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
-use spot_guard::agent::{Agent, AgentSettings};
 use spot_guard::aws::AwsAutoScaling;
-use spot_guard::drain::DrainSettings;
-use spot_guard::flow::{
-    ASG_LIFECYCLE_TAINT, ActionSettings, EXCLUDE_FROM_LB_LABEL, OUT_OF_SERVICE_TAINT,
-    SCHEDULED_MAINTENANCE_TAINT,
+use spot_guard::config::Config;
+use spot_guard::imds::{
+    InstanceAction, REBALANCE_RECOMMENDATION_PATH, RebalanceRecommendation,
+    SPOT_INSTANCE_ACTION_PATH,
 };
-use spot_guard::imds::ImdsClient;
-use spot_guard::monitor::{self, MonitorSettings};
-use spot_guard::node;
-use spot_guard::record::{
-    ACTION_LABEL, ACTION_TIME_LABEL, CORDONED_BY_ANNOTATION, EVENT_ID_LABEL,
-    HANDLED_EVENTS_ANNOTATION, UNCORDON_AFTER_REBOOT,
+use spot_guard::monitor::{rebalance_event_id, spot_itn_event_id};
+use spot_guard::names::{
+    ACTION_LABEL, ACTION_TIME_LABEL, ASG_LIFECYCLE_TAINT, CORDONED_BY_ANNOTATION, EVENT_ID_LABEL,
+    EXCLUDE_FROM_LB_LABEL, HANDLED_EVENTS_ANNOTATION, OUT_OF_SERVICE_TAINT, REBALANCE_TAINT,
+    SCHEDULED_MAINTENANCE_TAINT, SPOT_ITN_TAINT, UNCORDON_AFTER_REBOOT,
 };
+use spot_guard::report::reason;
+use spot_guard::run::RunningAgent;
+use spot_guard::sim::harness;
 use spot_guard::sim::imds::ImdsSim;
 use spot_guard::sim::kube::{FakeKube, FakePod};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 const NODE: &str = "ip-10-0-3-3.ec2.internal";
 const EVENT: &str = "instance-event-0d59937288b749b32";
 const BOUND: Duration = Duration::from_secs(20);
+/// The `noticeTime` of the rebalance recommendations served.
+const NOTICE_TIME: &str = "2030-01-01T00:00:00Z";
+const SPOT_ACTION: (&str, &str) = ("terminate", "2030-01-01T00:02:00Z");
 
 struct World {
     imds: ImdsSim,
@@ -47,95 +50,41 @@ async fn world() -> World {
     World { imds, kube, uptime }
 }
 
-fn settings(world: &World, actions: ActionSettings) -> AgentSettings {
-    AgentSettings {
-        node_name: NODE.into(),
-        dry_run: false,
-        actions,
-        drain: DrainSettings {
-            timeout: Duration::from_secs(5),
-            eviction_retry_interval: Duration::from_millis(50),
-            poll_interval: Duration::from_millis(50),
-            ..DrainSettings::default()
-        },
-        uptime_file: world.uptime.path().to_string_lossy().into_owned(),
-    }
+/// What `spot-guard` builds from NTH's flags with the node tainted, every IMDS monitor
+/// on and a 5 s drain, plus `extra` flags.
+fn config(world: &World, extra: &[&str]) -> Config {
+    let uptime = format!("--uptime-from-file={}", world.uptime.path().display());
+    let mut flags = vec![
+        "--taint-node=true",
+        "--enable-rebalance-monitoring=true",
+        "--enable-spot-interruption-draining=true",
+        "--enable-scheduled-event-draining=true",
+        "--enable-asg-lifecycle-draining=true",
+        "--node-termination-grace-period=5",
+        uptime.as_str(),
+    ];
+    flags.extend_from_slice(extra);
+    harness::config(NODE, &world.imds.url(), &flags).expect("the flags are accepted")
 }
 
-fn nth_actions() -> ActionSettings {
-    ActionSettings {
-        taint_node: true,
-        ..ActionSettings::default()
-    }
+/// Starts the agent of `config` as `run` wires it, without Spot Guard.
+async fn start(world: &World, config: &Config) -> RunningAgent {
+    harness::start::<AwsAutoScaling>(config, &world.kube.url(), None)
+        .await
+        .expect("the agent starts")
 }
 
-struct Running {
-    shutdown: CancellationToken,
-    handled: tokio::sync::watch::Receiver<u32>,
-    tasks: Vec<JoinHandle<()>>,
+async fn wait_handled(running: &mut RunningAgent, count: u32) {
+    assert!(
+        running.wait_handled(count, BOUND).await,
+        "the agent finished the actions of {count} notice(s) in time"
+    );
 }
 
-impl Running {
-    async fn wait_handled(&mut self, count: u32) {
-        tokio::time::timeout(BOUND, self.handled.wait_for(|n| *n >= count))
-            .await
-            .expect("the agent finished its actions in time")
-            .expect("agent alive");
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        for task in self.tasks {
-            let _ = tokio::time::timeout(BOUND, task).await;
-        }
-    }
-}
-
-fn start(world: &World, actions: ActionSettings) -> Running {
-    start_with_window(world, actions, None)
-}
-
-fn start_with_window(
-    world: &World,
-    actions: ActionSettings,
-    rebalance_uncordon_window: Option<Duration>,
-) -> Running {
-    let imds = ImdsClient::builder(&world.imds.url())
-        .tries(2)
-        .retry_base_delay(Duration::from_millis(10))
-        .build()
-        .expect("IMDS client");
-    let kube = node::client_for_url(&world.kube.url()).expect("kube client");
-    let agent = Agent::<AwsAutoScaling>::new(settings(world, actions), kube, None)
-        .with_rebalance_uncordon_window(rebalance_uncordon_window);
-    let handled = agent.handled();
-    let shutdown = CancellationToken::new();
-    let (tx, rx) = mpsc::channel(16);
-    let monitor = tokio::spawn({
-        let shutdown = shutdown.clone();
-        let imds = imds.clone();
-        async move {
-            let _ = monitor::run(
-                imds,
-                MonitorSettings {
-                    interval: Duration::from_millis(50),
-                    rebalance: true,
-                    spot_interruption: true,
-                    scheduled_events: true,
-                    asg_lifecycle: true,
-                },
-                tx,
-                shutdown,
-            )
-            .await;
-        }
-    });
-    let agent = tokio::spawn(agent.run(rx, shutdown.clone()));
-    Running {
-        shutdown,
-        handled,
-        tasks: vec![monitor, agent],
-    }
+async fn stop(running: RunningAgent) {
+    tokio::time::timeout(BOUND, running.stop())
+        .await
+        .expect("the agent stops in time");
 }
 
 fn scheduled(state: &str) -> serde_json::Value {
@@ -148,6 +97,12 @@ fn scheduled(state: &str) -> serde_json::Value {
         "NotBeforeDeadline": "",
         "State": state
     }])
+}
+
+fn rebalance_id(notice_time: &str) -> String {
+    rebalance_event_id(&RebalanceRecommendation {
+        notice_time: notice_time.to_owned(),
+    })
 }
 
 fn node(world: &World) -> Node {
@@ -190,11 +145,28 @@ fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
 async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     tokio::time::timeout(BOUND, async {
         while !condition() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
     .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+}
+
+/// Waits until the agent's monitor has polled `path` `polls` more times from now.
+async fn wait_polls(world: &World, path: &str, polls: u64) {
+    let from = world.imds.gets(path);
+    wait_until(
+        &format!("the monitor polled {path} {polls} more times"),
+        || world.imds.gets(path) >= from + polls,
+    )
+    .await;
+}
+
+/// After the rebalance recommendation has left IMDS: two polls of its path, the first
+/// of which found it gone, so the monitor has passed its end on to the agent (a poll's
+/// notices are sent before the next poll starts).
+async fn wait_recommendation_gone(world: &World) {
+    wait_polls(world, REBALANCE_RECOMMENDATION_PATH, 2).await;
 }
 
 fn workload_left(world: &World) -> bool {
@@ -205,18 +177,22 @@ fn workload_left(world: &World) -> bool {
         .any(|p| p.metadata.name.as_deref() == Some("web-1"))
 }
 
+fn events_with_reason(world: &World, wanted: &str) -> usize {
+    world
+        .kube
+        .events()
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some(wanted))
+        .count()
+}
+
 #[tokio::test]
 async fn scheduled_reboot_drains_and_its_cancellation_undoes_everything() {
     let world = world().await;
     world.imds.set_scheduled_events(scheduled("active"));
-    let mut running = start(
-        &world,
-        ActionSettings {
-            exclude_from_load_balancers: true,
-            ..nth_actions()
-        },
-    );
-    running.wait_handled(1).await;
+    let config = config(&world, &["--exclude-from-load-balancers=true"]);
+    let mut running = start(&world, &config).await;
+    wait_handled(&mut running, 1).await;
     let prepared = node(&world);
     assert_eq!(taints(&prepared), [SCHEDULED_MAINTENANCE_TAINT]);
     assert!(cordoned(&prepared));
@@ -241,7 +217,7 @@ async fn scheduled_reboot_drains_and_its_cancellation_undoes_everything() {
     assert_eq!(label(&undone, EVENT_ID_LABEL), None);
     assert_eq!(label(&undone, EXCLUDE_FROM_LB_LABEL), None);
     assert_eq!(annotation(&undone, CORDONED_BY_ANNOTATION), None);
-    running.stop().await;
+    stop(running).await;
 }
 
 #[tokio::test]
@@ -251,29 +227,33 @@ async fn a_cordon_someone_else_set_survives_the_cancellation() {
         node.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
     });
     world.imds.set_scheduled_events(scheduled("active"));
-    let mut running = start(&world, nth_actions());
-    running.wait_handled(1).await;
+    let config = config(&world, &[]);
+    let mut running = start(&world, &config).await;
+    wait_handled(&mut running, 1).await;
     assert_eq!(
         label(&node(&world), ACTION_LABEL),
         None,
         "no uncordon-after-reboot mark on a node someone else cordoned"
     );
+    assert_eq!(annotation(&node(&world), CORDONED_BY_ANNOTATION), None);
     world.imds.set_scheduled_events(scheduled("completed"));
+    // The undo uncordons (when it does) before it removes the taints.
     wait_until("the agent's taint is removed", || {
         taints(&node(&world)).is_empty()
     })
     .await;
     assert!(cordoned(&node(&world)), "the other cordon stays");
-    running.stop().await;
+    stop(running).await;
 }
 
 #[tokio::test]
 async fn after_the_reboot_a_restarted_agent_uncordons_the_node() {
     let world = world().await;
     world.imds.set_scheduled_events(scheduled("active"));
-    let mut running = start(&world, nth_actions());
-    running.wait_handled(1).await;
-    running.stop().await;
+    let config = config(&world, &[]);
+    let mut running = start(&world, &config).await;
+    wait_handled(&mut running, 1).await;
+    stop(running).await;
     assert!(cordoned(&node(&world)));
 
     // An hour later the instance has rebooted: IMDS no longer lists the event and the
@@ -291,46 +271,61 @@ async fn after_the_reboot_a_restarted_agent_uncordons_the_node() {
     });
     world.imds.set_scheduled_events(serde_json::json!([]));
     std::fs::write(world.uptime.path(), "300.00 1.00\n").unwrap();
-    let running = start(&world, nth_actions());
+    let running = start(&world, &config).await;
     wait_until("the node is uncordoned", || !cordoned(&node(&world))).await;
     wait_until("the NTH labels are gone", || {
         label(&node(&world), ACTION_LABEL).is_none()
     })
     .await;
     assert!(taints(&node(&world)).is_empty());
-    running.stop().await;
+    assert_eq!(annotation(&node(&world), CORDONED_BY_ANNOTATION), None);
+    stop(running).await;
 }
 
 #[tokio::test]
 async fn a_restart_before_the_reboot_keeps_the_node_cordoned() {
     let world = world().await;
     world.imds.set_scheduled_events(scheduled("active"));
-    let mut running = start(&world, nth_actions());
-    running.wait_handled(1).await;
-    running.stop().await;
-    // Uptime far longer than the mark's age: the reboot has not happened.
-    let running = start(&world, nth_actions());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let config = config(&world, &[]);
+    let mut running = start(&world, &config).await;
+    wait_handled(&mut running, 1).await;
+    stop(running).await;
     assert!(cordoned(&node(&world)));
     assert_eq!(
-        label(&node(&world), ACTION_LABEL),
-        Some(UNCORDON_AFTER_REBOOT)
+        annotation(&node(&world), CORDONED_BY_ANNOTATION),
+        Some(EVENT)
     );
-    running.stop().await;
+
+    // Uptime far longer than the mark's age: the reboot has not happened. The restarted
+    // agent checks for a reboot before it takes any notice, so its handling of a
+    // rebalance recommendation served from the start shows that check is over.
+    world.imds.set_rebalance(Some(NOTICE_TIME));
+    let mut running = start(&world, &config).await;
+    wait_handled(&mut running, 1).await;
+    let kept = node(&world);
+    assert!(cordoned(&kept));
+    assert_eq!(label(&kept, ACTION_LABEL), Some(UNCORDON_AFTER_REBOOT));
+    assert_eq!(label(&kept, EVENT_ID_LABEL), Some(EVENT));
+    assert_eq!(
+        annotation(&kept, CORDONED_BY_ANNOTATION),
+        Some(EVENT),
+        "never uncordoned: the recommendation's cordon found the node still cordoned"
+    );
+    assert_eq!(
+        taints(&kept),
+        [SCHEDULED_MAINTENANCE_TAINT, REBALANCE_TAINT],
+        "the maintenance taint stays"
+    );
+    stop(running).await;
 }
 
 #[tokio::test]
 async fn asg_lifecycle_termination_taints_drains_and_marks_out_of_service() {
     let world = world().await;
     world.imds.set_lifecycle_state(Some("Terminated"));
-    let mut running = start(
-        &world,
-        ActionSettings {
-            enable_out_of_service_taint: true,
-            ..nth_actions()
-        },
-    );
-    running.wait_handled(1).await;
+    let config = config(&world, &["--enable-out-of-service-taint=true"]);
+    let mut running = start(&world, &config).await;
+    wait_handled(&mut running, 1).await;
     let drained = node(&world);
     assert_eq!(
         taints(&drained),
@@ -338,55 +333,114 @@ async fn asg_lifecycle_termination_taints_drains_and_marks_out_of_service() {
     );
     assert!(cordoned(&drained));
     assert!(!workload_left(&world));
-    running.stop().await;
+    stop(running).await;
 }
 
 #[tokio::test]
 async fn a_restarted_agent_does_not_act_twice_on_the_same_notice() {
     let world = world().await;
-    world
-        .imds
-        .set_spot_action(Some(("terminate", "2030-01-01T00:00:00Z")));
-    let mut running = start(&world, nth_actions());
-    running.wait_handled(1).await;
-    running.stop().await;
+    world.imds.set_spot_action(Some(SPOT_ACTION));
+    let spot_id = spot_itn_event_id(&InstanceAction {
+        action: SPOT_ACTION.0.to_owned(),
+        time: SPOT_ACTION.1.to_owned(),
+    });
+    let config = config(&world, &["--emit-kubernetes-events=true"]);
+    let mut running = start(&world, &config).await;
+    wait_handled(&mut running, 1).await;
+    stop(running).await;
     let handled = node(&world);
-    assert!(
-        annotation(&handled, HANDLED_EVENTS_ANNOTATION).is_some_and(|v| v.starts_with("spot-itn-"))
-    );
-    let writes_before = world
-        .kube
-        .requests()
-        .iter()
-        .filter(|r| r.method != "GET")
-        .count();
-
-    let running = start(&world, nth_actions());
-    // Long enough for many polls: the notice is still served by IMDS.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    running.stop().await;
-    let writes_after = world
-        .kube
-        .requests()
-        .iter()
-        .filter(|r| r.method != "GET")
-        .count();
     assert_eq!(
-        writes_before, writes_after,
-        "no second taint, cordon or drain"
+        annotation(&handled, HANDLED_EVENTS_ANNOTATION),
+        Some(spot_id.as_str())
+    );
+    assert_eq!(taints(&handled), [SPOT_ITN_TAINT]);
+    assert!(!workload_left(&world));
+    assert_eq!(events_with_reason(&world, reason::SPOT_INTERRUPTION), 1);
+    assert_eq!(events_with_reason(&world, reason::CORDON_AND_DRAIN), 1);
+
+    // A pod has landed since, which a second drain would evict. IMDS still serves the
+    // spot notice and now also a rebalance recommendation, which the monitor passes on
+    // after the spot notice of the same poll: once the recommendation is handled, the
+    // restarted agent has been past the spot notice.
+    world.kube.add_pod(FakePod::new("default", "web-2", NODE));
+    world.imds.set_rebalance(Some(NOTICE_TIME));
+    let requests_before = world.kube.requests().len();
+    let evictions_before = world.kube.evictions().len();
+    let mut running = start(&world, &config).await;
+    wait_handled(&mut running, 1).await;
+    assert!(
+        running.reporter.flush(BOUND).await,
+        "the restarted agent's events are written"
+    );
+    stop(running).await;
+    assert!(
+        world.imds.gets(SPOT_INSTANCE_ACTION_PATH) >= 2,
+        "the spot notice was polled"
+    );
+    assert_eq!(
+        world.kube.evictions().len(),
+        evictions_before,
+        "no second drain"
+    );
+    assert!(
+        world
+            .kube
+            .pods_on_node(NODE)
+            .iter()
+            .any(|p| p.metadata.name.as_deref() == Some("web-2")),
+        "the new pod stays"
+    );
+    let requests = world.kube.requests();
+    let writes: Vec<String> = requests[requests_before..]
+        .iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        writes
+            .iter()
+            .all(|w| w == &format!("PATCH /api/v1/nodes/{NODE}") || w.ends_with("/events")),
+        "only the recommendation's node writes and events: {writes:?}"
+    );
+    assert_eq!(
+        events_with_reason(&world, reason::SPOT_INTERRUPTION),
+        1,
+        "the spot notice was not handled again"
+    );
+    assert_eq!(
+        events_with_reason(&world, reason::CORDON_AND_DRAIN),
+        1,
+        "no second cordon and drain"
+    );
+    assert_eq!(
+        events_with_reason(&world, reason::REBALANCE_RECOMMENDATION),
+        1,
+        "the recommendation was handled"
+    );
+    let after = node(&world);
+    assert_eq!(taints(&after), [SPOT_ITN_TAINT, REBALANCE_TAINT]);
+    let handled_events = annotation(&after, HANDLED_EVENTS_ANNOTATION).unwrap_or_default();
+    assert_eq!(
+        handled_events.matches(spot_id.as_str()).count(),
+        1,
+        "{handled_events}"
     );
 }
-
-const REBALANCE_TAINT: &str = "aws-node-termination-handler/rebalance-recommendation";
 
 #[tokio::test]
 async fn a_rebalance_that_passes_without_interruption_is_undone_when_asked() {
     let world = world().await;
-    world.imds.set_rebalance(Some("2030-01-01T00:00:00Z"));
-    let mut running = start_with_window(&world, nth_actions(), Some(Duration::from_millis(400)));
-    running.wait_handled(1).await;
+    world.imds.set_rebalance(Some(NOTICE_TIME));
+    let mut config = config(&world, &[]);
+    config.rebalance_uncordon_window = Some(Duration::from_millis(400));
+    let mut running = start(&world, &config).await;
+    wait_handled(&mut running, 1).await;
     assert!(cordoned(&node(&world)));
     assert_eq!(taints(&node(&world)), [REBALANCE_TAINT]);
+    assert_eq!(
+        annotation(&node(&world), CORDONED_BY_ANNOTATION),
+        Some(rebalance_id(NOTICE_TIME).as_str())
+    );
     assert!(workload_left(&world), "a rebalance alone only cordons");
 
     world.imds.set_rebalance(None);
@@ -395,39 +449,71 @@ async fn a_rebalance_that_passes_without_interruption_is_undone_when_asked() {
         taints(&node(&world)).is_empty()
     })
     .await;
-    running.stop().await;
+    assert_eq!(annotation(&node(&world), CORDONED_BY_ANNOTATION), None);
+    stop(running).await;
 }
 
 #[tokio::test]
 async fn without_the_window_a_rebalance_cordon_stays_as_in_nth() {
     let world = world().await;
-    world.imds.set_rebalance(Some("2030-01-01T00:00:00Z"));
-    let mut running = start(&world, nth_actions());
-    running.wait_handled(1).await;
+    world.imds.set_rebalance(Some(NOTICE_TIME));
+    let config = config(&world, &[]);
+    assert_eq!(config.rebalance_uncordon_window, None);
+    let mut running = start(&world, &config).await;
+    wait_handled(&mut running, 1).await;
     world.imds.set_rebalance(None);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(cordoned(&node(&world)));
-    assert_eq!(taints(&node(&world)), [REBALANCE_TAINT]);
-    running.stop().await;
+    wait_recommendation_gone(&world).await;
+    // A later recommendation is taken only after the end of the first one: its
+    // handling shows the agent has been past the point where a window would have
+    // started the undo. (Unlike an interruption, it cancels no pending undo.)
+    let later = "2030-01-01T00:05:00Z";
+    world.imds.set_rebalance(Some(later));
+    wait_handled(&mut running, 2).await;
+    let kept = node(&world);
+    assert!(cordoned(&kept));
+    assert_eq!(taints(&kept), [REBALANCE_TAINT]);
+    assert_eq!(
+        annotation(&kept, CORDONED_BY_ANNOTATION),
+        Some(rebalance_id(NOTICE_TIME).as_str()),
+        "the first recommendation's cordon was never undone"
+    );
+    assert!(workload_left(&world));
+    stop(running).await;
 }
 
 #[tokio::test]
 async fn an_interruption_within_the_window_keeps_the_node_cordoned_and_drains_it() {
     let world = world().await;
-    world.imds.set_rebalance(Some("2030-01-01T00:00:00Z"));
-    let mut running = start_with_window(&world, nth_actions(), Some(Duration::from_secs(2)));
-    running.wait_handled(1).await;
+    world.imds.set_rebalance(Some(NOTICE_TIME));
+    let window = Duration::from_secs(2);
+    let mut config = config(&world, &[]);
+    config.rebalance_uncordon_window = Some(window);
+    let mut running = start(&world, &config).await;
+    wait_handled(&mut running, 1).await;
+    // The recommendation was received before this: the undo would come by then.
+    let undo_due = tokio::time::Instant::now() + window;
     world.imds.set_rebalance(None);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    world
-        .imds
-        .set_spot_action(Some(("terminate", "2030-01-01T00:02:00Z")));
-    running.wait_handled(2).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The agent has the recommendation's end (and an undo pending) before the
+    // interruption arrives.
+    wait_recommendation_gone(&world).await;
+    world.imds.set_spot_action(Some(SPOT_ACTION));
+    wait_handled(&mut running, 2).await;
+    assert!(!workload_left(&world), "the interruption drained the node");
+    // Past the moment the cancelled undo was due, with the agent still polling.
+    tokio::time::timeout(BOUND, tokio::time::sleep_until(undo_due))
+        .await
+        .expect("bounded");
+    wait_polls(&world, SPOT_INSTANCE_ACTION_PATH, 3).await;
+    let kept = node(&world);
     assert!(
-        cordoned(&node(&world)),
+        cordoned(&kept),
         "the undo was cancelled by the interruption"
     );
+    assert_eq!(
+        annotation(&kept, CORDONED_BY_ANNOTATION),
+        Some(rebalance_id(NOTICE_TIME).as_str())
+    );
+    assert_eq!(taints(&kept), [REBALANCE_TAINT, SPOT_ITN_TAINT]);
     assert!(!workload_left(&world));
-    running.stop().await;
+    stop(running).await;
 }
