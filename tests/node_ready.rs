@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Node;
 use spot_guard::names;
 use spot_guard::record;
 use spot_guard::sim::fleet::{FleetAgent, FleetSpec, FleetWorld, SPOT_ASG, node_name};
+use spot_guard::sim::harness::eventually;
 use spot_guard::sim::kubelet::KubeletSpec;
 use spot_guard::spot_guard::decide::{NodeWaitResult, ReplacementRecord};
 use tokio::runtime::Handle;
@@ -59,17 +60,6 @@ fn node_of(world: &FleetWorld, instance: &str) -> Option<Node> {
             .and_then(|spec| spec.provider_id.as_deref())
             .is_some_and(|id| id.ends_with(&format!("/{instance}")))
     })
-}
-
-async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

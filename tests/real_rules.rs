@@ -8,6 +8,7 @@ use std::time::Duration;
 use spot_guard::names;
 use spot_guard::sim::asg::Fault;
 use spot_guard::sim::fleet::{FleetAgent, FleetSpec, FleetWorld, NAMESPACE, SPOT_ASG};
+use spot_guard::sim::harness::eventually as eventually_within;
 use spot_guard::spot_guard::ledger;
 use tokio::runtime::Handle;
 
@@ -18,16 +19,7 @@ fn install_crypto() {
 }
 
 async fn start_all(world: &FleetWorld) -> Vec<FleetAgent> {
-    let mut agents = Vec::new();
-    for index in 0..world.spec.nodes {
-        agents.push(
-            world
-                .start_agent(index, world.aws(), &Handle::current())
-                .await
-                .expect("agent starts"),
-        );
-    }
-    agents
+    world.start_all().await.expect("agents start")
 }
 
 async fn handle_all(agents: &mut [FleetAgent]) {
@@ -214,17 +206,6 @@ async fn a_drain_cut_short_is_retried_while_the_interruption_stands() {
 
 async fn eventually(what: &str, check: impl FnMut() -> bool) {
     eventually_within(what, Duration::from_secs(20), check).await;
-}
-
-async fn eventually_within(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,6 +95,19 @@ pub fn fast_drain(timeout: Duration) -> DrainSettings {
     }
 }
 
+/// Polls `check` every 10 ms until it holds; panics naming `what` after `limit`. For
+/// tests: a wait for evidence, never a fixed sleep.
+pub async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// An SDK client for the ASG simulator, as each agent pod has its own.
 pub fn aws(asg: &AsgSim) -> AwsAutoScaling {
     AwsAutoScaling::for_endpoint(asg.url(), "us-east-1", &AwsSettings::default())

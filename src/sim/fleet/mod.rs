@@ -237,6 +237,18 @@ impl FleetWorld {
             .await
     }
 
+    /// Starts the agent of every node of the world on the current runtime.
+    pub async fn start_all(&self) -> Result<Vec<FleetAgent>, FleetError> {
+        let mut agents = Vec::with_capacity(self.spec.nodes);
+        for index in 0..self.spec.nodes {
+            agents.push(
+                self.start_agent(index, self.aws(), &Handle::current())
+                    .await?,
+            );
+        }
+        Ok(agents)
+    }
+
     /// Spot capacity has run out: node 0's agent gets a recommendation and buys an
     /// on-demand fallback, whose node then registers. Returns that node and instance.
     pub async fn buy_fallback(&self) -> Result<(String, String), FleetError> {
