@@ -11,18 +11,16 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Container, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Container, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
-use kube::api::{Api, ListParams};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use spot_guard::config::TaintEffect;
-use spot_guard::drain;
-use spot_guard::lease::{LeaseSettings, Leases};
-use spot_guard::node::{NodeClient, client_for_url};
-use spot_guard::report::{KubeEvents, NodeMetadata, ReasonedEvent, reason};
-use spot_guard::sim::kube::{FakeKube, FakePod, RequestRecord, Termination};
+use spot_guard::config::ScaleBackSettings;
+use spot_guard::sim::fleet::{FleetSpec, FleetWorld, SPOT_ASG, node_name};
+use spot_guard::sim::harness::eventually;
+use spot_guard::sim::kube::{FakePod, RequestRecord};
+use tokio::runtime::Handle;
 
 const SPOT_GUARD_VALUES: &str = r#"
 enableRebalanceMonitoring: true
@@ -436,127 +434,74 @@ fn rbac_attributes(request: &RequestRecord) -> (String, String, String) {
     (group, resource, verb.to_owned())
 }
 
-/// Exercises every Kubernetes call the agent has: each node action, drains with a
-/// PodDisruptionBudget refusal, an emptyDir pod, DaemonSet and mirror pods, and, when
-/// `events` is on, a Kubernetes event.
-async fn requests_of_every_flow(
-    events: bool,
-    leases: bool,
-    scale_back: bool,
-) -> Vec<RequestRecord> {
+/// The Kubernetes requests the agent makes in its behaviours, recorded by the fake API
+/// server while they run on the production path (agents started by `run::start`), not
+/// a list written here: node 0 gets a rebalance recommendation while spot capacity is
+/// short, so its agent takes the ASG Leases, buys an on-demand fallback, waits for the
+/// fallback's Node to be Ready, taints, cordons and drains (a PodDisruptionBudget
+/// refusal, an emptyDir pod), with `events` writing
+/// Kubernetes events; with `scale_back` the fallback's own agent protects its node from
+/// Cluster Autoscaler, then gives it back once spot capacity returns.
+async fn requests_of_every_flow(events: bool, scale_back: bool) -> Vec<RequestRecord> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    const NODE: &str = "ip-10-0-7-9.ec2.internal";
-    let fake = FakeKube::start().await.expect("start the fake API server");
-    fake.add_node(NODE);
-    fake.add_pod(FakePod::new("default", "web-1", NODE).with_label("app", "web"));
-    fake.add_pod(FakePod::new("default", "cache-1", NODE).with_empty_dir());
-    fake.add_pod(FakePod::new("kube-system", "aws-node-1", NODE).daemon_set());
-    fake.add_pod(FakePod::new("kube-system", "static-1", NODE).mirror());
-    fake.add_pdb("default", "web", &[("app", "web")], 0);
-    fake.set_termination(Termination::After(Duration::from_millis(100)));
-    let client = client_for_url(&fake.url()).expect("client");
-
-    let node = NodeClient::new(client.clone(), NODE, false);
-    let flows = async {
-        node.get().await.expect("get");
-        node.taint("example/key", "v", TaintEffect::NoSchedule)
-            .await
-            .expect("taint");
-        node.cordon().await.expect("cordon");
-        node.set_annotations(&[("example/a", "1")])
-            .await
-            .expect("annotate");
-        node.add_label("example/l", "1").await.expect("label");
-        node.remove_label("example/l").await.expect("unlabel");
-        node.remove_annotations(&["example/a"])
-            .await
-            .expect("unannotate");
-        node.remove_taint("example/key").await.expect("untaint");
-        node.uncordon().await.expect("uncordon");
-        let settings = spot_guard::sim::harness::fast_drain(Duration::from_secs(3));
-        // First drain: the PDB holds web-1 until the deadline.
-        drain::drain(&client, NODE, &settings, false)
-            .await
-            .expect("drain");
-        fake.set_pdb_max_unavailable("default", "web", 1);
-        drain::drain(&client, NODE, &settings, false)
-            .await
-            .expect("drain");
-        if leases {
-            // Spot Guard's turn-taking on an ASG: take (create), release, take again
-            // (replace), note a capacity failure on it.
-            let leases = Leases::new(
-                client.clone(),
-                LeaseSettings {
-                    namespace: "spot-guard".to_owned(),
-                    holder: NODE.to_owned(),
-                    duration: Duration::from_secs(15),
-                    retry_interval: Duration::from_millis(50),
-                },
-            );
-            leases
-                .acquire("spot-guard-asg")
-                .await
-                .expect("lease")
-                .release()
-                .await;
-            leases
-                .acquire("spot-guard-asg")
-                .await
-                .expect("lease again")
-                .release()
-                .await;
-            leases
-                .annotate("spot-guard-asg", &[("example/a", Some("1"))])
-                .await
-                .expect("annotate lease");
-        }
-        if leases {
-            // Spot Guard finds the replacement's Node by its providerID: a paged list.
-            Api::<Node>::all(client.clone())
-                .list(&ListParams::default().limit(500))
-                .await
-                .expect("list nodes");
-        }
-        if scale_back {
-            // A fallback node's look at the cluster: every node, every pod.
-            Api::<Node>::all(client.clone())
-                .list(&ListParams::default())
-                .await
-                .expect("list nodes");
-            Api::<Pod>::all(client.clone())
-                .list(&ListParams::default())
-                .await
-                .expect("list pods");
-        }
-        if events {
-            let metadata = NodeMetadata {
-                node_name: NODE.to_owned(),
-                ..NodeMetadata::default()
-            };
-            KubeEvents::new(client.clone(), metadata, "")
-                .expect("event writer")
-                .emit(&ReasonedEvent::normal(reason::CORDON, "Node cordoned"))
-                .await
-                .expect("event");
-        }
+    let mut spec = FleetSpec::new(1);
+    spec.reports = events;
+    spec.new_node_protection = Duration::from_secs(60);
+    spec.scale_back = scale_back.then(|| ScaleBackSettings {
+        min_wait: Duration::from_secs(1),
+        stability_period: Duration::from_secs(1),
+        utilization_ceiling: 75,
+        check_interval: Duration::from_millis(200),
+    });
+    let world = FleetWorld::start(spec).await.expect("simulators start");
+    let node = node_name(0);
+    world
+        .kube
+        .add_pod(FakePod::new("default", "web-1", &node).with_label("app", "web"));
+    world
+        .kube
+        .add_pod(FakePod::new("default", "cache-1", &node).with_empty_dir());
+    // Refuses the first eviction of web-1, then lets it go.
+    world.kube.add_pdb("default", "web", &[("app", "web")], 0);
+    let relax = async {
+        eventually("a PDB refusal", Duration::from_secs(30), || {
+            world
+                .kube
+                .requests()
+                .iter()
+                .any(|r| r.path.ends_with("/eviction") && r.status == 429)
+        })
+        .await;
+        world.kube.set_pdb_max_unavailable("default", "web", 1);
     };
-    tokio::time::timeout(Duration::from_secs(30), flows)
-        .await
-        .expect("the flows finished in time");
-    let requests = fake.requests();
-    assert!(
-        requests
-            .iter()
-            .any(|r| r.path.ends_with("/eviction") && r.status == 429),
-        "the flows never met a PDB refusal: {requests:?}"
-    );
-    assert!(
-        fake.pods_on_node(NODE)
-            .iter()
-            .all(|p| { p.metadata.name.as_deref() != Some("web-1") })
-    );
-    requests
+    let (bought, ()) = tokio::join!(world.buy_fallback(), relax);
+    let (fallback_node, fallback) = bought.expect("node 0 buys an on-demand fallback");
+    if scale_back {
+        let agent = world
+            .start_agent_on(
+                &fallback_node,
+                Some(fallback.clone()),
+                world.aws(),
+                &Handle::current(),
+            )
+            .await
+            .expect("the fallback's agent starts");
+        world.asg.restore_capacity(SPOT_ASG).expect("spot group");
+        eventually(
+            "the fallback is given back",
+            Duration::from_secs(60),
+            || {
+                world
+                    .asg
+                    .calls_of("TerminateInstanceInAutoScalingGroup")
+                    .iter()
+                    .any(|call| call.param("InstanceId") == Some(fallback.as_str()))
+            },
+        )
+        .await;
+        agent.stop().await;
+    }
+    world.kube.requests()
 }
 
 /// The (apiGroup, resource, verb) triples a role's rules grant.
@@ -585,12 +530,11 @@ async fn assert_role_matches_code(
     leases: bool,
     scale_back: bool,
 ) {
-    let used: BTreeSet<(String, String, String)> =
-        requests_of_every_flow(events, leases, scale_back)
-            .await
-            .iter()
-            .map(rbac_attributes)
-            .collect();
+    let used: BTreeSet<(String, String, String)> = requests_of_every_flow(events, scale_back)
+        .await
+        .iter()
+        .map(rbac_attributes)
+        .collect();
     let objects = tokio::task::spawn_blocking(move || render(values))
         .await
         .expect("render");
@@ -634,12 +578,12 @@ async fn assert_role_matches_code(
     assert_eq!(subject.namespace, account.metadata.namespace);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_role_grants_exactly_the_calls_the_code_makes() {
     assert_role_matches_code(SPOT_GUARD_VALUES, false, true, false).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_role_with_events_grants_exactly_the_calls_the_code_makes() {
     assert_role_matches_code(EVERYTHING_VALUES, true, true, true).await;
 }
