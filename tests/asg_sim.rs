@@ -362,9 +362,16 @@ async fn describe_answers_the_state_from_before_a_change_until_the_lag_has_passe
         .expect("set desired");
 
     let right_after = aws.describe("spot").await.expect("describe");
-    assert_eq!(right_after.desired_capacity, 3, "a read right after the change");
+    assert_eq!(
+        right_after.desired_capacity, 3,
+        "a read right after the change"
+    );
     assert_eq!(right_after.instances.len(), 3);
-    assert_eq!(sim.group("spot").expect("spot").desired, 4, "the change applied");
+    assert_eq!(
+        sim.group("spot").expect("spot").desired,
+        4,
+        "the change applied"
+    );
 
     eventually("the read shows the change", || async {
         let state = aws.describe("spot").await.expect("describe");
@@ -419,8 +426,11 @@ async fn a_lost_answer_still_applies_the_change() {
 async fn each_launch_has_its_own_outcome() {
     let sim = sim_with("spot", spec(1, 6, 3)).await;
     sim.set_describe_lag(Duration::ZERO);
-    sim.set_launch_plan("spot", &[Behaviour::Healthy, Behaviour::InsufficientCapacity])
-        .expect("group exists");
+    sim.set_launch_plan(
+        "spot",
+        &[Behaviour::Healthy, Behaviour::InsufficientCapacity],
+    )
+    .expect("group exists");
     let aws = client(&sim, 3);
     aws.set_desired_capacity("spot", 5)
         .await

@@ -51,7 +51,13 @@ async fn world_with(spot: GroupSpec) -> FleetWorld {
     spec.on_demand = group(Behaviour::Healthy, 2, 10);
     spec.check_interval = Duration::from_millis(50);
     spec.capacity_check_timeout = Duration::from_secs(3);
-    FleetWorld::start(spec).await.expect("simulators start")
+    let world = FleetWorld::start(spec).await.expect("simulators start");
+    // These tests are about the ASGs: the workload stops at once when evicted
+    // (`terminationGracePeriodSeconds: 0`), so a drain adds no grace period to each case.
+    world.kube.add_pod(
+        FakePod::new(WORKLOAD_NAMESPACE, "app-000", &node_name(0)).with_termination_grace_period(0),
+    );
+    world
 }
 
 /// An SDK client for `url` making `max_attempts` attempts per call.

@@ -14,8 +14,10 @@ use spot_guard::names::{REBALANCE_TAINT, REPLACEMENT_ANNOTATION, SPOT_ITN_TAINT}
 use spot_guard::record::annotation;
 use spot_guard::sim::asg::{Behaviour, Fault, GroupSpec};
 use spot_guard::sim::fleet::{
-    FleetAgent, FleetSpec, FleetWorld, ON_DEMAND_ASG, RECOMMENDATION_TIME, SPOT_ASG, node_name,
+    FleetAgent, FleetSpec, FleetWorld, ON_DEMAND_ASG, RECOMMENDATION_TIME, SPOT_ASG,
+    WORKLOAD_NAMESPACE, node_name,
 };
+use spot_guard::sim::kube::FakePod;
 use spot_guard::spot_guard::decide::{
     AttemptRecord, AttemptResult, RecordedFailure, ReplacementRecord, Role,
 };
@@ -48,7 +50,13 @@ async fn world(
     spec.on_demand = on_demand;
     spec.check_interval = Duration::from_millis(50);
     spec.capacity_check_timeout = capacity_check_timeout;
-    FleetWorld::start(spec).await.expect("simulators start")
+    let world = FleetWorld::start(spec).await.expect("simulators start");
+    // These tests are about the ASGs: the workload stops at once when evicted
+    // (`terminationGracePeriodSeconds: 0`), so a drain adds no grace period to each.
+    world.kube.add_pod(
+        FakePod::new(WORKLOAD_NAMESPACE, "app-000", &node_name(0)).with_termination_grace_period(0),
+    );
+    world
 }
 
 /// Node 0's agent, from the flags the chart sets, changed by `edit`.

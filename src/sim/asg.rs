@@ -158,7 +158,11 @@ impl Shared {
     /// changed since; `None` means the current one.
     fn lagging_view(&mut self, now: Instant) -> Option<World> {
         let cutoff = now.checked_sub(self.describe_lag)?;
-        while self.before_changes.front().is_some_and(|(at, _)| *at <= cutoff) {
+        while self
+            .before_changes
+            .front()
+            .is_some_and(|(at, _)| *at <= cutoff)
+        {
             self.before_changes.pop_front();
         }
         let (_, before) = self.before_changes.front()?;
@@ -288,7 +292,9 @@ impl AsgSim {
 
     /// The next launches of `name` end as listed, one each; then its behaviour applies.
     pub fn set_launch_plan(&self, name: &str, plan: &[Behaviour]) -> Result<(), AsgSimError> {
-        self.change_group(name, |group| group.launch_plan = plan.iter().copied().collect())
+        self.change_group(name, |group| {
+            group.launch_plan = plan.iter().copied().collect()
+        })
     }
 
     /// AWS's clock, which stamps activities, runs `millis` ahead of ours (behind if negative).
