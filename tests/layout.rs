@@ -142,10 +142,7 @@ fn tree() -> Tree {
         }
         for target in targets {
             let from = module[..target.len()].to_vec();
-            imports
-                .entry(from)
-                .or_insert_with(BTreeSet::new)
-                .insert(target);
+            imports.entry(from).or_default().insert(target);
         }
     }
     Tree { modules, imports }
