@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[path = "support/process.rs"]
@@ -13,13 +14,14 @@ use process::{node_taints, sigterm, wait_exit, wait_until, write_kubeconfig};
 use spot_guard::sim::asg::{AsgSim, Behaviour, GroupSpec};
 use spot_guard::sim::imds::ImdsSim;
 use spot_guard::sim::kube::{FakeKube, FakePod};
+use spot_guard::sim::kubelet::{self, KubeletSpec, NodeShape};
 
 const NODE: &str = "ip-10-0-9-9.ec2.internal";
 
 struct Sims {
     imds: ImdsSim,
-    asg: AsgSim,
-    kube: FakeKube,
+    asg: Arc<AsgSim>,
+    kube: Arc<FakeKube>,
 }
 
 async fn sims(spot: Behaviour) -> Sims {
@@ -40,6 +42,21 @@ async fn sims(spot: Behaviour) -> Sims {
     kube.add_pod(FakePod::new("default", "web-1", NODE));
     kube.add_pod(FakePod::new("default", "web-2", NODE));
     kube.add_pod(FakePod::new("kube-system", "spot-guard-abcde", NODE).daemon_set());
+    // New instances' kubelets register their Nodes, NotReady first, then Ready.
+    let (asg, kube) = (Arc::new(asg), Arc::new(kube));
+    kubelet::spawn(
+        &asg,
+        &kube,
+        vec![
+            ("spot".to_owned(), "spot".to_owned()),
+            ("on-demand".to_owned(), "on-demand".to_owned()),
+        ],
+        KubeletSpec::default(),
+        NodeShape {
+            cpu: "4".to_owned(),
+            memory: "16Gi".to_owned(),
+        },
+    );
     Sims { imds, asg, kube }
 }
 
@@ -111,6 +128,7 @@ async fn the_binary_scales_taints_cordons_drains_and_stops_on_sigterm() {
         "Spot Guard enabled - Spot ASG: spot, On-Demand ASG: on-demand",
         "Scaling ASG spot from 2 to 3 instances",
         "New instance reached InService in ASG spot",
+        "to be Ready before tainting and draining",
         "spot-guard stopped",
     ] {
         assert!(log.contains(line), "'{line}' missing from:\n{log}");

@@ -5,6 +5,7 @@
 //! (SIGTERM while idle and during the capacity wait: tests/agent_process.rs.)
 
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[path = "support/process.rs"]
@@ -14,6 +15,7 @@ use process::{cordoned, node_taints, sigterm, wait_exit, wait_until, write_kubec
 use spot_guard::sim::asg::{AsgSim, Behaviour, Fault, GroupSpec};
 use spot_guard::sim::imds::ImdsSim;
 use spot_guard::sim::kube::{EvictionOutcome, FakeKube, FakePod};
+use spot_guard::sim::kubelet::{self, KubeletSpec, NodeShape};
 
 const NODE: &str = "ip-10-0-7-7.ec2.internal";
 const SPOT_ITN_PATH: &str = "/latest/meta-data/spot/instance-action";
@@ -21,8 +23,8 @@ const STOP_BOUND: Duration = Duration::from_secs(10);
 
 struct Sims {
     imds: ImdsSim,
-    asg: AsgSim,
-    kube: FakeKube,
+    asg: Arc<AsgSim>,
+    kube: Arc<FakeKube>,
     dir: tempfile::TempDir,
 }
 
@@ -47,6 +49,21 @@ async fn sims() -> Sims {
     kube.add_pod(FakePod::new("default", "web-1", NODE).with_label("app", "web"));
     kube.add_pod(FakePod::new("default", "web-2", NODE).with_label("app", "web"));
     kube.add_pod(FakePod::new("kube-system", "spot-guard-abcde", NODE).daemon_set());
+    // New instances' kubelets register their Nodes, NotReady first, then Ready.
+    let (asg, kube) = (Arc::new(asg), Arc::new(kube));
+    kubelet::spawn(
+        &asg,
+        &kube,
+        vec![
+            ("spot".to_owned(), "spot".to_owned()),
+            ("on-demand".to_owned(), "on-demand".to_owned()),
+        ],
+        KubeletSpec::default(),
+        NodeShape {
+            cpu: "4".to_owned(),
+            memory: "16Gi".to_owned(),
+        },
+    );
     Sims {
         imds,
         asg,
