@@ -14,7 +14,7 @@ use process::{node_taints, sigterm, wait_exit, wait_until, write_kubeconfig};
 use spot_guard::sim::asg::{AsgSim, Behaviour, GroupSpec};
 use spot_guard::sim::imds::ImdsSim;
 use spot_guard::sim::kube::{FakeKube, FakePod};
-use spot_guard::sim::kubelet::{self, KubeletSpec, NodeShape};
+use spot_guard::sim::kubelet;
 
 const NODE: &str = "ip-10-0-9-9.ec2.internal";
 
@@ -44,19 +44,7 @@ async fn sims(spot: Behaviour) -> Sims {
     kube.add_pod(FakePod::new("kube-system", "spot-guard-abcde", NODE).daemon_set());
     // New instances' kubelets register their Nodes, NotReady first, then Ready.
     let (asg, kube) = (Arc::new(asg), Arc::new(kube));
-    kubelet::spawn(
-        &asg,
-        &kube,
-        vec![
-            ("spot".to_owned(), "spot".to_owned()),
-            ("on-demand".to_owned(), "on-demand".to_owned()),
-        ],
-        KubeletSpec::default(),
-        NodeShape {
-            cpu: "4".to_owned(),
-            memory: "16Gi".to_owned(),
-        },
-    );
+    kubelet::spawn_default(&asg, &kube, &["spot", "on-demand"]);
     Sims { imds, asg, kube }
 }
 

@@ -15,7 +15,7 @@ use process::{cordoned, node_taints, sigterm, wait_exit, wait_until, write_kubec
 use spot_guard::sim::asg::{AsgSim, Behaviour, Fault, GroupSpec};
 use spot_guard::sim::imds::ImdsSim;
 use spot_guard::sim::kube::{EvictionOutcome, FakeKube, FakePod};
-use spot_guard::sim::kubelet::{self, KubeletSpec, NodeShape};
+use spot_guard::sim::kubelet;
 
 const NODE: &str = "ip-10-0-7-7.ec2.internal";
 const SPOT_ITN_PATH: &str = "/latest/meta-data/spot/instance-action";
@@ -51,19 +51,7 @@ async fn sims() -> Sims {
     kube.add_pod(FakePod::new("kube-system", "spot-guard-abcde", NODE).daemon_set());
     // New instances' kubelets register their Nodes, NotReady first, then Ready.
     let (asg, kube) = (Arc::new(asg), Arc::new(kube));
-    kubelet::spawn(
-        &asg,
-        &kube,
-        vec![
-            ("spot".to_owned(), "spot".to_owned()),
-            ("on-demand".to_owned(), "on-demand".to_owned()),
-        ],
-        KubeletSpec::default(),
-        NodeShape {
-            cpu: "4".to_owned(),
-            memory: "16Gi".to_owned(),
-        },
-    );
+    kubelet::spawn_default(&asg, &kube, &["spot", "on-demand"]);
     Sims {
         imds,
         asg,

@@ -234,11 +234,7 @@ async fn an_agent_killed_holding_the_lease_delays_the_others_only_until_it_expir
     let world = world(FleetSpec::new(20)).await;
     let (spot, on_demand) = (desired(&world, SPOT_ASG), desired(&world, ON_DEMAND_ASG));
     // The victim runs in a runtime of its own, so that killing it stops all its tasks.
-    let victim_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let victim_runtime = spot_guard::sim::harness::killable_runtime().expect("runtime");
     let armed = Arc::new(AtomicBool::new(false));
     let hangs = HangsOnDescribe {
         aws: world.aws(),

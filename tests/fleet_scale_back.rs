@@ -605,11 +605,7 @@ async fn an_agent_killed_during_the_scale_back_drain_finishes_it_after_a_restart
     world
         .kube
         .add_pdb(WORKLOAD_NAMESPACE, "guarded", &[("app", "guarded")], 0);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = spot_guard::sim::harness::killable_runtime().expect("runtime");
     let victim = world
         .start_agent_on(&node, Some(instance.clone()), world.aws(), runtime.handle())
         .await

@@ -248,11 +248,7 @@ async fn a_restart_during_the_wait_resumes_it_without_buying_again() {
     spec.kubelet = None;
     spec.node_ready_timeout = Duration::from_secs(60);
     let world = FleetWorld::start(spec).await.expect("world");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("agent runtime");
+    let runtime = spot_guard::sim::harness::killable_runtime().expect("agent runtime");
     let first = world
         .start_agent(0, world.aws(), runtime.handle())
         .await

@@ -223,11 +223,7 @@ async fn a_drained_instance_is_given_back_once_even_when_killed_right_after_the_
             .filter(|call| call.param("InstanceId") == Some(instance.as_str()))
             .count()
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("agent runtime");
+    let runtime = spot_guard::sim::harness::killable_runtime().expect("agent runtime");
     let first = world
         .start_agent(0, world.aws(), runtime.handle())
         .await

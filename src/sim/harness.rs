@@ -95,6 +95,15 @@ pub fn fast_drain(timeout: Duration) -> DrainSettings {
     }
 }
 
+/// A runtime of its own for one agent: shutting it down kills every task of the agent
+/// at once, as a pod kill would.
+pub fn killable_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+}
+
 /// Polls `check` every 10 ms until it holds; panics naming `what` after `limit`. For
 /// tests: a wait for evidence, never a fixed sleep.
 pub async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {

@@ -40,6 +40,24 @@ pub struct NodeShape {
 
 const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 
+/// [`spawn`] for `groups` named after themselves, with the default delays and a Node of
+/// 4 CPUs and 16 GiB.
+pub fn spawn_default(asg: &Arc<AsgSim>, kube: &Arc<FakeKube>, groups: &[&str]) -> JoinHandle<()> {
+    spawn(
+        asg,
+        kube,
+        groups
+            .iter()
+            .map(|group| ((*group).to_owned(), (*group).to_owned()))
+            .collect(),
+        KubeletSpec::default(),
+        NodeShape {
+            cpu: "4".to_owned(),
+            memory: "16Gi".to_owned(),
+        },
+    )
+}
+
 /// Runs the kubelets of the instances of `groups` (group name, node name prefix) until
 /// the simulators are dropped. Instances that already have a Node are left alone.
 pub fn spawn(

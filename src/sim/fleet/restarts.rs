@@ -92,10 +92,7 @@ pub async fn kill_and_restart(point: KillPoint) -> Result<RestartOutcome, FleetE
         .kube
         .set_termination(Termination::After(Duration::from_millis(1500)));
     let spot_before = world.asg.group(SPOT_ASG).map_or(0, |g| g.desired);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
+    let runtime = crate::sim::harness::killable_runtime()
         .map_err(|error| FleetError::Unexpected(format!("agent runtime: {error}")))?;
     let first = world.start_agent(0, world.aws(), runtime.handle()).await?;
     first.recommend();
