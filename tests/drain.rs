@@ -1,12 +1,15 @@
 //! Draining a node against the fake API server over HTTP: which pods go, PDB waits, deadlines.
+//! The node is cordoned first, as the agent (and `kubectl drain`) cordons before it drains,
+//! so the replacements the fake's controllers make land on the other node.
 
 use std::error::Error;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use spot_guard::drain::{DrainReport, DrainSettings, PodRef, RefuseReason, drain};
 use spot_guard::node::client_for_url;
 use spot_guard::sim::harness::fast_drain;
-use spot_guard::sim::kube::{EvictionOutcome, FakeKube, FakePod, Termination};
+use spot_guard::sim::kube::{EvictionOutcome, FakeKube, FakePod, PdbBudget, Termination};
 
 type TestResult = Result<(), Box<dyn Error>>;
 
@@ -18,6 +21,7 @@ async fn fake_with_node() -> Result<(FakeKube, kube::Client), Box<dyn Error>> {
     let fake = FakeKube::start().await?;
     fake.add_node(NODE);
     fake.add_node(OTHER_NODE);
+    fake.cordon(NODE);
     let client = client_for_url(&fake.url())?;
     Ok((fake, client))
 }
@@ -54,6 +58,18 @@ fn names_on_node(fake: &FakeKube, node: &str) -> Vec<String> {
     names
 }
 
+/// The pods' names with the generated suffix of a ReplicaSet replacement cut off
+/// (`web-1-x7k2p` → `web-1*`).
+fn replaced_names(fake: &FakeKube, node: &str) -> Vec<String> {
+    names_on_node(fake, node)
+        .into_iter()
+        .map(|name| match name.rsplit_once('-') {
+            Some((base, suffix)) if suffix.len() == 5 => format!("{base}*"),
+            _ => name,
+        })
+        .collect()
+}
+
 fn evicted_names(fake: &FakeKube) -> Vec<String> {
     let mut names: Vec<String> = fake
         .evictions()
@@ -65,12 +81,16 @@ fn evicted_names(fake: &FakeKube) -> Vec<String> {
     names
 }
 
-fn mixed_node(fake: &FakeKube) {
-    fake.add_pod(FakePod::new("default", "web-1", NODE));
-    fake.add_pod(FakePod::new("default", "web-2", NODE));
+/// Workload, DaemonSet, mirror, emptyDir and finished pods on the node; the workload pods
+/// stop `grace` seconds after their eviction.
+fn mixed_node(fake: &FakeKube, grace: i64) {
+    let workload =
+        |name: &str| FakePod::new("default", name, NODE).with_termination_grace_period(grace);
+    fake.add_pod(workload("web-1"));
+    fake.add_pod(workload("web-2"));
     fake.add_pod(FakePod::new("kube-system", "aws-node-x7k2p", NODE).daemon_set());
     fake.add_pod(FakePod::new("kube-system", "kube-proxy-static", NODE).mirror());
-    fake.add_pod(FakePod::new("default", "cache", NODE).with_empty_dir());
+    fake.add_pod(workload("cache").with_empty_dir());
     fake.add_pod(FakePod::new("default", "batch-done", NODE).with_phase("Succeeded"));
     fake.add_pod(FakePod::new("default", "elsewhere", OTHER_NODE));
 }
@@ -78,7 +98,7 @@ fn mixed_node(fake: &FakeKube) {
 #[tokio::test]
 async fn evicts_workload_pods_and_leaves_daemon_set_mirror_and_finished_pods() -> TestResult {
     let (fake, client) = fake_with_node().await?;
-    mixed_node(&fake);
+    mixed_node(&fake, 1);
 
     let report = run_drain(&client, &fast_drain(Duration::from_secs(5)), false).await?;
 
@@ -96,7 +116,11 @@ async fn evicts_workload_pods_and_leaves_daemon_set_mirror_and_finished_pods() -
         names_on_node(&fake, NODE),
         ["aws-node-x7k2p", "batch-done", "kube-proxy-static"]
     );
-    assert_eq!(names_on_node(&fake, OTHER_NODE), ["elsewhere"]);
+    // Their ReplicaSets replaced them on the node that takes pods.
+    assert_eq!(
+        replaced_names(&fake, OTHER_NODE),
+        ["cache*", "elsewhere", "web-1*", "web-2*"]
+    );
     assert_eq!(report.skipped.len(), 3);
     Ok(())
 }
@@ -104,7 +128,7 @@ async fn evicts_workload_pods_and_leaves_daemon_set_mirror_and_finished_pods() -
 #[tokio::test]
 async fn empty_dir_pod_is_refused_without_delete_local_data_but_others_go() -> TestResult {
     let (fake, client) = fake_with_node().await?;
-    mixed_node(&fake);
+    mixed_node(&fake, 0);
     let settings = DrainSettings {
         delete_local_data: false,
         ..fast_drain(Duration::from_secs(5))
@@ -125,7 +149,7 @@ async fn empty_dir_pod_is_refused_without_delete_local_data_but_others_go() -> T
 #[tokio::test]
 async fn daemon_set_pod_is_refused_when_daemon_sets_are_not_ignored() -> TestResult {
     let (fake, client) = fake_with_node().await?;
-    mixed_node(&fake);
+    mixed_node(&fake, 0);
     let settings = DrainSettings {
         ignore_daemon_sets: false,
         ..fast_drain(Duration::from_secs(5))
@@ -150,33 +174,69 @@ async fn grace_period_override_reaches_the_api_server() -> TestResult {
     let (fake, client) = fake_with_node().await?;
     fake.add_pod(FakePod::new("default", "web-1", NODE).with_termination_grace_period(300));
     let settings = DrainSettings {
-        pod_termination_grace_period: Some(7),
+        pod_termination_grace_period: Some(1),
         ..fast_drain(Duration::from_secs(5))
     };
 
-    run_drain(&client, &settings, false).await?;
+    let report = run_drain(&client, &settings, false).await?;
 
     let grace: Vec<Option<i64>> = fake
         .evictions()
         .iter()
         .map(|eviction| eviction.grace_period_seconds)
         .collect();
-    assert_eq!(grace, [Some(7)]);
+    assert_eq!(grace, [Some(1)]);
+    // The pod got 1 s instead of its own 300 s, so the drain finished.
+    assert!(report.is_complete(), "{report:?}");
+    assert!(names_on_node(&fake, NODE).is_empty());
     Ok(())
 }
 
 #[tokio::test]
-async fn without_override_no_grace_period_is_sent() -> TestResult {
+async fn without_override_no_grace_period_is_sent_and_the_pod_keeps_its_own() -> TestResult {
     let (fake, client) = fake_with_node().await?;
-    fake.add_pod(FakePod::new("default", "web-1", NODE).with_termination_grace_period(300));
+    fake.add_pod(FakePod::new("default", "web-1", NODE).with_termination_grace_period(1));
+    let started = std::time::Instant::now();
 
     // POD_TERMINATION_GRACE_PERIOD=-1 maps to None: each pod keeps its own.
-    run_drain(&client, &fast_drain(Duration::from_secs(5)), false).await?;
+    let report = run_drain(&client, &fast_drain(Duration::from_secs(5)), false).await?;
 
     let evictions = fake.evictions();
     assert_eq!(evictions.len(), 1);
     assert_eq!(evictions[0].grace_period_seconds, None);
     assert_eq!(evictions[0].outcome, EvictionOutcome::Allowed);
+    assert!(report.is_complete(), "{report:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the drain waited out the pod's own second"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_evicted_pod_is_terminating_for_its_grace_period_then_gone() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    fake.add_pod(FakePod::new("default", "web-1", NODE).with_termination_grace_period(1));
+    let settings = fast_drain(Duration::from_secs(10));
+    let drain_task = tokio::spawn({
+        let client = client.clone();
+        let settings = settings.clone();
+        async move { drain(&client, NODE, &settings, false).await }
+    });
+
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while fake.evictions().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await?;
+    let terminating = fake.pod("default", "web-1").ok_or("still there")?;
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(1));
+    let report = tokio::time::timeout(Duration::from_secs(20), drain_task).await???;
+
+    assert!(report.is_complete(), "{report:?}");
+    assert!(fake.pod("default", "web-1").is_none());
     Ok(())
 }
 
@@ -184,7 +244,11 @@ async fn without_override_no_grace_period_is_sent() -> TestResult {
 async fn pdb_with_max_unavailable_one_releases_pods_one_by_one() -> TestResult {
     let (fake, client) = fake_with_node().await?;
     for name in ["db-0", "db-1", "db-2"] {
-        fake.add_pod(FakePod::new("data", name, NODE).with_label("app", "db"));
+        fake.add_pod(
+            FakePod::new("data", name, NODE)
+                .with_label("app", "db")
+                .stateful_set("db"),
+        );
     }
     fake.add_pdb("data", "db-pdb", &[("app", "db")], 1);
     fake.set_termination(Termination::After(Duration::from_millis(150)));
@@ -200,9 +264,88 @@ async fn pdb_with_max_unavailable_one_releases_pods_one_by_one() -> TestResult {
         .count();
     assert!(
         refusals >= 2,
-        "the budget should have refused while a pod terminated"
+        "the budget should have refused while a member was away"
     );
     assert!(names_on_node(&fake, NODE).is_empty());
+    // Each member came back, same name, on the node that takes pods.
+    assert_eq!(names_on_node(&fake, OTHER_NODE), ["db-0", "db-1", "db-2"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_budget_frees_only_once_the_replacement_is_ready_somewhere() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    // Nowhere to go: the other node is cordoned too.
+    fake.cordon(OTHER_NODE);
+    for name in ["web-1", "web-2"] {
+        fake.add_pod(
+            FakePod::new("default", name, NODE)
+                .with_label("app", "web")
+                .replica_set("web-7d4b9c"),
+        );
+    }
+    fake.add_pdb_with(
+        "default",
+        "web",
+        &[("app", "web")],
+        PdbBudget::MinAvailable(IntOrString::Int(1)),
+    );
+
+    let report = run_drain(&client, &fast_drain(Duration::from_secs(1)), false).await?;
+
+    // One went; its replacement is Pending, so the other stays.
+    assert_eq!(report.evicted.len(), 1, "{report:?}");
+    assert_eq!(report.blocked_by_pdb.len(), 1, "{report:?}");
+    let pending: Vec<String> = fake
+        .pods()
+        .into_iter()
+        .filter(|pod| pod.spec.as_ref().is_some_and(|s| s.node_name.is_none()))
+        .filter_map(|pod| pod.metadata.name)
+        .collect();
+    assert_eq!(pending.len(), 1, "one replacement waits: {pending:?}");
+    assert!(pending[0].starts_with("web-7d4b9c-"));
+    let status = fake.pdb("default", "web").and_then(|pdb| pdb.status);
+    assert_eq!(status.map(|s| s.disruptions_allowed), Some(0));
+
+    // Room appears: the replacement starts there, then the other pod may go.
+    fake.update_node(OTHER_NODE, |node| {
+        if let Some(spec) = node.spec.as_mut() {
+            spec.unschedulable = None;
+        }
+    });
+    let report = run_drain(&client, &fast_drain(Duration::from_secs(10)), false).await?;
+
+    assert!(report.is_complete(), "{report:?}");
+    assert!(names_on_node(&fake, NODE).is_empty());
+    assert_eq!(
+        replaced_names(&fake, OTHER_NODE),
+        ["web-7d4b9c*", "web-7d4b9c*"]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pod_already_terminating_when_the_drain_starts_is_waited_for() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    fake.add_pod(
+        FakePod::new("default", "leaving", NODE)
+            .with_label("app", "guarded")
+            .already_terminating(),
+    );
+    // A budget that refuses everything does not hold a pod already being deleted.
+    fake.add_pdb("default", "guarded", &[("app", "guarded")], 0);
+    let started = std::time::Instant::now();
+
+    let report = run_drain(&client, &fast_drain(Duration::from_secs(10)), false).await?;
+
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.evicted, [pod_ref("default", "leaving")]);
+    assert_eq!(fake.evictions()[0].outcome, EvictionOutcome::Allowed);
+    assert!(fake.pod("default", "leaving").is_none());
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the drain waited for the deletion already under way"
+    );
     Ok(())
 }
 
@@ -210,7 +353,8 @@ async fn pdb_with_max_unavailable_one_releases_pods_one_by_one() -> TestResult {
 async fn pdb_that_never_relents_ends_the_drain_at_the_deadline_naming_the_pod() -> TestResult {
     let (fake, client) = fake_with_node().await?;
     fake.add_pod(FakePod::new("data", "db-0", NODE).with_label("app", "db"));
-    fake.add_pod(FakePod::new("default", "web-1", NODE));
+    // Killed at once when evicted, so only the budget can hold the drain.
+    fake.add_pod(FakePod::new("default", "web-1", NODE).with_termination_grace_period(0));
     fake.add_pdb("data", "db-pdb", &[("app", "db")], 0);
 
     let report = run_drain(&client, &fast_drain(Duration::from_secs(1)), false).await?;
@@ -226,7 +370,11 @@ async fn pdb_that_never_relents_ends_the_drain_at_the_deadline_naming_the_pod() 
 #[tokio::test]
 async fn relaxing_the_pdb_during_the_drain_lets_the_pod_go() -> TestResult {
     let (fake, client) = fake_with_node().await?;
-    fake.add_pod(FakePod::new("data", "db-0", NODE).with_label("app", "db"));
+    fake.add_pod(
+        FakePod::new("data", "db-0", NODE)
+            .with_label("app", "db")
+            .with_termination_grace_period(0),
+    );
     fake.add_pdb("data", "db-pdb", &[("app", "db")], 0);
     let settings = fast_drain(Duration::from_secs(10));
     let drain_task = tokio::spawn({
@@ -254,7 +402,7 @@ async fn relaxing_the_pdb_during_the_drain_lets_the_pod_go() -> TestResult {
 async fn pod_that_never_terminates_is_reported() -> TestResult {
     let (fake, client) = fake_with_node().await?;
     fake.add_pod(FakePod::new("default", "stuck", NODE).terminating(Termination::Never));
-    fake.add_pod(FakePod::new("default", "web-1", NODE));
+    fake.add_pod(FakePod::new("default", "web-1", NODE).with_termination_grace_period(0));
 
     let report = run_drain(&client, &fast_drain(Duration::from_secs(1)), false).await?;
 
@@ -272,7 +420,12 @@ async fn pod_that_never_terminates_is_reported() -> TestResult {
 #[tokio::test]
 async fn pod_recreated_with_the_same_name_counts_as_gone() -> TestResult {
     let (fake, client) = fake_with_node().await?;
-    let original = fake.add_pod(FakePod::new("data", "kafka-0", NODE).recreated_on(NODE));
+    // Pinned to this node (a local volume) and tolerating the cordon: it comes back here.
+    let original = fake.add_pod(
+        FakePod::new("data", "kafka-0", NODE)
+            .recreated_on(NODE)
+            .tolerating("node.kubernetes.io/unschedulable"),
+    );
     // Lingers for a few polls so the drain sees it terminating before the replacement appears.
     fake.set_termination(Termination::After(Duration::from_millis(100)));
 
@@ -283,6 +436,10 @@ async fn pod_recreated_with_the_same_name_counts_as_gone() -> TestResult {
         .pod("data", "kafka-0")
         .ok_or("the pod should have been recreated")?;
     assert_ne!(replacement.metadata.uid, original.metadata.uid);
+    assert_eq!(
+        replacement.spec.and_then(|spec| spec.node_name).as_deref(),
+        Some(NODE)
+    );
     assert_eq!(evicted_names(&fake), ["kafka-0"]);
     Ok(())
 }
@@ -290,7 +447,7 @@ async fn pod_recreated_with_the_same_name_counts_as_gone() -> TestResult {
 #[tokio::test]
 async fn dry_run_evicts_nothing() -> TestResult {
     let (fake, client) = fake_with_node().await?;
-    mixed_node(&fake);
+    mixed_node(&fake, 0);
 
     let report = run_drain(&client, &fast_drain(Duration::from_secs(5)), true).await?;
 
@@ -309,7 +466,7 @@ async fn dry_run_evicts_nothing() -> TestResult {
 #[tokio::test]
 async fn server_error_on_the_first_eviction_is_retried() -> TestResult {
     let (fake, client) = fake_with_node().await?;
-    fake.add_pod(FakePod::new("default", "web-1", NODE));
+    fake.add_pod(FakePod::new("default", "web-1", NODE).with_termination_grace_period(0));
     let eviction_path = "/api/v1/namespaces/default/pods/web-1/eviction";
     fake.fail_next("POST", eviction_path, 1, 500);
 

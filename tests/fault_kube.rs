@@ -122,6 +122,8 @@ async fn conflicts_that_never_stop_end_in_an_error_naming_the_node() {
 #[tokio::test]
 async fn errors_listing_the_pods_are_retried_and_the_drain_completes() {
     let fake = fake().await;
+    // Cordoned first, as the agent does: the replacements cannot land here.
+    fake.cordon(NODE);
     for i in 0..3 {
         fake.add_pod(FakePod::new("default", &format!("web-{i}"), NODE));
     }
@@ -232,6 +234,7 @@ impl Drop for Relay {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_cut_mid_drain_are_survived_and_every_pod_goes() {
     let fake = fake().await;
+    fake.cordon(NODE);
     for i in 0..40 {
         fake.add_pod(FakePod::new("default", &format!("web-{i:02}"), NODE));
     }

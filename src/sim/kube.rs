@@ -1,35 +1,126 @@
 //! `FakeKube`: a small, stateful Kubernetes API server over real HTTP, serving real JSON of
-//! k8s-openapi types, so the kube client can run against it unchanged
-//! (`kube::Config::new(url)`, no TLS, no auth).
+//! k8s-openapi types, that follows the real API server's rules wherever spot-guard (or
+//! `kubectl`) can notice them. The kube client runs against it unchanged
+//! (`kube::Config::new(url)`, no TLS, no auth), and so does `kubectl` v1.32
+//! (`tests/kubectl.rs`: `get`, `cordon`, `uncordon`, `taint`, `drain`).
 //!
-//! It serves: the node list, `GET`/`PATCH /api/v1/nodes/{name}` (merge patch with the `resourceVersion`
-//! precondition; strategic merge patch only for bodies without lists), pod lists (all
-//! namespaces or one, filtered by `spec.nodeName`), `GET` of one pod, `POST …/pods/{name}/eviction`
-//! (policy/v1, with a simplified PodDisruptionBudget check), `POST …/events` (core/v1) and
-//! `coordination.k8s.io/v1` Leases (`GET`, `POST`, `PUT`, merge `PATCH`, 409 on a stale
-//! `resourceVersion` or an existing name), which spot-guard's agents coordinate through.
-//! Every write bumps a cluster-wide `resourceVersion`. The handle injects faults and latency,
-//! records every request, every eviction (with the grace period it asked for) and every event.
+//! # What it serves
 //!
-//! What it does NOT model, so tests do not lean on it:
-//! - no watch, no `PUT` except on Leases, no JSON patch, no server-side apply, no dry-run query parameter;
-//! - no authentication, RBAC, admission webhooks or validation beyond JSON shape;
-//! - no scheduler or controllers: an evicted pod is not rescheduled unless the test asked for
-//!   a StatefulSet-like recreation (same name, new uid, on a node the test picks);
-//! - no kubelet: an evicted pod gets `deletionTimestamp` and disappears after a configured
-//!   delay (global or per pod, "never" possible), checked whenever the server is touched;
-//! - PDB arithmetic is simplified: an eviction of a matching pod is refused while the number of
-//!   matching pods already terminating is at least `max_unavailable`; readiness, `minAvailable`,
-//!   percentages and a pod matching several budgets are not modelled;
-//! - selectors: only the field selector `spec.nodeName=…`; any other field or label selector is
-//!   answered 400 so a test cannot silently get unfiltered results.
+//! - Nodes: list, `GET`, `PATCH` as JSON merge patch (with the `resourceVersion`
+//!   precondition) or as strategic merge patch where that means the same (see below).
+//! - Pods: lists of all namespaces or one (filtered by `spec.nodeName`), `GET` of one, and
+//!   `POST …/pods/{name}/eviction` (policy/v1, `EvictionREST.Create`'s order of checks).
+//! - `policy/v1` PodDisruptionBudgets: `GET` and lists, status included; `GET` of the
+//!   DaemonSets, ReplicaSets and StatefulSets that own pods (`kubectl drain` reads each
+//!   DaemonSet); core/v1 Events (`POST`, list); `coordination.k8s.io/v1` Leases (`GET`,
+//!   `POST`, `PUT`, merge `PATCH`; 409 on a stale `resourceVersion` or an existing name).
+//! - Discovery as clients need it: `/version`, `/api`, `/apis`, `/apis/{group}`, and each
+//!   group version's resource list (listing `pods/eviction` in group `policy`, which is how
+//!   `kubectl drain` chooses eviction over deletion); server-side printing: a
+//!   `meta.k8s.io/v1` `Table` with the real server's columns and cells for nodes, pods and
+//!   budgets when the client asks for one (`Accept: …;as=Table`, as `kubectl get` does).
+//!
+//! Every write bumps a cluster-wide `resourceVersion`. The handle injects faults and
+//! latency, and records every request, every eviction (with the grace period it asked for)
+//! and every event.
+//!
+//! # What it models (each switchable per test; strict by default)
+//!
+//! - **Graceful termination** ([`FakeKube::set_termination`]): an evicted pod gets
+//!   `deletionTimestamp` (now + its grace period), `deletionGracePeriodSeconds` and the
+//!   `DisruptionTarget` condition, and is gone once the grace period has passed, as when its
+//!   process ignores SIGTERM. The grace period is the Eviction's
+//!   `deleteOptions.gracePeriodSeconds` when given, else the pod's
+//!   `terminationGracePeriodSeconds` (which the API server defaults to 30 s); 0 (gone at once)
+//!   for a pod never scheduled or already finished; a later eviction may only shorten it.
+//!   [`FakePod::new`] writes `terminationGracePeriodSeconds: 1` into its pods
+//!   ([`TEST_GRACE_PERIOD_SECONDS`]), as a manifest may, so suites stay fast; tests set
+//!   other values on the pods they create. [`Termination::After`] and [`Termination::Never`]
+//!   override the delay, server-wide or per pod ([`FakePod::terminating`]).
+//! - **Controllers and a scheduler** ([`FakeKube::set_controllers`],
+//!   [`FakeKube::set_pod_startup`]): a ReplicaSet replaces a pod that is terminating or gone
+//!   at once with a new Pending pod (`<replicaset>-xxxxx`); a StatefulSet member comes back
+//!   with the same name once the old one is gone; a DaemonSet pod comes back on its node. The
+//!   scheduler binds a Pending pod to a Ready node that is schedulable (not cordoned, unless
+//!   the pod tolerates it), whose `NoSchedule`/`NoExecute` taints the pod tolerates, with
+//!   room for its CPU and memory requests (when the node has allocatable), preferring the node
+//!   with the fewest pods. With nowhere to go the pod stays Pending (`PodScheduled=False`,
+//!   `Unschedulable`, with the scheduler's "0/N nodes are available" message). A bound pod is
+//!   Running and Ready after the pod start-up delay (200 ms by default).
+//! - **PodDisruptionBudgets as the disruption controller computes them**
+//!   ([`FakeKube::set_pdb_counts_replicas`]): `minAvailable` or `maxUnavailable`, integers or
+//!   percentages (rounded up); expected pods = the replicas of the matching pods' controllers
+//!   (the matching pods themselves for an integer `minAvailable`); healthy = Ready and not
+//!   terminating; `disruptionsAllowed = healthy − desiredHealthy`, at least 0, and 0 when a
+//!   matching pod's controller has no scale (a DaemonSet's, a Node's mirror). An eviction is
+//!   refused with the API server's 429 ("Cannot evict pod as it would violate the pod's
+//!   disruption budget.", cause "The disruption budget … needs … healthy pods and has …
+//!   currently") while it is 0, so a budget frees only once a replacement is Ready
+//!   somewhere. As in the API server, pods Pending, finished or already terminating are
+//!   evicted without a budget check, a pod that is not Ready goes when its budget is
+//!   otherwise met, and a pod under two budgets is a 500.
+//! - **Kubelet heartbeats** ([`FakeKube::set_node_heartbeat`], every second by default):
+//!   each Ready node's status is written (`lastHeartbeatTime`, a new `resourceVersion`), so a
+//!   client that writes a Node with a `resourceVersion` read earlier meets the real 409.
+//! - **Validation** ([`FakeKube::set_validation`]), with the API server's codes, reasons and
+//!   messages (`field.Error` wording): a Node write with a malformed taint (effect, key, a
+//!   value over 63 characters, two with one key and effect) or malformed labels or
+//!   annotations is a 422 `Invalid`; an Eviction whose `metadata.name` is not the pod in
+//!   the URL, or whose namespace differs, is a 400; a Lease created or replaced with fields
+//!   of the wrong JSON type (or a `MicroTime` without six fractional digits) is a 400 in the
+//!   decoder's words, and the same made through a merge patch is the patch handler's 422; an
+//!   invalid Lease name or a non-positive `leaseDurationSeconds` is a 422; an Event whose
+//!   involved object's namespace does not match its own is a 422. Unknown fields are dropped,
+//!   each named in a `Warning` header (field validation `Warn`, the server's default);
+//!   `?fieldValidation=Strict` refuses them (kubectl taint sends it).
+//! - **Pods already terminating when a drain starts**: [`FakePod::already_terminating`].
+//!
+//! # What it does NOT model, and why each leniency remains
+//!
+//! - No watch, no `DELETE`, no `PUT` except on Leases, no JSON patch, no server-side apply,
+//!   no `dryRun`, no paging (`limit` is ignored and lists come whole, which a server may do),
+//!   no creation of nodes, pods or budgets over HTTP (tests add them through the handle):
+//!   neither spot-guard nor the `kubectl` commands the tests run send any of these
+//!   (`kubectl drain --disable-eviction` would delete, and is not used).
+//! - Strategic merge patch only where it equals a merge patch: lists only at `spec.taints`
+//!   (atomic in the Node schema), no `$`-directives. Anything else is a 415, so a test never
+//!   silently gets merge-patch semantics where the real server merges list items by key.
+//! - JSON only: a client asking for protobuf gets JSON, as from a server or resource that
+//!   lacks protobuf. No aggregated discovery (kubectl falls back to the legacy form, as with
+//!   any server that does not aggregate) and no OpenAPI documents (`kubectl apply` and
+//!   `explain` would need them; the commands tested do not ask).
+//! - No authentication, RBAC, admission webhooks, quotas or Namespace objects (every
+//!   namespace exists): tests/chart.rs checks the ClusterRole against the requests instead.
+//! - Validation covers the fields clients here write (taints, labels, annotations, object
+//!   names of Leases and Events, Lease spec, Eviction identity, Event namespaces); the rest
+//!   of an object is only type-checked by decoding it, with serde's wording where the Go
+//!   decoder's is not reproduced.
+//! - Controllers, kubelets and the scheduler act when the server is next touched, at once:
+//!   the real ones lag by milliseconds, and the budget's `observedGeneration` lag (a 429
+//!   "still being processed") is not modelled. Heartbeats likewise: one write however many
+//!   beats were missed, which a client cannot tell from a kubelet writing in the background.
+//! - No Deployments (a ReplicaSet's replicas are the pods added with it), no Jobs beyond
+//!   owning finished pods, no DaemonSet pods for nodes added later, no preemption, no
+//!   affinity beyond a StatefulSet member pinned with [`FakePod::recreated_on`], no
+//!   topology spread, no resources but CPU and memory: enough for where evicted pods go.
+//! - A terminating pod takes its whole grace period (a process that exits at SIGTERM leaves
+//!   sooner in a real cluster); containers never crash or restart.
+//! - Selectors: only the field selector `spec.nodeName=…`; any other field or label selector
+//!   is answered 400 so a test cannot silently get unfiltered results.
 
+mod controllers;
+mod discovery;
+mod disruption;
 mod events;
 mod http;
 mod leases;
 mod nodes;
 mod pod;
 mod pods;
+mod status;
+mod table;
+mod validation;
+mod workloads;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -37,19 +128,23 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Node, NodeCondition, NodeSpec, NodeStatus, Pod};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use pod::FakePod;
+pub use disruption::PdbBudget;
+pub use pod::{FakePod, TEST_GRACE_PERIOD_SECONDS};
 
-/// How long an evicted pod lingers (with `deletionTimestamp` set) before it disappears.
+use pod::{OwnerKind, PodIds};
+
+/// How long an evicted (or otherwise deleted) pod lingers, `deletionTimestamp` set, before
+/// it disappears.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Termination {
+    /// As the kubelet does with a process that ignores SIGTERM: the deletion grace period.
+    GracePeriod,
     After(Duration),
     Never,
 }
@@ -69,6 +164,9 @@ pub enum EvictionOutcome {
     Allowed,
     BlockedByPdb,
     NotFound,
+    /// Refused before any budget was looked at (400: the Eviction names another pod; 500:
+    /// the pod is under several budgets).
+    Rejected(u16),
 }
 
 /// One eviction request as received (faults injected in front of it are not recorded here).
@@ -84,15 +182,28 @@ pub struct EvictionRecord {
 struct StoredPod {
     pod: Pod,
     template: FakePod,
-    /// When the pod disappears after an eviction; `None` while not terminating or never.
+    /// When the kubelet removes it, once it is terminating; `None` otherwise or never.
     gone_at: Option<Instant>,
+    /// When its containers run, once it is bound and not yet started.
+    starts_at: Option<Instant>,
+    /// Its controller, if one recreates it.
+    workload: Option<WorkloadKey>,
 }
 
-struct Pdb {
-    namespace: String,
-    name: String,
-    match_labels: BTreeMap<String, String>,
-    max_unavailable: u32,
+/// A controller by namespace, kind and name.
+type WorkloadKey = (String, OwnerKind, String);
+
+/// A ReplicaSet, StatefulSet or DaemonSet, as far as its pods tell.
+struct Workload {
+    uid: String,
+    created: Time,
+    /// ReplicaSet: the pods it keeps.
+    replicas: usize,
+    /// StatefulSet: its members by name; DaemonSet: its pods by node; each with the template
+    /// its replacement is made from.
+    members: BTreeMap<String, FakePod>,
+    /// The pod template a ReplicaSet's replacements are made from.
+    template: FakePod,
 }
 
 struct Fault {
@@ -102,10 +213,23 @@ struct Fault {
     status: StatusCode,
 }
 
+/// The switches of the rules the fake follows.
+struct Rules {
+    termination: Termination,
+    controllers: bool,
+    pod_startup: Duration,
+    heartbeat: Option<Duration>,
+    validation: bool,
+    pdb_counts_replicas: bool,
+}
+
 struct Cluster {
     nodes: BTreeMap<String, Node>,
+    /// When each node's kubelet last wrote its status.
+    heartbeats: BTreeMap<String, Instant>,
     pods: BTreeMap<(String, String), StoredPod>,
-    pdbs: Vec<Pdb>,
+    workloads: BTreeMap<WorkloadKey, Workload>,
+    pdbs: Vec<disruption::Pdb>,
     evictions: Vec<EvictionRecord>,
     events: Vec<Event>,
     /// By (namespace, name).
@@ -113,9 +237,11 @@ struct Cluster {
     requests: Vec<RequestRecord>,
     faults: Vec<Fault>,
     latency: Duration,
-    termination: Termination,
+    rules: Rules,
     resource_version: u64,
     uid_counter: u64,
+    /// The `resourceVersion` the scheduler last looked at the cluster in.
+    scheduled_at: Option<u64>,
 }
 
 impl Cluster {
@@ -129,41 +255,39 @@ impl Cluster {
         format!("00000000-0000-4000-8000-{:012x}", self.uid_counter)
     }
 
-    /// Plays the kubelet and the StatefulSet controller: removes pods whose termination delay
-    /// has passed, recreating those that asked for it.
-    fn reap(&mut self, now: Instant) {
-        let due: Vec<(String, String)> = self
-            .pods
-            .iter()
-            .filter(|(_, stored)| stored.gone_at.is_some_and(|at| at <= now))
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in due {
-            let Some(stored) = self.pods.remove(&key) else {
-                continue;
-            };
-            if let Some(node) = &stored.template.recreate_on {
-                let mut template = stored.template.clone();
-                template.node = node.clone();
-                self.insert_pod(template);
-            }
-        }
+    /// The five characters Kubernetes appends to a generated name.
+    fn next_suffix(&mut self) -> String {
+        const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+        self.uid_counter += 1;
+        let mut n = self.uid_counter.wrapping_mul(2_654_435_761) % 27u64.pow(5);
+        (0..5)
+            .map(|_| {
+                let c = ALPHABET[(n % 27) as usize] as char;
+                n /= 27;
+                c
+            })
+            .collect()
     }
 
-    fn insert_pod(&mut self, template: FakePod) -> Pod {
+    fn node_ip(&self, node: &str) -> String {
+        self.nodes
+            .get(node)
+            .and_then(|n| n.status.as_ref())
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+            .map_or_else(|| "10.0.0.1".to_owned(), |a| a.address.clone())
+    }
+
+    fn pod_ids(&mut self, owner_uid: String, node: &str) -> PodIds {
         let uid = self.next_uid();
-        let resource_version = self.next_resource_version();
-        let pod = template.build(uid, resource_version);
-        let key = (template.namespace.clone(), template.name.clone());
-        self.pods.insert(
-            key,
-            StoredPod {
-                pod: pod.clone(),
-                template,
-                gone_at: None,
-            },
-        );
-        pod
+        let n = self.uid_counter;
+        PodIds {
+            uid,
+            resource_version: self.next_resource_version(),
+            owner_uid,
+            pod_ip: format!("10.1.{}.{}", (n / 250) % 250, n % 250 + 2),
+            host_ip: self.node_ip(node),
+        }
     }
 
     fn pods_on_node(&self, node: &str) -> Vec<Pod> {
@@ -185,8 +309,12 @@ impl Cluster {
 
 type Shared = Arc<Mutex<Cluster>>;
 
+/// The cluster, brought up to date: what the kubelets, controllers and scheduler would
+/// have done by now is done first.
 fn lock(shared: &Shared) -> MutexGuard<'_, Cluster> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
+    let mut cluster = shared.lock().unwrap_or_else(PoisonError::into_inner);
+    cluster.settle(Instant::now());
+    cluster
 }
 
 /// Handle to a running fake API server; dropping it stops the server.
@@ -202,7 +330,9 @@ impl FakeKube {
     pub async fn start() -> std::io::Result<FakeKube> {
         let shared: Shared = Arc::new(Mutex::new(Cluster {
             nodes: BTreeMap::new(),
+            heartbeats: BTreeMap::new(),
             pods: BTreeMap::new(),
+            workloads: BTreeMap::new(),
             pdbs: Vec::new(),
             evictions: Vec::new(),
             events: Vec::new(),
@@ -210,13 +340,22 @@ impl FakeKube {
             requests: Vec::new(),
             faults: Vec::new(),
             latency: Duration::ZERO,
-            termination: Termination::After(Duration::ZERO),
+            rules: Rules {
+                termination: Termination::GracePeriod,
+                controllers: true,
+                pod_startup: controllers::DEFAULT_POD_STARTUP,
+                heartbeat: Some(controllers::DEFAULT_HEARTBEAT),
+                validation: true,
+                pdb_counts_replicas: true,
+            },
             resource_version: 1000,
             uid_counter: 0,
+            scheduled_at: None,
         }));
-        let app = http::router(shared.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let address = listener.local_addr()?;
+        let app = http::router(shared.clone(), address.to_string());
+        let url = format!("http://{address}");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -243,94 +382,17 @@ impl FakeKube {
     pub fn shutdown(self) {}
 
     fn cluster(&self) -> MutexGuard<'_, Cluster> {
-        let mut cluster = lock(&self.shared);
-        cluster.reap(Instant::now());
-        cluster
+        lock(&self.shared)
     }
 
-    /// Adds a Ready node with an AWS providerID (`aws:///us-east-1a/i-…`).
-    pub fn add_node(&self, name: &str) -> Node {
-        let mut cluster = self.cluster();
-        let uid = cluster.next_uid();
-        let resource_version = cluster.next_resource_version();
-        let instance_id = format!("i-{:017x}", cluster.uid_counter);
-        let node = Node {
-            metadata: ObjectMeta {
-                name: Some(name.to_owned()),
-                uid: Some(uid),
-                resource_version: Some(resource_version),
-                creation_timestamp: Some(Time(Timestamp::now())),
-                labels: Some(BTreeMap::from([(
-                    "kubernetes.io/hostname".to_owned(),
-                    name.to_owned(),
-                )])),
-                ..ObjectMeta::default()
-            },
-            spec: Some(NodeSpec {
-                provider_id: Some(format!("aws:///us-east-1a/{instance_id}")),
-                ..NodeSpec::default()
-            }),
-            status: Some(NodeStatus {
-                conditions: Some(vec![NodeCondition {
-                    type_: "Ready".to_owned(),
-                    status: "True".to_owned(),
-                    ..NodeCondition::default()
-                }]),
-                ..NodeStatus::default()
-            }),
-        };
-        cluster.nodes.insert(name.to_owned(), node.clone());
-        node
-    }
-
-    /// Adds a Ready node running `instance_id` with this much allocatable CPU and memory
-    /// (Kubernetes quantities), as the kubelet of a new instance registers it.
-    pub fn add_instance_node(&self, name: &str, instance_id: &str, cpu: &str, memory: &str) {
-        self.add_node(name);
-        self.update_node(name, |node| {
-            if let Some(spec) = node.spec.as_mut() {
-                spec.provider_id = Some(format!("aws:///us-east-1a/{instance_id}"));
-            }
-            if let Some(status) = node.status.as_mut() {
-                let resources = BTreeMap::from([
-                    ("cpu".to_owned(), Quantity(cpu.to_owned())),
-                    ("memory".to_owned(), Quantity(memory.to_owned())),
-                ]);
-                status.capacity = Some(resources.clone());
-                status.allocatable = Some(resources);
-            }
-        });
-    }
-
-    pub fn nodes(&self) -> Vec<Node> {
-        self.cluster().nodes.values().cloned().collect()
-    }
-
-    /// Changes a node as another writer would (bumping its `resourceVersion`); returns whether
-    /// it exists.
-    pub fn update_node(&self, name: &str, change: impl FnOnce(&mut Node)) -> bool {
-        let mut cluster = self.cluster();
-        let resource_version = cluster.next_resource_version();
-        let Some(node) = cluster.nodes.get_mut(name) else {
-            return false;
-        };
-        change(node);
-        node.metadata.resource_version = Some(resource_version);
-        true
-    }
-
-    pub fn node(&self, name: &str) -> Option<Node> {
-        self.cluster().nodes.get(name).cloned()
-    }
-
-    /// Deletes a node as `kubectl delete node` would; returns whether it existed.
-    pub fn remove_node(&self, name: &str) -> bool {
-        self.cluster().nodes.remove(name).is_some()
-    }
-
-    /// Adds (or replaces) a pod and returns it as the server stores it.
+    /// Adds (or replaces) a pod and returns it as the server stores it. Its controller keeps
+    /// it from now on (see [`FakePod`] for which controller that is).
     pub fn add_pod(&self, pod: FakePod) -> Pod {
-        self.cluster().insert_pod(pod)
+        let now = Instant::now();
+        let mut cluster = self.cluster();
+        let stored = cluster.add_pod(pod, now);
+        cluster.settle(now);
+        stored
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Pod> {
@@ -344,56 +406,41 @@ impl FakeKube {
         self.cluster().pods_on_node(node)
     }
 
-    /// Removes a pod at once, as if its deletion had completed; returns whether it existed.
-    pub fn remove_pod(&self, namespace: &str, name: &str) -> bool {
+    /// Every pod, bound or Pending, ordered by namespace and name.
+    pub fn pods(&self) -> Vec<Pod> {
         self.cluster()
             .pods
-            .remove(&(namespace.to_owned(), name.to_owned()))
-            .is_some()
+            .values()
+            .map(|stored| stored.pod.clone())
+            .collect()
     }
 
-    /// Server-wide delay between an eviction and the pod's disappearance (default: at once).
-    pub fn set_termination(&self, termination: Termination) {
-        self.cluster().termination = termination;
-    }
-
-    pub fn add_pdb(
-        &self,
-        namespace: &str,
-        name: &str,
-        match_labels: &[(&str, &str)],
-        max_unavailable: u32,
-    ) {
-        self.cluster().pdbs.push(Pdb {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            match_labels: match_labels
-                .iter()
-                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
-                .collect(),
-            max_unavailable,
-        });
-    }
-
-    /// Returns whether the budget exists.
-    pub fn set_pdb_max_unavailable(
-        &self,
-        namespace: &str,
-        name: &str,
-        max_unavailable: u32,
-    ) -> bool {
+    /// Removes a pod at once, its controller scaled down by one so that nothing replaces
+    /// it (as `kubectl scale` would); returns whether it existed.
+    pub fn remove_pod(&self, namespace: &str, name: &str) -> bool {
         let mut cluster = self.cluster();
-        let pdb = cluster
-            .pdbs
-            .iter_mut()
-            .find(|pdb| pdb.namespace == namespace && pdb.name == name);
-        match pdb {
-            Some(pdb) => {
-                pdb.max_unavailable = max_unavailable;
-                true
-            }
-            None => false,
+        let Some(stored) = cluster
+            .pods
+            .remove(&(namespace.to_owned(), name.to_owned()))
+        else {
+            return false;
+        };
+        if let Some(key) = &stored.workload {
+            cluster.forget(key, &stored.template);
         }
+        true
+    }
+
+    /// How long deleted pods linger: [`Termination::GracePeriod`] (the default, as a kubelet
+    /// does), a fixed delay, or never.
+    pub fn set_termination(&self, termination: Termination) {
+        self.cluster().rules.termination = termination;
+    }
+
+    /// Validation of Node, Lease and Eviction bodies as the API server validates them
+    /// (default: on). Off, anything that decodes is stored.
+    pub fn set_validation(&self, on: bool) {
+        self.cluster().rules.validation = on;
     }
 
     /// Delay added before answering every request.

@@ -1,19 +1,30 @@
 //! The router, and what every request goes through: latency, injected faults, the log.
 
-use std::time::Instant;
-
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
-use serde_json::{Value, json};
 
-use super::{RequestRecord, Shared, events, leases, lock, nodes, pods};
+use super::status::status_body;
+use super::workloads;
+use super::{RequestRecord, Shared, discovery, disruption, events, leases, lock, nodes, pods};
 
-pub(super) fn router(shared: Shared) -> Router {
+pub(super) fn router(shared: Shared, address: String) -> Router {
     Router::new()
+        .route("/version", get(discovery::version))
+        .route(
+            "/api",
+            get(move || {
+                let address = address.clone();
+                async move { discovery::core_versions(&address) }
+            }),
+        )
+        .route("/api/v1", get(discovery::core_resources))
+        .route("/apis", get(discovery::groups))
+        .route("/apis/{group}", get(discovery::group))
+        .route("/apis/{group}/{version}", get(discovery::group_resources))
         .route("/api/v1/nodes", get(nodes::list_nodes))
         .route(
             "/api/v1/nodes/{name}",
@@ -43,39 +54,33 @@ pub(super) fn router(shared: Shared) -> Router {
                 .put(leases::replace_lease)
                 .patch(leases::patch_lease),
         )
+        .route(
+            "/apis/policy/v1/poddisruptionbudgets",
+            get(disruption::list_all_pdbs),
+        )
+        .route(
+            "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
+            get(disruption::list_namespace_pdbs),
+        )
+        .route(
+            "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}",
+            get(disruption::get_pdb),
+        )
+        .route(
+            "/apis/apps/v1/namespaces/{ns}/daemonsets/{name}",
+            get(workloads::get_daemon_set),
+        )
+        .route(
+            "/apis/apps/v1/namespaces/{ns}/replicasets/{name}",
+            get(workloads::get_replica_set),
+        )
+        .route(
+            "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
+            get(workloads::get_stateful_set),
+        )
         .fallback(unknown_path)
         .layer(middleware::from_fn_with_state(shared.clone(), front_door))
         .with_state(shared)
-}
-
-pub(super) fn status_body(
-    status: StatusCode,
-    reason: &str,
-    message: &str,
-    details: Option<Value>,
-) -> Response {
-    let mut body = json!({
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": if status.is_success() { "Success" } else { "Failure" },
-        "message": message,
-        "reason": reason,
-        "code": status.as_u16(),
-    });
-    if let (Some(details), Value::Object(map)) = (details, &mut body) {
-        map.insert("details".to_owned(), details);
-    }
-    (status, axum::Json(body)).into_response()
-}
-
-pub(super) fn not_found(kind: &str, name: &str) -> Response {
-    status_body(
-        StatusCode::NOT_FOUND,
-        "NotFound",
-        &format!("{kind} \"{name}\" not found"),
-        Some(json!({"name": name, "kind": kind})),
-    )
 }
 
 fn reason_for(status: StatusCode) -> &'static str {
@@ -84,22 +89,11 @@ fn reason_for(status: StatusCode) -> &'static str {
         404 => "NotFound",
         409 => "Conflict",
         415 => "UnsupportedMediaType",
+        422 => "Invalid",
         429 => "TooManyRequests",
         503 => "ServiceUnavailable",
         504 => "Timeout",
         _ => "InternalError",
-    }
-}
-
-pub(super) fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
-    match serde_json::to_value(value) {
-        Ok(value) => (status, axum::Json(value)).into_response(),
-        Err(error) => status_body(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            &format!("serializing response: {error}"),
-            None,
-        ),
     }
 }
 
@@ -110,7 +104,6 @@ async fn front_door(State(shared): State<Shared>, request: Request, next: Next) 
     let query = request.uri().query().map(str::to_owned);
     let (latency, fault) = {
         let mut cluster = lock(&shared);
-        cluster.reap(Instant::now());
         (cluster.latency, cluster.take_fault(&method, &path))
     };
     if !latency.is_zero() {

@@ -1,9 +1,13 @@
 //! `coordination.k8s.io/v1` Leases: `GET`, `POST` (create), `PUT` (replace) and `PATCH`
-//! (merge patch), with the API server's optimistic concurrency: a write that carries a
-//! `resourceVersion` other than the stored one, or a create of an existing name, is a 409.
+//! (merge patch), with the API server's optimistic concurrency (a write that carries a
+//! `resourceVersion` other than the stored one, or a create of an existing name, is a 409)
+//! and its validation: JSON type errors in a create or replace are a 400 in the decoder's
+//! words, in a patch a 422 from the patch handler; an invalid name, a non-positive
+//! `leaseDurationSeconds`, malformed labels or annotations are a 422; unknown fields are
+//! dropped with a `Warning`.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -11,24 +15,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
-use super::http::{json_response, not_found, status_body};
-use super::nodes::merge_patch;
+use super::nodes::{merge_patch, patch_invalid};
+use super::status::{
+    FieldError, FieldValidation, bad_request, conflict, invalid, json_response, not_found, quoted,
+    status_body, unknown_fields, with_warnings,
+};
+use super::validation::{self, LEASE_SPEC_FIELDS};
 use super::{Cluster, Shared, lock};
 
-fn bad_request(message: String) -> Response {
-    status_body(StatusCode::BAD_REQUEST, "BadRequest", &message, None)
-}
-
-fn conflict(name: &str) -> Response {
-    status_body(
-        StatusCode::CONFLICT,
-        "Conflict",
-        &format!(
-            "Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
-        ),
-        Some(json!({"name": name, "group": "coordination.k8s.io", "kind": "leases"})),
-    )
-}
+const RESOURCE: &str = "leases.coordination.k8s.io";
+const GROUP: &str = "coordination.k8s.io";
 
 fn key(namespace: &str, name: &str) -> (String, String) {
     (namespace.to_owned(), name.to_owned())
@@ -40,33 +36,106 @@ pub(super) async fn get_lease(
 ) -> Response {
     match lock(&shared).leases.get(&key(&namespace, &name)) {
         Some(lease) => json_response(StatusCode::OK, lease),
-        None => not_found("leases.coordination.k8s.io", &name),
+        None => not_found(RESOURCE, &name),
+    }
+}
+
+/// A Lease body decoded as the API server decodes a create or replace: 400 on JSON type
+/// errors, with the names of the unknown fields it dropped.
+fn decode(body: &[u8], strict: bool) -> Result<(Lease, Value, Vec<String>), Box<Response>> {
+    let sent: Value = serde_json::from_slice(body).map_err(|error| {
+        Box::new(bad_request(&format!(
+            "couldn't get version/kind; json parse error: {error}"
+        )))
+    })?;
+    let cannot = |error: &str| {
+        Box::new(bad_request(&format!(
+            "Lease in version \"v1\" cannot be handled as a Lease: {error}"
+        )))
+    };
+    if strict
+        && let Some(error) = validation::type_error(&sent, "spec", "LeaseSpec", &LEASE_SPEC_FIELDS)
+    {
+        return Err(cannot(&error));
+    }
+    let lease: Lease =
+        serde_json::from_value(sent.clone()).map_err(|error| cannot(&format!("json: {error}")))?;
+    let kept = serde_json::to_value(&lease).unwrap_or(Value::Null);
+    let dropped = unknown_fields(&sent, &kept);
+    Ok((lease, sent, dropped))
+}
+
+/// `ValidateLease`: the name (on create), the spec, labels and annotations.
+fn lease_errors(lease: &Value, check_name: bool) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let name = lease
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if check_name {
+        for message in validation::subdomain_errors(name) {
+            errors.push(FieldError::invalid("metadata.name", name, &message));
+        }
+    }
+    errors.extend(validation::metadata_errors(
+        lease.get("metadata").unwrap_or(&Value::Null),
+    ));
+    errors.extend(validation::lease_spec_errors(
+        lease.get("spec").unwrap_or(&Value::Null),
+    ));
+    errors
+}
+
+/// The `Warning`s (or, with `?fieldValidation=Strict`, the 400) for dropped fields.
+fn unknown_field_answer(
+    query: Option<&str>,
+    dropped: &[String],
+) -> Result<Vec<String>, Box<Response>> {
+    let listed: Vec<String> = dropped
+        .iter()
+        .map(|field| format!("unknown field {}", quoted(field)))
+        .collect();
+    match FieldValidation::of(query) {
+        FieldValidation::Strict if !listed.is_empty() => Err(Box::new(bad_request(&format!(
+            "strict decoding error: {}",
+            listed.join(", ")
+        )))),
+        FieldValidation::Warn => Ok(listed),
+        _ => Ok(Vec::new()),
     }
 }
 
 pub(super) async fn create_lease(
     State(shared): State<Shared>,
     Path(namespace): Path<String>,
+    RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    let mut lease: Lease = match serde_json::from_slice(&body) {
-        Ok(lease) => lease,
-        Err(error) => {
-            return bad_request(format!(
-                "body is not a coordination.k8s.io/v1 Lease: {error}"
-            ));
-        }
+    let mut cluster = lock(&shared);
+    let strict = cluster.rules.validation;
+    let (mut lease, sent, dropped) = match decode(&body, strict) {
+        Ok(decoded) => decoded,
+        Err(refusal) => return *refusal,
+    };
+    let warnings = match unknown_field_answer(query.as_deref(), &dropped) {
+        Ok(warnings) => warnings,
+        Err(refusal) => return *refusal,
     };
     let Some(name) = lease.metadata.name.clone().filter(|n| !n.is_empty()) else {
-        return bad_request("Lease.metadata.name is required".to_owned());
+        return invalid(GROUP, "Lease", "", &[FieldError::required("metadata.name")]);
     };
-    let mut cluster = lock(&shared);
+    if strict {
+        let errors = lease_errors(&sent, true);
+        if !errors.is_empty() {
+            return invalid(GROUP, "Lease", &name, &errors);
+        }
+    }
     if cluster.leases.contains_key(&key(&namespace, &name)) {
         return status_body(
             StatusCode::CONFLICT,
             "AlreadyExists",
-            &format!("leases.coordination.k8s.io \"{name}\" already exists"),
-            Some(json!({"name": name, "group": "coordination.k8s.io", "kind": "leases"})),
+            &format!("{RESOURCE} \"{name}\" already exists"),
+            Some(json!({"name": name, "group": GROUP, "kind": "leases"})),
         );
     }
     lease.metadata.namespace = Some(namespace.clone());
@@ -74,30 +143,40 @@ pub(super) async fn create_lease(
     lease.metadata.creation_timestamp = Some(Time(Timestamp::now()));
     lease.metadata.resource_version = Some(cluster.next_resource_version());
     cluster.leases.insert(key(&namespace, &name), lease.clone());
-    json_response(StatusCode::CREATED, &lease)
+    with_warnings(json_response(StatusCode::CREATED, &lease), &warnings)
 }
 
 pub(super) async fn replace_lease(
     State(shared): State<Shared>,
     Path((namespace, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    let lease: Lease = match serde_json::from_slice(&body) {
-        Ok(lease) => lease,
-        Err(error) => {
-            return bad_request(format!(
-                "body is not a coordination.k8s.io/v1 Lease: {error}"
-            ));
-        }
+    let mut cluster = lock(&shared);
+    let strict = cluster.rules.validation;
+    let (lease, sent, dropped) = match decode(&body, strict) {
+        Ok(decoded) => decoded,
+        Err(refusal) => return *refusal,
+    };
+    let warnings = match unknown_field_answer(query.as_deref(), &dropped) {
+        Ok(warnings) => warnings,
+        Err(refusal) => return *refusal,
     };
     if lease.metadata.name.as_deref() != Some(name.as_str()) {
-        return bad_request(format!(
-            "the name of the object ({:?}) does not match the name on the URL ({name:?})",
-            lease.metadata.name
+        return bad_request(&format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            lease.metadata.name.as_deref().unwrap_or_default()
         ));
     }
+    if strict {
+        let errors = lease_errors(&sent, false);
+        if !errors.is_empty() {
+            return invalid(GROUP, "Lease", &name, &errors);
+        }
+    }
     let wanted = lease.metadata.resource_version.clone();
-    store(&mut lock(&shared), &namespace, &name, wanted, lease)
+    let stored = store(&mut cluster, &namespace, &name, wanted, lease);
+    with_warnings(stored, &warnings)
 }
 
 pub(super) async fn patch_lease(
@@ -107,29 +186,38 @@ pub(super) async fn patch_lease(
 ) -> Response {
     let patch: Value = match serde_json::from_slice(&body) {
         Ok(patch) => patch,
-        Err(error) => return bad_request(format!("patch body is not JSON: {error}")),
+        Err(error) => return bad_request(&format!("error decoding patch: {error}")),
     };
     let mut cluster = lock(&shared);
+    let strict = cluster.rules.validation;
     let Some(current) = cluster.leases.get(&key(&namespace, &name)) else {
-        return not_found("leases.coordination.k8s.io", &name);
+        return not_found(RESOURCE, &name);
     };
     let mut document = match serde_json::to_value(current) {
         Ok(document) => document,
-        Err(error) => return bad_request(format!("serializing lease {name}: {error}")),
+        Err(error) => return bad_request(&format!("serializing lease {name}: {error}")),
     };
     let wanted = patch
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
         .map(str::to_owned);
     merge_patch(&mut document, &patch);
-    let patched: Lease = match serde_json::from_value(document) {
+    if strict
+        && let Some(error) =
+            validation::type_error(&document, "spec", "LeaseSpec", &LEASE_SPEC_FIELDS)
+    {
+        return patch_invalid(&document, &error);
+    }
+    let patched: Lease = match serde_json::from_value(document.clone()) {
         Ok(lease) => lease,
-        Err(error) => {
-            return bad_request(format!(
-                "patched lease {name} is not a valid Lease: {error}"
-            ));
-        }
+        Err(error) => return patch_invalid(&document, &format!("json: {error}")),
     };
+    if strict {
+        let errors = lease_errors(&document, false);
+        if !errors.is_empty() {
+            return invalid(GROUP, "Lease", &name, &errors);
+        }
+    }
     store(&mut cluster, &namespace, &name, wanted, patched)
 }
 
@@ -142,12 +230,12 @@ fn store(
     mut lease: Lease,
 ) -> Response {
     let Some(current) = cluster.leases.get(&key(namespace, name)) else {
-        return not_found("leases.coordination.k8s.io", name);
+        return not_found(RESOURCE, name);
     };
     if wanted_version
         .is_some_and(|wanted| Some(&wanted) != current.metadata.resource_version.as_ref())
     {
-        return conflict(name);
+        return conflict(RESOURCE, name);
     }
     lease.metadata.namespace = Some(namespace.to_owned());
     lease.metadata.uid = current.metadata.uid.clone();
