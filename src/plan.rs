@@ -106,15 +106,7 @@ mod tests {
     use crate::names::{ASG_LIFECYCLE_TAINT, SPOT_ITN_TAINT};
 
     fn settings() -> ActionSettings {
-        ActionSettings {
-            spot_guard: false,
-            taint_node: false,
-            taint_effect: TaintEffect::NoSchedule,
-            cordon_only: false,
-            enable_rebalance_draining: false,
-            exclude_from_load_balancers: false,
-            enable_out_of_service_taint: false,
-        }
+        ActionSettings::default()
     }
 
     #[test]

@@ -13,6 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::pod::{self, OwnerKind};
 use super::{Cluster, FakeKube, FakePod, StoredPod, Workload, WorkloadKey, pod_node};
+use crate::spot_guard::scale_back::decide::parse_quantity;
 
 /// A bound pod is Running and Ready this long after the scheduler placed it.
 pub(super) const DEFAULT_POD_STARTUP: Duration = Duration::from_millis(200);
@@ -491,29 +492,6 @@ fn requests_of(template: &FakePod) -> (i64, i64) {
     };
     let read = |q: &str, scale: f64| parse_quantity(q).map_or(0, |v| (v * scale).ceil() as i64);
     (read(cpu, 1000.0), read(memory, 1.0))
-}
-
-/// A Kubernetes quantity ("250m", "1.5", "512Mi", "1G") in base units.
-fn parse_quantity(quantity: &str) -> Option<f64> {
-    let quantity = quantity.trim();
-    let split = quantity
-        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
-        .unwrap_or(quantity.len());
-    let (number, suffix) = quantity.split_at(split);
-    let multiplier = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        _ => return None,
-    };
-    number.parse::<f64>().ok().map(|value| value * multiplier)
 }
 
 #[cfg(test)]
