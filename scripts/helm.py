@@ -5,11 +5,13 @@ Runs Helm 4 through helm-python-sdk (installed by scripts/helm-venv.sh):
 
     target/helm-venv/bin/python scripts/helm.py template charts/spot-guard -f my.yaml
     target/helm-venv/bin/python scripts/helm.py template charts/spot-guard -f my.yaml --json
+    target/helm-venv/bin/python scripts/helm.py template charts/spot-guard -f my.yaml --notes
     target/helm-venv/bin/python scripts/helm.py lint charts/spot-guard -f my.yaml
 
 `template` checks the values against values.schema.json first, as `helm install` does,
 and prints the manifests (or, with --json, a JSON array of the rendered objects, parsed
-by Helm's own YAML reader). Exit status 1 with the reason on stderr when Helm refuses.
+by Helm's own YAML reader; or, with --notes, the rendered release notes, NOTES.txt).
+Several -f files are merged in order, as `helm install -f a.yaml -f b.yaml` does. Exit status 1 with the reason on stderr when Helm refuses.
 """
 
 import argparse
@@ -58,6 +60,10 @@ def template(args):
     with helm.Chart.load(args.chart) as chart:
         chart.validate_schema(values)
         rendered = chart.render(values, name=args.name, namespace=args.namespace, is_install=True)
+    if args.notes:
+        notes = [text for path, text in rendered.items() if path.endswith("/NOTES.txt")]
+        sys.stdout.write("".join(notes))
+        return 0
     # NOTES.txt and helpers are not manifests.
     sources = sorted(path for path in rendered if path.endswith((".yaml", ".yml")))
     if args.json:
@@ -111,7 +117,9 @@ def main():
         command.add_argument("--namespace", default="kube-system")
         if name == "template":
             command.add_argument("--name", default="spot-guard")
-            command.add_argument("--json", action="store_true")
+            output = command.add_mutually_exclusive_group()
+            output.add_argument("--json", action="store_true")
+            output.add_argument("--notes", action="store_true")
         else:
             command.add_argument("--kube-version", default="v1.33.0")
     args = parser.parse_args()

@@ -43,3 +43,101 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- define "spot-guard.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+
+{{/* Values that cannot work here stop the install with the reason. */}}
+{{- define "spot-guard.checkValues" -}}
+{{- if .Values.enableSqsTerminationDraining -}}
+{{- fail "enableSqsTerminationDraining: true turns on NTH's queue-processor mode; this chart runs IMDS mode only (one agent per spot node, reading its own instance metadata). Set it to false, or keep NTH's chart for queue-processor mode." -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Non-empty when the DaemonSet is wanted: NTH creates its Linux DaemonSet when
+targetNodeOs names linux; unset or empty means linux here. */}}
+{{- define "spot-guard.onLinux" -}}
+{{- $os := lower (toString (.Values.targetNodeOs | default "linux")) -}}
+{{- if contains "linux" $os }}true{{ end -}}
+{{- end -}}
+
+{{/* The Go Spot Guard fork's spotGuard keys whose meaning is the same here, by the key
+they stand for. */}}
+{{- define "spot-guard.forkAliases" -}}
+spotAsgName: spotASGName
+onDemandAsgName: onDemandASGName
+scaleBack.minWait: minimumWaitDuration
+scaleBack.stabilityPeriod: spotStabilityDuration
+scaleBack.utilizationCeiling: maxClusterUtilization
+{{- end -}}
+
+{{/* The fork's keys with no equivalent here, with the reason each has no effect. */}}
+{{- define "spot-guard.forkIgnored" -}}
+podEvictionTimeout: every drain here, scale-back's too, is bounded by nodeTerminationGracePeriod
+cleanupInterval: the fork's chart never passed it to its agent; nothing here needs cleaning up
+maxEventAge: the fork's chart never passed it to its agent; nothing here needs cleaning up
+podMigrationBuffer: Cluster Autoscaler protection of a bought node lasts spotGuard.newNodeProtection here
+enablePreScale: pre-scale is not in this chart yet
+preScaleTimeout: pre-scale is not in this chart yet
+preScaleTargetUtilization: pre-scale is not in this chart yet
+preScaleSafetyBuffer: pre-scale is not in this chart yet
+preScaleFailureFallback: pre-scale is not in this chart yet
+preScaleFallbackThreshold: pre-scale is not in this chart yet
+preScaleRetryBackoff: pre-scale is not in this chart yet
+{{- end -}}
+
+{{/* (list .Values.spotGuard "key.path"): the fork's alias of the key when given (it is
+not in values.yaml, so only a user's file sets it), else the key's own value. */}}
+{{- define "spot-guard.spotGuardValue" -}}
+{{- $sg := index . 0 -}}
+{{- $key := index . 1 -}}
+{{- $fork := index $sg (index (include "spot-guard.forkAliases" . | fromYaml) $key) -}}
+{{- if and (not (kindIs "invalid" $fork)) (ne (toString $fork) "") -}}
+{{- $fork -}}
+{{- else -}}
+{{- $ours := $sg -}}
+{{- range splitList "." $key }}{{ $ours = index $ours . }}{{ end -}}
+{{- $ours -}}
+{{- end -}}
+{{- end -}}
+
+{{/* NTH's values that have no effect in this chart, with NTH's defaults, by reason. */}}
+{{- define "spot-guard.nthIgnored" -}}
+"queue-processor mode only (this chart runs IMDS mode)":
+  replicas: 1
+  strategy: {}
+  podDisruptionBudget: {}
+  priorityClassName: system-cluster-critical
+  topologySpreadConstraints: []
+  queueURL: ""
+  workers: 10
+  checkASGTagBeforeDraining: true
+  checkTagBeforeDraining: true
+  managedAsgTag: aws-node-termination-handler/managed
+  managedTag: aws-node-termination-handler/managed
+  useProviderId: false
+  completeLifecycleActionDelaySeconds: -1
+  deleteSqsMsgIfNodeNotFound: false
+  heartbeatInterval: -1
+  heartbeatUntil: -1
+  sqsMsgVisibilityTimeoutSec: 20
+"Windows nodes only (this agent is Linux-only)":
+  windowsPodLabels: {}
+  windowsPodAnnotations: {}
+  windowsDnsPolicy: ClusterFirst
+  windowsNodeSelector: {}
+  windowsAffinity: {}
+  windowsTolerations: []
+"PodSecurityPolicy is gone since Kubernetes 1.25 (this chart needs 1.25 or later)":
+  rbac.pspEnabled: true
+"test credentials are not passed to the agent (it uses IRSA or Pod Identity; put AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in extraEnv for a test endpoint)":
+  awsAccessKeyID: null
+  awsSecretAccessKey: null
+{{- end -}}
+
+{{/* (list .Values "a.b"): the value at a dotted path as JSON; null when missing. */}}
+{{- define "spot-guard.valueAt" -}}
+{{- $value := index . 0 -}}
+{{- $found := true -}}
+{{- range splitList "." (index . 1) -}}
+{{- if and $found (kindIs "map" $value) (hasKey $value .) }}{{ $value = index $value . }}{{ else }}{{ $found = false }}{{ end -}}
+{{- end -}}
+{{- if $found }}{{ toJson $value }}{{ else }}null{{ end -}}
+{{- end -}}
