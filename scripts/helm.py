@@ -7,11 +7,13 @@ Runs Helm 4 through helm-python-sdk (installed by scripts/helm-venv.sh):
     target/helm-venv/bin/python scripts/helm.py template charts/spot-guard -f my.yaml --json
     target/helm-venv/bin/python scripts/helm.py template charts/spot-guard -f my.yaml --notes
     target/helm-venv/bin/python scripts/helm.py lint charts/spot-guard -f my.yaml
+    target/helm-venv/bin/python scripts/helm.py values -f a.yaml -f b.yaml
 
 `template` checks the values against values.schema.json first, as `helm install` does,
 and prints the manifests (or, with --json, a JSON array of the rendered objects, parsed
 by Helm's own YAML reader; or, with --notes, the rendered release notes, NOTES.txt).
-Several -f files are merged in order, as `helm install -f a.yaml -f b.yaml` does. Exit status 1 with the reason on stderr when Helm refuses.
+Several -f files are merged in order, as `helm install -f a.yaml -f b.yaml` does; `values`
+prints them merged, as JSON. Exit status 1 with the reason on stderr when Helm refuses.
 """
 
 import argparse
@@ -107,6 +109,14 @@ def lint(args):
     return 1 if failed else 0
 
 
+def show_values(args):
+    """The values files merged, as JSON: what the chart's templates would be given on top
+    of its defaults, read by Helm's own YAML reader."""
+    json.dump(load_values(args.values), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,9 +132,11 @@ def main():
             output.add_argument("--notes", action="store_true")
         else:
             command.add_argument("--kube-version", default="v1.33.0")
+    sub.add_parser("values").add_argument("-f", "--values", action="append", default=[])
     args = parser.parse_args()
+    commands = {"template": template, "lint": lint, "values": show_values}
     try:
-        return template(args) if args.command == "template" else lint(args)
+        return commands[args.command](args)
     except helm.HelmError as error:
         print(f"helm {args.command} refused: {error}", file=sys.stderr)
         return 1

@@ -6,6 +6,8 @@
 #[path = "support/helm.rs"]
 mod helm;
 
+use helm::{kind, only, round_trip};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -13,8 +15,6 @@ use clap::CommandFactory;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Container, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use spot_guard::config::ScaleBackSettings;
 use spot_guard::sim::fleet::{FleetSpec, FleetWorld, SPOT_ASG, node_name};
@@ -79,31 +79,6 @@ const NOT_FLAGS: [&str; 2] = ["AWS_REGION", "AWS_ENDPOINT_URL"];
 
 fn render(values: &str) -> Vec<Value> {
     helm::template(values).unwrap_or_else(|refusal| panic!("Helm refused {values}: {refusal}"))
-}
-
-fn kind(object: &Value) -> &str {
-    object["kind"].as_str().unwrap_or("<no kind>")
-}
-
-fn only<'a>(objects: &'a [Value], wanted: &str) -> &'a Value {
-    let matching: Vec<&Value> = objects.iter().filter(|o| kind(o) == wanted).collect();
-    assert_eq!(matching.len(), 1, "expected one {wanted}, got {matching:?}");
-    matching[0]
-}
-
-/// Deserializes into the k8s-openapi type and back: k8s-openapi drops fields it does not
-/// know, so a typo (`tolerations` → `toleration`) shows up as a difference.
-fn round_trip<T: DeserializeOwned + Serialize>(object: &Value) -> T {
-    let typed: T = serde_json::from_value(object.clone())
-        .unwrap_or_else(|error| panic!("{} is not valid: {error}\n{object:#}", kind(object)));
-    let again = serde_json::to_value(&typed).expect("serialize");
-    assert_eq!(
-        &again,
-        object,
-        "{} changed in a round trip through k8s-openapi: an unknown or misspelled field",
-        kind(object)
-    );
-    typed
 }
 
 /// Every rendered object must be of a kind this test knows and survive the round trip.
