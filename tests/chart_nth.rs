@@ -363,6 +363,14 @@ fn the_forks_spot_guard_block_installs_with_this_charts_meanings() {
         assert!(text.contains(said), "{said:?} not in:\n{text}");
     }
 
+    // The fork's name wins while both are set (the notes ask to rename it).
+    let both = "spotGuard: {spotAsgName: renamed-spot-workers}";
+    let env = env_values(container(&pod(&render(&files, both))));
+    assert_eq!(
+        env.get("SPOT_ASG_NAME"),
+        Some(&Some("eks-spot-workers".to_owned()))
+    );
+
     let scale_back = "spotGuard: {scaleBack: {enabled: true}}";
     let env = env_values(container(&pod(&render(&files, scale_back))));
     assert_eq!(
