@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::config::Config;
 use crate::report::{Liveness, Reporter, monitor_kind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -169,6 +170,22 @@ pub struct MonitorSettings {
     pub spot_interruption: bool,
     pub scheduled_events: bool,
     pub asg_lifecycle: bool,
+}
+
+impl MonitorSettings {
+    /// The monitors NTH starts for this configuration: spot ITN, scheduled events and ASG
+    /// lifecycle each by their draining flag; rebalance recommendations when either
+    /// ENABLE_REBALANCE_MONITORING or ENABLE_REBALANCE_DRAINING is set (NTH's rule, so
+    /// draining alone is not a configuration that silently does nothing).
+    pub fn from_config(config: &Config) -> Self {
+        MonitorSettings {
+            interval: config.tuning.poll_interval,
+            rebalance: config.enable_rebalance_monitoring || config.enable_rebalance_draining,
+            spot_interruption: config.enable_spot_interruption_draining,
+            scheduled_events: config.enable_scheduled_event_draining,
+            asg_lifecycle: config.enable_asg_lifecycle_draining,
+        }
+    }
 }
 
 impl Default for MonitorSettings {

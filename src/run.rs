@@ -229,13 +229,7 @@ pub async fn start<A: AutoScaling + Clone + 'static>(
     let (notices_tx, notices_rx) = mpsc::channel(16);
     let monitor = tokio::spawn(monitor::run_reporting(
         imds,
-        MonitorSettings {
-            interval: config.tuning.poll_interval,
-            rebalance: config.enable_rebalance_monitoring,
-            spot_interruption: config.enable_spot_interruption_draining,
-            scheduled_events: config.enable_scheduled_event_draining,
-            asg_lifecycle: config.enable_asg_lifecycle_draining,
-        },
+        MonitorSettings::from_config(config),
         notices_tx,
         shutdown.clone(),
         liveness,
