@@ -267,9 +267,9 @@ pub async fn run_reporting(
             poll = poll_once(&imds, &settings) => poll,
         };
         liveness.record_poll();
-        for (monitor, error) in &poll.failures {
+        for monitor in &poll.failures {
             if failed_polls == 0 {
-                reporter.monitor_error(monitor, error);
+                reporter.monitor_error(monitor);
             } else if let Some(metrics) = reporter.metrics() {
                 metrics.event_error(monitor);
             }
@@ -332,8 +332,8 @@ struct Poll {
     failed: bool,
     /// The rebalance recommendation served now (`Some(None)`: none); `None` when not read.
     rebalance_served: Option<Option<String>>,
-    /// NTH's monitor kind and the error, per failed read.
-    failures: Vec<(&'static str, String)>,
+    /// NTH's monitor kind, per failed read (the error is logged where it happens).
+    failures: Vec<&'static str>,
 }
 
 async fn poll_once(imds: &ImdsClient, settings: &MonitorSettings) -> Poll {
@@ -399,7 +399,7 @@ impl Poll {
     fn record_failure(&mut self, monitor: &'static str, path: &str, error: &ImdsError) {
         warn!(path, "Polling IMDS failed, will poll again: {error}");
         self.failed = true;
-        self.failures.push((monitor, error.to_string()));
+        self.failures.push(monitor);
     }
 }
 

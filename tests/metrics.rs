@@ -69,8 +69,7 @@ async fn scrape_shows_nth_and_spot_guard_metrics() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let reporter = reporter();
     let server = start(&reporter).await;
-    let spot =
-        InterruptionEvent::spot_interruption("spot-itn-1", "terminate", "2020-10-27T08:24:00Z");
+    let spot = InterruptionEvent::spot_interruption("spot-itn-1", "2020-10-27T08:24:00Z");
     let rebalance = InterruptionEvent::rebalance_recommendation(
         "rebalance-recommendation-1",
         "2020-10-27T08:22:00Z",
@@ -80,7 +79,7 @@ async fn scrape_shows_nth_and_spot_guard_metrics() {
     reporter.node_action(&spot, NodeAction::CordonAndDrain, Ok(()));
     reporter.node_action(&rebalance, NodeAction::CordonAndDrain, Ok(()));
     reporter.node_action(&rebalance, NodeAction::Cordon, Err("forbidden"));
-    reporter.monitor_error(monitor_kind::SPOT_ITN, "IMDS unreachable");
+    reporter.monitor_error(monitor_kind::SPOT_ITN);
     reporter.spot_guard(
         &rebalance,
         SpotGuardStep::Fallback {
