@@ -5,7 +5,10 @@
 //! Each step is logged and a failed step does not stop the next one: a node about to
 //! lose its instance is better half-protected than not at all.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
 
 use tracing::{error, info, warn};
 
@@ -38,6 +41,10 @@ pub enum ActionOutcome {
     /// The drain ended with pods left (PDB, refused, not terminated) or failed.
     DrainIncomplete,
 }
+
+/// The longest wait for the node's labels and pod names before acting: they only feed
+/// reports, so an API server that does not answer must not delay the drain.
+const CONTEXT_READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn unix_now() -> i64 {
     SystemTime::now()
@@ -92,6 +99,7 @@ impl NodeActions {
         reason: &str,
     ) -> ActionOutcome {
         let name = self.name().to_string();
+        let event = &self.with_node_context(event).await;
         if let Some(taint) = &plan.taint {
             let tainted = self.node.taint(taint.key, &taint.value, taint.effect).await;
             if let Err(error) = &tainted {
@@ -177,6 +185,36 @@ impl NodeActions {
             error!("Tainting node {name} out-of-service failed: {error}");
         }
         outcome
+    }
+
+    /// `event` with NTH's `.NodeLabels` and `.Pods` (the names of the pods on the node, read
+    /// before the drain) for its reports; what cannot be read stays empty, with a warning.
+    async fn with_node_context(&self, event: &InterruptionEvent) -> InterruptionEvent {
+        let mut event = event.clone();
+        let pods: Api<Pod> = Api::all(self.kube.clone());
+        let on_node = ListParams::default().fields(&format!("spec.nodeName={}", self.name()));
+        let (node, pods) = tokio::join!(
+            tokio::time::timeout(CONTEXT_READ_TIMEOUT, self.node.get()),
+            tokio::time::timeout(CONTEXT_READ_TIMEOUT, pods.list(&on_node)),
+        );
+        match node {
+            Ok(Ok(node)) => event.node_labels = node.metadata.labels.unwrap_or_default(),
+            Ok(Err(error)) => warn!("Reports go without the node's labels: {error}"),
+            Err(_) => warn!("Reports go without the node's labels: no answer in time"),
+        }
+        match pods {
+            Ok(Ok(list)) => {
+                event.pods = list
+                    .items
+                    .into_iter()
+                    .filter_map(|pod| pod.metadata.name)
+                    .collect();
+                info!("Pods on the node: {}", event.pods.join(", "));
+            }
+            Ok(Err(error)) => warn!("Reports go without the node's pod names: {error}"),
+            Err(_) => warn!("Reports go without the node's pod names: no answer in time"),
+        }
+        event
     }
 
     /// Cordons, and records that this event's cordon is ours to undo, unless someone

@@ -504,11 +504,9 @@ fn report_event(notice: &Notice) -> InterruptionEvent {
             event_id,
             notice_time,
         } => InterruptionEvent::rebalance_recommendation(event_id, notice_time),
-        Notice::SpotInterruption {
-            event_id,
-            action,
-            time,
-        } => InterruptionEvent::spot_interruption(event_id, action, time),
+        Notice::SpotInterruption { event_id, time, .. } => {
+            InterruptionEvent::spot_interruption(event_id, time)
+        }
         Notice::ScheduledEvent {
             event_id,
             code,
@@ -519,11 +517,12 @@ fn report_event(notice: &Notice) -> InterruptionEvent {
             event_id,
             code,
             "active",
-            (scheduled_time(not_before), scheduled_time(not_after)),
+            (not_before, not_after),
+            scheduled_time(not_after),
             description,
         ),
         Notice::ScheduledEventEnded { event_id, state } => {
-            InterruptionEvent::scheduled_event(event_id, "", state, (None, None), "")
+            InterruptionEvent::scheduled_event(event_id, "", state, ("", ""), None, "")
         }
         Notice::AsgLifecycleTermination { event_id } => {
             InterruptionEvent::asg_lifecycle(event_id, Some(Timestamp::now()))

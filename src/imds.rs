@@ -288,6 +288,17 @@ impl ImdsClient {
         Ok(id.to_string())
     }
 
+    /// A metadata path's text, trimmed; None when IMDS answers 404 (e.g. `public-ipv4` on
+    /// an instance without a public address).
+    pub async fn text(&self, path: &str) -> Result<Option<String>, ImdsError> {
+        let answer = self.get(path).await?;
+        match answer.status {
+            StatusCode::NOT_FOUND => Ok(None),
+            status if status.is_success() => Ok(Some(answer.body.trim().to_string())),
+            status => Err(status_error(path, status)),
+        }
+    }
+
     pub async fn rebalance_recommendation(
         &self,
     ) -> Result<Option<RebalanceRecommendation>, ImdsError> {

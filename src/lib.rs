@@ -14,6 +14,7 @@ pub mod aws;
 pub mod config;
 pub mod drain;
 pub mod imds;
+pub mod instance_metadata;
 pub mod lease;
 pub mod logging;
 pub mod monitor;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::config::Config;
 use crate::report::{Liveness, Reporter, monitor_kind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -171,6 +172,22 @@ pub struct MonitorSettings {
     pub asg_lifecycle: bool,
 }
 
+impl MonitorSettings {
+    /// The monitors NTH starts for this configuration: spot ITN, scheduled events and ASG
+    /// lifecycle each by their draining flag; rebalance recommendations when either
+    /// ENABLE_REBALANCE_MONITORING or ENABLE_REBALANCE_DRAINING is set (NTH's rule, so
+    /// draining alone is not a configuration that silently does nothing).
+    pub fn from_config(config: &Config) -> Self {
+        MonitorSettings {
+            interval: config.tuning.poll_interval,
+            rebalance: config.enable_rebalance_monitoring || config.enable_rebalance_draining,
+            spot_interruption: config.enable_spot_interruption_draining,
+            scheduled_events: config.enable_scheduled_event_draining,
+            asg_lifecycle: config.enable_asg_lifecycle_draining,
+        }
+    }
+}
+
 impl Default for MonitorSettings {
     fn default() -> Self {
         Self {
@@ -250,9 +267,9 @@ pub async fn run_reporting(
             poll = poll_once(&imds, &settings) => poll,
         };
         liveness.record_poll();
-        for (monitor, error) in &poll.failures {
+        for monitor in &poll.failures {
             if failed_polls == 0 {
-                reporter.monitor_error(monitor, error);
+                reporter.monitor_error(monitor);
             } else if let Some(metrics) = reporter.metrics() {
                 metrics.event_error(monitor);
             }
@@ -315,8 +332,8 @@ struct Poll {
     failed: bool,
     /// The rebalance recommendation served now (`Some(None)`: none); `None` when not read.
     rebalance_served: Option<Option<String>>,
-    /// NTH's monitor kind and the error, per failed read.
-    failures: Vec<(&'static str, String)>,
+    /// NTH's monitor kind, per failed read (the error is logged where it happens).
+    failures: Vec<&'static str>,
 }
 
 async fn poll_once(imds: &ImdsClient, settings: &MonitorSettings) -> Poll {
@@ -382,7 +399,7 @@ impl Poll {
     fn record_failure(&mut self, monitor: &'static str, path: &str, error: &ImdsError) {
         warn!(path, "Polling IMDS failed, will poll again: {error}");
         self.failed = true;
-        self.failures.push((monitor, error.to_string()));
+        self.failures.push(monitor);
     }
 }
 

@@ -17,6 +17,7 @@ use crate::asg::AutoScaling;
 use crate::aws::{AwsAutoScaling, AwsSettings};
 use crate::config::{self, Args, Config, ConfigError};
 use crate::imds::{ImdsClient, ImdsError};
+use crate::instance_metadata;
 use crate::monitor::{self, MonitorError, MonitorSettings};
 use crate::node::{self, NodeClient, NodeError};
 use crate::report::{
@@ -148,13 +149,20 @@ pub async fn start<A: AutoScaling + Clone + 'static>(
 
     let imds = ImdsClient::new(&config.metadata_url, config.metadata_tries)?;
     let mut node_metadata = NodeMetadata::new(&config.node_name);
-    match imds.instance_id().await {
-        Ok(instance_id) => {
-            info!("Running on instance {instance_id}");
-            node_metadata.instance_id = instance_id;
+    let instance = instance_metadata::read(&imds).await;
+    match &instance {
+        Ok(instance) => {
+            info!(
+                "Running on instance {} ({} {} in {})",
+                instance.instance_id,
+                instance.instance_life_cycle,
+                instance.instance_type,
+                instance.availability_zone
+            );
+            node_metadata = node_metadata.with_instance(instance);
         }
         Err(error) => warn!(
-            "Cannot read this instance's id from IMDS at {} ({error}); is this an EC2 instance? Polling goes on and will report notices once IMDS answers",
+            "Cannot read this instance's metadata from IMDS at {} ({error}); is this an EC2 instance? Polling goes on, will report notices once IMDS answers, and reads the metadata again until it does",
             config.metadata_url
         ),
     }
@@ -225,17 +233,21 @@ pub async fn start<A: AutoScaling + Clone + 'static>(
         }
         None => None,
     };
+    if instance.is_err() {
+        let (imds, reporter, shutdown) = (imds.clone(), reporter.clone(), shutdown.clone());
+        let first_wait = config.tuning.poll_interval;
+        own_node_tasks.push(tokio::spawn(async move {
+            let read = instance_metadata::read_until_answered(&imds, first_wait, &shutdown);
+            if let Some(instance) = read.await {
+                reporter.set_instance(&instance);
+            }
+        }));
+    }
 
     let (notices_tx, notices_rx) = mpsc::channel(16);
     let monitor = tokio::spawn(monitor::run_reporting(
         imds,
-        MonitorSettings {
-            interval: config.tuning.poll_interval,
-            rebalance: config.enable_rebalance_monitoring,
-            spot_interruption: config.enable_spot_interruption_draining,
-            scheduled_events: config.enable_scheduled_event_draining,
-            asg_lifecycle: config.enable_asg_lifecycle_draining,
-        },
+        MonitorSettings::from_config(config),
         notices_tx,
         shutdown.clone(),
         liveness,

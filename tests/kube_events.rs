@@ -89,14 +89,22 @@ async fn notices_and_node_actions_become_events_with_nth_reasons() {
             ("Uncordon", "Normal"),
         ])
     );
-    assert!(
-        events[0]
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("2020-10-27T08:22:00Z")
+    // NTH's messages (pkg/observability/k8s-events.go and the rebalance monitor's
+    // description), so `kubectl get events` reads as it did with NTH.
+    let messages: Vec<&str> = events
+        .iter()
+        .map(|event| event.message.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "Rebalance recommendation received. Instance will be cordoned at 2020-10-27T08:22:00Z",
+            "Pre-drain task successfully executed",
+            "There was a problem while trying to cordon the node: the API server refused: forbidden",
+            "Node successfully cordoned and drained",
+            "Node successfully uncordoned",
+        ]
     );
-    assert!(events[2].message.as_deref().unwrap().contains("forbidden"));
     for written in &events {
         assert_eq!(written.metadata.namespace.as_deref(), Some("default"));
         let object = &written.involved_object;
@@ -108,13 +116,32 @@ async fn notices_and_node_actions_become_events_with_nth_reasons() {
             "kubelet-style uid when the real one is unknown"
         );
         let source = written.source.as_ref().unwrap();
-        assert_eq!(source.component.as_deref(), Some("spot-guard"));
+        // NTH's docs: `kubectl get events --field-selector source=aws-node-termination-handler`.
+        assert_eq!(
+            source.component.as_deref(),
+            Some("aws-node-termination-handler")
+        );
         assert_eq!(source.host.as_deref(), Some(NODE));
         let annotations = written.metadata.annotations.as_ref().unwrap();
         assert_eq!(annotations["team"], "infra");
         assert_eq!(annotations["pager"], "on");
         assert_eq!(annotations["instance-id"], "i-0123456789abcdef0");
         assert_eq!(annotations["region"], "eu-west-1");
+        // NTH writes its ten IMDS annotations even when IMDS had no value.
+        for key in [
+            "account-id",
+            "availability-zone",
+            "instance-id",
+            "instance-life-cycle",
+            "instance-type",
+            "local-hostname",
+            "local-ipv4",
+            "public-hostname",
+            "public-ipv4",
+            "region",
+        ] {
+            assert!(annotations.contains_key(key), "{key} missing");
+        }
     }
 }
 
@@ -210,8 +237,7 @@ async fn a_failing_events_api_is_logged_counted_and_passed_over() {
     let events = KubeEvents::new(client, node(), "").unwrap();
     let reporter = Reporter::with_sinks(node(), None, Some(events), Some(metrics.clone()));
     kube.fail_next("POST", EVENTS_PATH, 1, 500);
-    let event =
-        InterruptionEvent::spot_interruption("spot-itn-1", "terminate", "2020-10-27T08:24:00Z");
+    let event = InterruptionEvent::spot_interruption("spot-itn-1", "2020-10-27T08:24:00Z");
 
     reporter.notice_received(&event);
     reporter.node_action(&event, NodeAction::CordonAndDrain, Ok(()));

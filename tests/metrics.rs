@@ -69,8 +69,7 @@ async fn scrape_shows_nth_and_spot_guard_metrics() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let reporter = reporter();
     let server = start(&reporter).await;
-    let spot =
-        InterruptionEvent::spot_interruption("spot-itn-1", "terminate", "2020-10-27T08:24:00Z");
+    let spot = InterruptionEvent::spot_interruption("spot-itn-1", "2020-10-27T08:24:00Z");
     let rebalance = InterruptionEvent::rebalance_recommendation(
         "rebalance-recommendation-1",
         "2020-10-27T08:22:00Z",
@@ -80,7 +79,7 @@ async fn scrape_shows_nth_and_spot_guard_metrics() {
     reporter.node_action(&spot, NodeAction::CordonAndDrain, Ok(()));
     reporter.node_action(&rebalance, NodeAction::CordonAndDrain, Ok(()));
     reporter.node_action(&rebalance, NodeAction::Cordon, Err("forbidden"));
-    reporter.monitor_error(monitor_kind::SPOT_ITN, "IMDS unreachable");
+    reporter.monitor_error(monitor_kind::SPOT_ITN);
     reporter.spot_guard(
         &rebalance,
         SpotGuardStep::Fallback {
@@ -113,23 +112,23 @@ async fn scrape_shows_nth_and_spot_guard_metrics() {
     );
     assert_line(
         &text,
-        r#"actions_total{node_action="cordon-and-drain",node_status="success"} 2"#,
+        r#"actions_total{node_action="cordon-and-drain",node_status="success",otel_scope_name="aws.node.termination.handler",otel_scope_version=""} 2"#,
     );
     assert_line(
         &text,
-        r#"actions_total{node_action="pre-drain",node_status="success"} 1"#,
+        r#"actions_total{node_action="pre-drain",node_status="success",otel_scope_name="aws.node.termination.handler",otel_scope_version=""} 1"#,
     );
     assert_line(
         &text,
-        r#"actions_total{node_action="cordon",node_status="error"} 1"#,
+        r#"actions_total{node_action="cordon",node_status="error",otel_scope_name="aws.node.termination.handler",otel_scope_version=""} 1"#,
     );
     assert_line(
         &text,
-        r#"actions_node_total{node_action="cordon-and-drain",node_status="success",node_name="node-a",node_event_id="spot-itn-1"} 1"#,
+        r#"actions_node_total{node_action="cordon-and-drain",node_event_id="spot-itn-1",node_name="node-a",node_status="success",otel_scope_name="aws.node.termination.handler",otel_scope_version=""} 1"#,
     );
     assert_line(
         &text,
-        r#"events_error_total{event_error_where="SPOT_ITN_MONITOR"} 1"#,
+        r#"events_error_total{event_error_where="SPOT_ITN_MONITOR",otel_scope_name="aws.node.termination.handler",otel_scope_version=""} 1"#,
     );
     assert_line(
         &text,
@@ -160,6 +159,7 @@ async fn scrape_shows_nth_and_spot_guard_metrics() {
         r#"spot_guard_drain_duration_seconds_sum{outcome="complete"} 12.0"#,
     );
     assert_line(&text, "spot_guard_pdb_eviction_retries_total 3");
+    assert_nth_e2e_query_matches(&text);
 
     server.shutdown.cancel();
     tokio::time::timeout(BOUND, server.task)
@@ -167,6 +167,27 @@ async fn scrape_shows_nth_and_spot_guard_metrics() {
         .expect("server stops on shutdown")
         .unwrap()
         .expect("clean stop");
+}
+
+/// NTH's test/e2e/prometheus-metrics-test, as a user's scripts copy it: the scrape must
+/// contain `cordon-and-drain` and `pre-drain`, and for each of them a line that the
+/// query below matches, followed by whitespace and a count.
+fn assert_nth_e2e_query_matches(text: &str) {
+    for action in ["cordon-and-drain", "pre-drain"] {
+        assert!(text.contains(action), "{action} missing from the scrape");
+        let query = format!(
+            r#"actions_total{{node_action="{action}",node_status="success",otel_scope_name="aws.node.termination.handler",otel_scope_version=""}}"#
+        );
+        let count = text.lines().find_map(|line| {
+            let rest = line.strip_prefix(&query)?;
+            let trimmed = rest.trim_start();
+            (trimmed.len() < rest.len()).then(|| trimmed.parse::<u64>().ok())?
+        });
+        assert!(
+            count.is_some_and(|count| count >= 1),
+            "no line matches NTH's e2e query {query}\n{text}"
+        );
+    }
 }
 
 #[tokio::test]

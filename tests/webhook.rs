@@ -88,7 +88,7 @@ fn node() -> NodeMetadata {
 }
 
 fn spot_itn() -> InterruptionEvent {
-    InterruptionEvent::spot_interruption("spot-itn-abc123", "terminate", "2020-10-27T08:22:00Z")
+    InterruptionEvent::spot_interruption("spot-itn-abc123", "2020-10-27T08:22:00Z")
 }
 
 fn reporter_with(webhook: WebhookSettings) -> (Reporter, Metrics) {
@@ -122,7 +122,7 @@ async fn default_template_posts_nth_message_once_after_cordon_and_drain() {
     let body: serde_json::Value = serde_json::from_str(&post.body).expect("default body is JSON");
     assert_eq!(
         body["text"],
-        "[NTH][Instance Interruption] EventID: spot-itn-abc123 - Kind: SPOT_ITN - Instance: i-0123456789abcdef0 - Node: ip-10-0-1-23.eu-west-1.compute.internal - Description: Spot interruption notice received: the instance will terminate at 2020-10-27T08:22:00Z - Start Time: 2020-10-27 08:22:00 +0000 UTC"
+        "[NTH][Instance Interruption] EventID: spot-itn-abc123 - Kind: SPOT_ITN - Instance: i-0123456789abcdef0 - Node: ip-10-0-1-23.eu-west-1.compute.internal - Description: Spot ITN received. Instance will be interrupted at 2020-10-27T08:22:00Z - Start Time: 2020-10-27 08:22:00 +0000 UTC"
     );
 }
 

@@ -238,9 +238,10 @@ fn spot_guard_settings(args: &Args, problems: &mut Vec<String>) -> Option<SpotGu
                 .to_string(),
         );
     }
-    if !args.enable_rebalance_monitoring {
+    // NTH watches rebalance recommendations when either flag is set.
+    if !args.enable_rebalance_monitoring && !args.enable_rebalance_draining {
         problems.push(
-            "ENABLE_SPOT_GUARD is true but ENABLE_REBALANCE_MONITORING (--enable-rebalance-monitoring) is false: Spot Guard acts on rebalance recommendations".to_string(),
+            "ENABLE_SPOT_GUARD is true but neither ENABLE_REBALANCE_MONITORING nor ENABLE_REBALANCE_DRAINING is true: Spot Guard acts on rebalance recommendations, which are watched when either is set".to_string(),
         );
     }
     if let (Some(spot), Some(on_demand)) = (&spot, &on_demand)

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
 
+use crate::instance_metadata::InstanceMetadata;
+
 /// NTH's event kinds (the `.Kind` template field).
 pub mod kind {
     pub const REBALANCE_RECOMMENDATION: &str = "REBALANCE_RECOMMENDATION";
@@ -48,7 +50,37 @@ impl NodeMetadata {
         }
     }
 
-    /// The annotations NTH puts on every Kubernetes event, empty values left out.
+    /// This node on the instance IMDS described.
+    pub fn with_instance(self, instance: &InstanceMetadata) -> Self {
+        let InstanceMetadata {
+            account_id,
+            instance_id,
+            instance_life_cycle,
+            instance_type,
+            public_hostname,
+            public_ipv4,
+            local_hostname,
+            local_ipv4,
+            availability_zone,
+            region,
+        } = instance.clone();
+        NodeMetadata {
+            account_id,
+            instance_id,
+            instance_life_cycle,
+            instance_type,
+            public_hostname,
+            public_ipv4,
+            local_hostname,
+            local_ipv4,
+            availability_zone,
+            region,
+            ..self
+        }
+    }
+
+    /// The annotations NTH puts on every Kubernetes event in IMDS mode: all ten, empty
+    /// where IMDS had nothing, as NTH writes them.
     pub fn event_annotations(&self) -> BTreeMap<String, String> {
         [
             ("account-id", &self.account_id),
@@ -63,13 +95,16 @@ impl NodeMetadata {
             ("region", &self.region),
         ]
         .into_iter()
-        .filter(|(_, value)| !value.is_empty())
         .map(|(key, value)| (key.to_owned(), value.clone()))
         .collect()
     }
 }
 
 /// One notice being handled, as NTH describes it to templates and events.
+///
+/// Descriptions are NTH's words without the " \n" NTH ends them with: that newline, raw
+/// inside the JSON string of NTH's default template, makes the body invalid JSON, which
+/// strict receivers (Discord, NTH issue #970) refuse.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InterruptionEvent {
     pub event_id: String,
@@ -96,46 +131,45 @@ impl InterruptionEvent {
             kind: kind::REBALANCE_RECOMMENDATION.to_owned(),
             monitor: monitor_kind::REBALANCE_RECOMMENDATION.to_owned(),
             description: format!(
-                "Rebalance recommendation received: the node is cordoned from {notice_time}"
+                "Rebalance recommendation received. Instance will be cordoned at {notice_time}"
             ),
             start_time: notice_time.parse().ok(),
             ..InterruptionEvent::default()
         }
     }
 
-    pub fn spot_interruption(event_id: impl Into<String>, action: &str, time: &str) -> Self {
+    /// NTH's description names no action: every spot interruption reads "interrupted".
+    pub fn spot_interruption(event_id: impl Into<String>, time: &str) -> Self {
         InterruptionEvent {
             event_id: event_id.into(),
             kind: kind::SPOT_ITN.to_owned(),
             monitor: monitor_kind::SPOT_ITN.to_owned(),
-            description: format!(
-                "Spot interruption notice received: the instance will {action} at {time}"
-            ),
+            description: format!("Spot ITN received. Instance will be interrupted at {time}"),
             start_time: time.parse().ok(),
             ..InterruptionEvent::default()
         }
     }
 
+    /// `not_before`/`not_after` as IMDS gives them (`21 Jan 2019 09:00:43 GMT`), which
+    /// NTH's description quotes; `end_time` is `not_after` parsed. The start time is when
+    /// the event was seen, as in NTH.
     pub fn scheduled_event(
         event_id: impl Into<String>,
         code: &str,
         state: &str,
-        window: (Option<Timestamp>, Option<Timestamp>),
+        (not_before, not_after): (&str, &str),
+        end_time: Option<Timestamp>,
         description: &str,
     ) -> Self {
-        let (start_time, end_time) = window;
-        let show = |time: Option<Timestamp>| time.map_or_else(|| "?".to_owned(), go_time);
         InterruptionEvent {
             event_id: event_id.into(),
             kind: kind::SCHEDULED_EVENT.to_owned(),
             monitor: monitor_kind::SCHEDULED_EVENT.to_owned(),
             description: format!(
-                "Scheduled event {code} between {} and {}: {description}",
-                show(start_time),
-                show(end_time)
+                "{code} will occur between {not_before} and {not_after} because {description}"
             ),
             state: state.to_owned(),
-            start_time,
+            start_time: Some(Timestamp::now()),
             end_time,
             ..InterruptionEvent::default()
         }
@@ -146,9 +180,9 @@ impl InterruptionEvent {
             event_id: event_id.into(),
             kind: kind::ASG_LIFECYCLE.to_owned(),
             monitor: monitor_kind::ASG_LIFECYCLE.to_owned(),
-            description:
-                "ASG target lifecycle state is Terminated: the instance will be terminated"
-                    .to_owned(),
+            // NTH's words, its "AST" typo included, so filters on the message still match.
+            description: "AST target lifecycle state received. Instance will be terminated"
+                .to_owned(),
             start_time,
             ..InterruptionEvent::default()
         }
@@ -177,15 +211,16 @@ mod tests {
     }
 
     #[test]
-    fn annotations_leave_out_unknown_values() {
+    fn annotations_are_nth_s_ten_even_when_unknown() {
         let node = NodeMetadata {
             instance_id: "i-0abc".into(),
             region: "eu-west-1".into(),
             ..NodeMetadata::new("node-a")
         };
         let annotations = node.event_annotations();
-        assert_eq!(annotations.len(), 2);
+        assert_eq!(annotations.len(), 10);
         assert_eq!(annotations["instance-id"], "i-0abc");
         assert_eq!(annotations["region"], "eu-west-1");
+        assert_eq!(annotations["public-ipv4"], "");
     }
 }

@@ -2,8 +2,8 @@
 //! namespace, as NTH writes them, with NTH's reasons and Spot Guard's own.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
@@ -16,9 +16,11 @@ use super::interruption::NodeMetadata;
 
 /// Events about cluster-scoped objects such as Nodes live here (NTH and the kubelet agree).
 pub const NODE_EVENTS_NAMESPACE: &str = "default";
-/// `source.component` of every event. Legacy-style events (no `eventTime`, so the API server
-/// does not ask for `action` and `reportingController`), as client-go's recorder writes them.
-pub const SOURCE_COMPONENT: &str = "spot-guard";
+/// `source.component` of every event: NTH's, which its docs tell users to select on
+/// (`kubectl get events --field-selector source=aws-node-termination-handler`). Legacy-style
+/// events (no `eventTime`, so the API server does not ask for `action` and
+/// `reportingController`), as client-go's recorder writes them.
+pub const SOURCE_COMPONENT: &str = "aws-node-termination-handler";
 /// One event POST; the agent never waits longer for the events API.
 pub const DEFAULT_EVENT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -138,12 +140,20 @@ pub fn parse_extra_annotations(text: &str) -> Result<BTreeMap<String, String>, R
         .collect()
 }
 
+/// The node's metadata, shared by the reporter's sinks: filled in when IMDS answers late.
+pub(super) type SharedNode = Arc<RwLock<NodeMetadata>>;
+
+pub(super) fn snapshot(node: &SharedNode) -> NodeMetadata {
+    node.read().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
 /// Writes events about this node; cheap to clone.
 #[derive(Clone)]
 pub struct KubeEvents {
     api: Api<Event>,
-    node: NodeMetadata,
-    annotations: BTreeMap<String, String>,
+    node: SharedNode,
+    /// KUBERNETES_EVENTS_EXTRA_ANNOTATIONS; they win over NTH's own, as in NTH.
+    extra_annotations: BTreeMap<String, String>,
     timeout: Duration,
     /// Makes event names unique even within one clock tick.
     sequence: Arc<AtomicU64>,
@@ -157,12 +167,10 @@ impl KubeEvents {
         node: NodeMetadata,
         extra_annotations: &str,
     ) -> Result<Self, ReportError> {
-        let mut annotations = node.event_annotations();
-        annotations.extend(parse_extra_annotations(extra_annotations)?);
         Ok(KubeEvents {
             api: Api::namespaced(client, NODE_EVENTS_NAMESPACE),
-            node,
-            annotations,
+            node: Arc::new(RwLock::new(node)),
+            extra_annotations: parse_extra_annotations(extra_annotations)?,
             timeout: DEFAULT_EVENT_TIMEOUT,
             sequence: Arc::new(AtomicU64::new(0)),
         })
@@ -173,9 +181,16 @@ impl KubeEvents {
         self
     }
 
+    /// Describes the node from `node` from now on, as the reporter's other sinks do.
+    pub(super) fn share_node(mut self, node: SharedNode) -> Self {
+        self.node = node;
+        self
+    }
+
     /// Creates one event; waits at most the timeout.
     pub async fn emit(&self, event: &ReasonedEvent) -> Result<(), KubeEventError> {
-        let object = self.event_object(event);
+        let node = snapshot(&self.node);
+        let object = self.event_object(&node, event);
         match tokio::time::timeout(
             self.timeout,
             self.api.create(&PostParams::default(), &object),
@@ -185,19 +200,21 @@ impl KubeEvents {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(source)) => Err(KubeEventError::Create {
                 reason: event.reason,
-                node: self.node.node_name.clone(),
+                node: node.node_name,
                 source,
             }),
             Err(_) => Err(KubeEventError::TimedOut {
                 reason: event.reason,
-                node: self.node.node_name.clone(),
+                node: node.node_name,
                 timeout: self.timeout,
             }),
         }
     }
 
-    fn event_object(&self, event: &ReasonedEvent) -> Event {
-        let node_name = &self.node.node_name;
+    fn event_object(&self, node: &NodeMetadata, event: &ReasonedEvent) -> Event {
+        let node_name = &node.node_name;
+        let mut annotations = node.event_annotations();
+        annotations.extend(self.extra_annotations.clone());
         let now = Timestamp::now();
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -208,19 +225,14 @@ impl KubeEvents {
                 // client-go's naming, `<object>.<hex time>`, plus a sequence against clashes.
                 name: Some(format!("{node_name}.{nanos:x}{sequence:x}")),
                 namespace: Some(NODE_EVENTS_NAMESPACE.to_owned()),
-                annotations: (!self.annotations.is_empty()).then(|| self.annotations.clone()),
+                annotations: Some(annotations),
                 ..ObjectMeta::default()
             },
             involved_object: ObjectReference {
                 api_version: Some("v1".to_owned()),
                 kind: Some("Node".to_owned()),
                 name: Some(node_name.clone()),
-                uid: Some(
-                    self.node
-                        .node_uid
-                        .clone()
-                        .unwrap_or_else(|| node_name.clone()),
-                ),
+                uid: Some(node.node_uid.clone().unwrap_or_else(|| node_name.clone())),
                 ..ObjectReference::default()
             },
             reason: Some(event.reason.to_owned()),

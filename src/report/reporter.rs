@@ -2,7 +2,7 @@
 //! metrics at once and queues its Kubernetes event and webhook post for a background worker,
 //! so it never waits on the network and never fails.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -11,9 +11,10 @@ use tracing::warn;
 use super::ReportError;
 use super::ReportSettings;
 use super::interruption::{InterruptionEvent, NodeMetadata};
-use super::kube_events::{KubeEvents, ReasonedEvent, reason};
+use super::kube_events::{KubeEvents, ReasonedEvent, SharedNode, reason, snapshot};
 use super::metrics::Metrics;
 use super::webhook::Webhook;
+use crate::instance_metadata::InstanceMetadata;
 
 /// Pending reports per sink before new ones are dropped (with a warning): a sink that hangs
 /// must not make the agent hold unbounded memory.
@@ -45,29 +46,35 @@ impl NodeAction {
 
     fn event(self, error: Option<&str>) -> ReasonedEvent {
         match (self, error) {
-            (NodeAction::Taint, None) => ReasonedEvent::normal(reason::PRE_DRAIN, "Node tainted"),
+            // NTH's messages (pkg/observability/k8s-events.go), word for word.
+            (NodeAction::Taint, None) => {
+                ReasonedEvent::normal(reason::PRE_DRAIN, "Pre-drain task successfully executed")
+            }
             (NodeAction::Taint, Some(error)) => ReasonedEvent::warning(
                 reason::PRE_DRAIN_ERROR,
-                format!("Tainting the node failed: {error}"),
+                format!("There was a problem executing the pre-drain task: {error}"),
             ),
-            (NodeAction::Cordon, None) => ReasonedEvent::normal(reason::CORDON, "Node cordoned"),
+            (NodeAction::Cordon, None) => {
+                ReasonedEvent::normal(reason::CORDON, "Node successfully cordoned")
+            }
             (NodeAction::Cordon, Some(error)) => ReasonedEvent::warning(
                 reason::CORDON_ERROR,
-                format!("Cordoning the node failed: {error}"),
+                format!("There was a problem while trying to cordon the node: {error}"),
             ),
-            (NodeAction::CordonAndDrain, None) => {
-                ReasonedEvent::normal(reason::CORDON_AND_DRAIN, "Node cordoned and drained")
-            }
+            (NodeAction::CordonAndDrain, None) => ReasonedEvent::normal(
+                reason::CORDON_AND_DRAIN,
+                "Node successfully cordoned and drained",
+            ),
             (NodeAction::CordonAndDrain, Some(error)) => ReasonedEvent::warning(
                 reason::CORDON_AND_DRAIN_ERROR,
-                format!("Cordoning and draining the node failed: {error}"),
+                format!("There was a problem while trying to cordon and drain the node: {error}"),
             ),
             (NodeAction::Uncordon, None) => {
-                ReasonedEvent::normal(reason::UNCORDON, "Node uncordoned")
+                ReasonedEvent::normal(reason::UNCORDON, "Node successfully uncordoned")
             }
             (NodeAction::Uncordon, Some(error)) => ReasonedEvent::warning(
                 reason::UNCORDON_ERROR,
-                format!("Uncordoning the node failed: {error}"),
+                format!("There was a problem while trying to uncordon the node: {error}"),
             ),
         }
     }
@@ -142,7 +149,7 @@ struct WebhookPost {
 }
 
 struct Inner {
-    node: NodeMetadata,
+    node: SharedNode,
     metrics: Option<Metrics>,
     events: Option<mpsc::Sender<Job<ReasonedEvent>>>,
     webhook: Option<mpsc::Sender<Job<WebhookPost>>>,
@@ -204,7 +211,9 @@ impl Reporter {
         events: Option<KubeEvents>,
         metrics: Option<Metrics>,
     ) -> Self {
+        let node: SharedNode = Arc::new(RwLock::new(node));
         let events = events.map(|events| {
+            let events = events.share_node(Arc::clone(&node));
             let metrics = metrics.clone();
             spawn_worker(move |event: ReasonedEvent| {
                 let events = events.clone();
@@ -221,11 +230,11 @@ impl Reporter {
         });
         let webhook = webhook.map(|webhook| {
             let metrics = metrics.clone();
-            let node = node.clone();
+            let node = Arc::clone(&node);
             spawn_worker(move |post: WebhookPost| {
                 let webhook = webhook.clone();
                 let metrics = metrics.clone();
-                let node = node.clone();
+                let node = snapshot(&node);
                 async move {
                     if let Err(error) = webhook.post(&node, &post.event, &post.reason).await {
                         warn!("Webhook notification not sent: {error}");
@@ -246,6 +255,15 @@ impl Reporter {
         }
     }
 
+    /// The instance IMDS described, for every report from now on (read late when IMDS did
+    /// not answer at start-up).
+    pub fn set_instance(&self, instance: &InstanceMetadata) {
+        if let Some(inner) = &self.inner {
+            let mut node = inner.node.write().unwrap_or_else(PoisonError::into_inner);
+            *node = node.clone().with_instance(instance);
+        }
+    }
+
     /// The metrics to serve, when ENABLE_PROMETHEUS_SERVER is on.
     pub fn metrics(&self) -> Option<Metrics> {
         self.inner.as_ref()?.metrics.clone()
@@ -261,13 +279,14 @@ impl Reporter {
 
     /// Polling `monitor` (one of [`super::monitor_kind`]) failed: `events_error_total` and a
     /// MonitorError event, as NTH reports every failed poll.
-    pub fn monitor_error(&self, monitor: &str, error: &str) {
+    pub fn monitor_error(&self, monitor: &str) {
         if let Some(metrics) = self.metrics_ref() {
             metrics.event_error(monitor);
         }
+        // NTH's message names only the monitor; the error is in the agent's log.
         self.emit(ReasonedEvent::warning(
             reason::MONITOR_ERROR,
-            format!("Monitor {monitor} failed: {error}"),
+            format!("There was a problem monitoring for events in monitor '{monitor}'"),
         ));
     }
 
@@ -286,7 +305,7 @@ impl Reporter {
         if let Some(metrics) = &inner.metrics {
             metrics.node_action(
                 action.label(),
-                &inner.node.node_name,
+                &snapshot(&inner.node).node_name,
                 &event.event_id,
                 result.is_ok(),
             );

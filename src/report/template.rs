@@ -2,8 +2,11 @@
 //! `gtmpl` with the fields NTH offers and a few of the sprig functions NTH templates use.
 //!
 //! Limits against Go: only the sprig functions below exist (`lower`, `upper`, `trim`,
-//! `trimPrefix`, `trimSuffix`, `replace`, `quote`, `join`, `default`); a list or map printed
-//! whole (`{{ .Pods }}`) shows in Rust debug form, so use `{{ join ", " .Pods }}` or `range`.
+//! `trimPrefix`, `trimSuffix`, `replace`, `quote`, `join`, `default`). A list or map printed
+//! whole by a plain reference (`{{ .Pods }}`, `{{ $labels }}`) prints as Go's `%v` does
+//! (`[a b]`, `map[k:v]`); one printed at the end of a longer pipeline does not. `range` over
+//! a map (`.NodeLabels`) visits keys in no set order (Go: sorted), and `index` of a missing
+//! key prints `<no value>` (Go: an empty string).
 
 use std::collections::HashMap;
 
@@ -30,9 +33,9 @@ impl WebhookTemplate {
     pub fn parse(text: &str) -> Result<Self, TemplateError> {
         let mut template = Template::default();
         template.add_funcs(SPRIG_SUBSET);
-        check_actions_closed(text).map_err(TemplateError::Parse)?;
+        let spans = action_spans(text).map_err(TemplateError::Parse)?;
         template
-            .parse(text)
+            .parse(print_references_as_go(text, &spans))
             .map_err(|error| TemplateError::Parse(error.to_string()))?;
         let parsed = WebhookTemplate { template };
         parsed.render(&NodeMetadata::default(), &InterruptionEvent::default(), "")?;
@@ -60,12 +63,15 @@ pub enum TemplateError {
     Render(String),
 }
 
-/// gtmpl 0.7's lexer never returns on an action left open at the end of the text after
-/// whitespace (`{{ .EventID `), so such templates are refused before it sees them.
-fn check_actions_closed(text: &str) -> Result<(), String> {
-    let mut rest = text;
-    while let Some(open) = rest.find("{{") {
-        let mut chars = rest[open + 2..].char_indices().peekable();
+/// The byte spans of the actions (`{{` … `}}`) of `text`, quotes respected. Also guards
+/// gtmpl 0.7, whose lexer never returns on an action left open at the end of the text after
+/// whitespace (`{{ .EventID `): such templates are refused before it sees them.
+fn action_spans(text: &str) -> Result<Vec<(usize, usize)>, String> {
+    let mut spans = Vec::new();
+    let mut offset = 0;
+    while let Some(found) = text[offset..].find("{{") {
+        let open = offset + found;
+        let mut chars = text[open + 2..].char_indices().peekable();
         let mut closed_at = None;
         while let Some((index, c)) = chars.next() {
             match c {
@@ -79,7 +85,7 @@ fn check_actions_closed(text: &str) -> Result<(), String> {
                     if !terminated {
                         return Err(format!(
                             "unterminated quote in the action at {:?}",
-                            excerpt(rest, open)
+                            excerpt(text, open)
                         ));
                     }
                 }
@@ -93,12 +99,79 @@ fn check_actions_closed(text: &str) -> Result<(), String> {
         let Some(end) = closed_at else {
             return Err(format!(
                 "unclosed action {:?}: no matching }}}}",
-                excerpt(rest, open)
+                excerpt(text, open)
             ));
         };
-        rest = &rest[end..];
+        spans.push((open, end));
+        offset = end;
     }
-    Ok(())
+    Ok(spans)
+}
+
+/// gtmpl prints a list or map in Rust's debug form; an action that only references a
+/// value (`{{ .Pods }}`, `{{- $x -}}`) is rewritten to print it through [`GO_PRINT`]
+/// instead, as Go's text/template would.
+fn print_references_as_go(text: &str, spans: &[(usize, usize)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for &(open, end) in spans {
+        let inner = &text[open + 2..end - 2];
+        let lead = if inner.starts_with("- ") { "- " } else { "" };
+        let trail = if inner.ends_with(" -") { " -" } else { "" };
+        let core = inner[lead.len()..inner.len() - trail.len()].trim();
+        if is_reference(core) {
+            out.push_str(&text[copied..open]);
+            // Single spaces around the trim markers: gtmpl reads `{{-  x  -}}` as an
+            // extra argument `-`.
+            out.push_str(&format!("{{{{{lead}{GO_PRINT} {core}{trail}}}}}"));
+            copied = end;
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// `.Field.Sub`, `$`, `$var.Field` or `.`: nothing else (no quotes, so no `}}` inside).
+fn is_reference(core: &str) -> bool {
+    let fields = core.strip_prefix('$').map_or(core, |after| {
+        after.trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_')
+    });
+    !core.is_empty()
+        && (fields.is_empty()
+            || fields == "."
+            || fields.split('.').skip(1).all(|name| {
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            }) && fields.starts_with('.'))
+}
+
+/// The function the rewritten actions print through.
+const GO_PRINT: &str = "_go_print";
+
+fn go_print(args: &[Value]) -> Result<Value, FuncError> {
+    let [value] = args else {
+        return Err(FuncError::ExactlyXArgs(GO_PRINT.to_owned(), 1));
+    };
+    Ok(Value::String(go_format(value)))
+}
+
+/// Go's `%v`: `[a b]` for a slice, `map[k1:v1 k2:v2]` (keys sorted) for a map.
+fn go_format(value: &Value) -> String {
+    match value {
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(go_format).collect();
+            format!("[{}]", items.join(" "))
+        }
+        Value::Map(map) | Value::Object(map) => {
+            let mut pairs: Vec<(&String, &Value)> = map.iter().collect();
+            pairs.sort_by(|a, b| a.0.cmp(b.0));
+            let pairs: Vec<String> = pairs
+                .into_iter()
+                .map(|(key, value)| format!("{key}:{}", go_format(value)))
+                .collect();
+            format!("map[{}]", pairs.join(" "))
+        }
+        other => other.to_string(),
+    }
 }
 
 fn excerpt(text: &str, from: usize) -> String {
@@ -176,6 +249,7 @@ static SPRIG_SUBSET: &[(&str, Func)] = &[
     ("quote", quote as Func),
     ("join", join as Func),
     ("default", default as Func),
+    (GO_PRINT, go_print as Func),
 ];
 
 /// Sprig's functions take the piped value last, e.g. `{{ .EventID | trimPrefix "spot-" }}`.
@@ -276,11 +350,8 @@ mod tests {
             instance_id: "i-0abc".into(),
             ..NodeMetadata::new("node-a")
         };
-        let mut event = InterruptionEvent::spot_interruption(
-            "spot-itn-1234",
-            "terminate",
-            "2020-10-27T08:22:00Z",
-        );
+        let mut event =
+            InterruptionEvent::spot_interruption("spot-itn-1234", "2020-10-27T08:22:00Z");
         event.pods = vec!["default/web-1".into(), "default/web-2".into()];
         WebhookTemplate::parse(text)?.render(&node, &event, "capacity")
     }
@@ -304,6 +375,23 @@ mod tests {
         assert_eq!(
             render(r#"{{ replace "-" "_" .EventID | upper }}"#).unwrap(),
             "SPOT_ITN_1234"
+        );
+    }
+
+    #[test]
+    fn whole_lists_and_maps_print_as_go_does() {
+        assert_eq!(
+            render("{{ .Pods }}|{{- .Pods -}}|{{ .NodeLabels }}").unwrap(),
+            "[default/web-1 default/web-2]|[default/web-1 default/web-2]|map[]"
+        );
+        assert_eq!(
+            render("{{ range $i, $p := .Pods }}{{ $i }}={{ $p }} {{ end }}{{/* .Pods */}}")
+                .unwrap(),
+            "0=default/web-1 1=default/web-2 "
+        );
+        assert_eq!(
+            render(r#"{{ printf "}}{{ .Pods }}" }}"#).unwrap(),
+            "}}{{ .Pods }}"
         );
     }
 

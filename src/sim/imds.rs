@@ -22,8 +22,17 @@ use crate::imds::{
     ASG_TARGET_LIFECYCLE_STATE_PATH, INSTANCE_ID_PATH, REBALANCE_RECOMMENDATION_PATH,
     SCHEDULED_EVENTS_PATH, SPOT_INSTANCE_ACTION_PATH, TOKEN_HEADER, TOKEN_PATH, TOKEN_TTL_HEADER,
 };
+use crate::instance_metadata::{
+    AVAILABILITY_ZONE_PATH, IDENTITY_DOCUMENT_PATH, INSTANCE_LIFE_CYCLE_PATH, INSTANCE_TYPE_PATH,
+    LOCAL_HOSTNAME_PATH, LOCAL_IPV4_PATH, PUBLIC_HOSTNAME_PATH, PUBLIC_IPV4_PATH,
+};
 
 pub const DEFAULT_INSTANCE_ID: &str = "i-0123456789abcdef0";
+pub const DEFAULT_ACCOUNT_ID: &str = "123456789012";
+pub const DEFAULT_INSTANCE_TYPE: &str = "m5.large";
+pub const DEFAULT_AVAILABILITY_ZONE: &str = "us-east-1a";
+pub const DEFAULT_LOCAL_IPV4: &str = "10.0.1.23";
+pub const DEFAULT_LOCAL_HOSTNAME: &str = "ip-10-0-1-23.ec2.internal";
 /// IMDS accepts token lifetimes from one second to six hours.
 const MAX_TOKEN_TTL_SECONDS: u64 = 21_600;
 
@@ -50,9 +59,67 @@ pub enum TokenMode {
     TokenHangs,
 }
 
+/// What IMDS tells about the instance besides its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimInstance {
+    pub account_id: String,
+    pub instance_type: String,
+    /// `spot` or `on-demand`.
+    pub life_cycle: String,
+    pub availability_zone: String,
+    pub local_ipv4: String,
+    pub local_hostname: String,
+    /// Hostname and address; None for an instance without a public address (IMDS: 404).
+    pub public: Option<(String, String)>,
+}
+
+impl Default for SimInstance {
+    fn default() -> Self {
+        SimInstance {
+            account_id: DEFAULT_ACCOUNT_ID.to_owned(),
+            instance_type: DEFAULT_INSTANCE_TYPE.to_owned(),
+            life_cycle: "spot".to_owned(),
+            availability_zone: DEFAULT_AVAILABILITY_ZONE.to_owned(),
+            local_ipv4: DEFAULT_LOCAL_IPV4.to_owned(),
+            local_hostname: DEFAULT_LOCAL_HOSTNAME.to_owned(),
+            public: None,
+        }
+    }
+}
+
+impl SimInstance {
+    /// The instance identity document as IMDS formats it (every field it serves, with
+    /// its nulls), for the instance `instance_id`.
+    fn identity_document(&self, instance_id: &str) -> String {
+        let region = self
+            .availability_zone
+            .get(..self.availability_zone.len().saturating_sub(1))
+            .unwrap_or_default();
+        serde_json::to_string_pretty(&json!({
+            "accountId": self.account_id,
+            "architecture": "x86_64",
+            "availabilityZone": self.availability_zone,
+            "billingProducts": null,
+            "devpayProductCodes": null,
+            "marketplaceProductCodes": null,
+            "imageId": "ami-0abcdef1234567890",
+            "instanceId": instance_id,
+            "instanceType": self.instance_type,
+            "kernelId": null,
+            "pendingTime": "2030-01-01T00:00:00Z",
+            "privateIp": self.local_ipv4,
+            "ramdiskId": null,
+            "region": region,
+            "version": "2017-09-30"
+        }))
+        .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Default)]
 struct SimState {
     instance_id: String,
+    instance: SimInstance,
     rebalance_notice_time: Option<String>,
     spot_action: Option<(String, String)>,
     scheduled_events: serde_json::Value,
@@ -129,6 +196,11 @@ impl ImdsSim {
 
     pub fn set_instance_id(&self, id: &str) {
         self.state().instance_id = id.to_string();
+    }
+
+    /// What IMDS serves about the instance besides its id.
+    pub fn set_instance(&self, instance: SimInstance) {
+        self.state().instance = instance;
     }
 
     /// Serves `{"noticeTime": …}` on the rebalance path, or 404 with None.
@@ -350,6 +422,15 @@ fn serve_get(state: &SimState, path: &str, headers: &HeaderMap) -> Response {
     let found = match path {
         // An empty id stands for an instance whose id cannot be read.
         INSTANCE_ID_PATH => (!state.instance_id.is_empty()).then(|| state.instance_id.clone()),
+        IDENTITY_DOCUMENT_PATH => (!state.instance_id.is_empty())
+            .then(|| state.instance.identity_document(&state.instance_id)),
+        INSTANCE_TYPE_PATH => Some(state.instance.instance_type.clone()),
+        INSTANCE_LIFE_CYCLE_PATH => Some(state.instance.life_cycle.clone()),
+        AVAILABILITY_ZONE_PATH => Some(state.instance.availability_zone.clone()),
+        LOCAL_IPV4_PATH => Some(state.instance.local_ipv4.clone()),
+        LOCAL_HOSTNAME_PATH => Some(state.instance.local_hostname.clone()),
+        PUBLIC_HOSTNAME_PATH => state.instance.public.as_ref().map(|(host, _)| host.clone()),
+        PUBLIC_IPV4_PATH => state.instance.public.as_ref().map(|(_, ip)| ip.clone()),
         REBALANCE_RECOMMENDATION_PATH => state
             .rebalance_notice_time
             .as_ref()

@@ -1,0 +1,273 @@
+//! Which IMDS monitors run for which flags, as NTH starts them
+//! (cmd/node-termination-handler.go): the spot ITN monitor with
+//! ENABLE_SPOT_INTERRUPTION_DRAINING, the scheduled-event monitor with
+//! ENABLE_SCHEDULED_EVENT_DRAINING, the ASG lifecycle monitor with
+//! ENABLE_ASG_LIFECYCLE_DRAINING, and the rebalance monitor when ENABLE_REBALANCE_MONITORING
+//! *or* ENABLE_REBALANCE_DRAINING is set. Each agent is configured from flags and started by
+//! `run::start` through the harness, against an IMDS simulator and a fake Kubernetes API.
+//!
+//! A monitor that is off never reads its IMDS path, so "nothing happened" is proven by
+//! the simulator's request counts once another monitor has polled several times.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use spot_guard::aws::AwsAutoScaling;
+use spot_guard::imds::{
+    ASG_TARGET_LIFECYCLE_STATE_PATH, REBALANCE_RECOMMENDATION_PATH, SCHEDULED_EVENTS_PATH,
+    SPOT_INSTANCE_ACTION_PATH,
+};
+use spot_guard::run::RunningAgent;
+use spot_guard::sim::harness;
+use spot_guard::sim::imds::ImdsSim;
+use spot_guard::sim::kube::{FakeKube, FakePod};
+
+const NODE: &str = "ip-10-0-4-4.ec2.internal";
+const BOUND: Duration = Duration::from_secs(20);
+
+struct World {
+    imds: ImdsSim,
+    kube: FakeKube,
+}
+
+async fn world() -> World {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let imds = ImdsSim::start().await.expect("IMDS simulator");
+    let kube = FakeKube::start().await.expect("fake Kubernetes API");
+    kube.add_node(NODE);
+    kube.add_pod(FakePod::new("default", "web-1", NODE));
+    World { imds, kube }
+}
+
+/// Starts the agent `spot-guard` builds from exactly these NTH flags (a 5 s drain).
+async fn start(world: &World, flags: &[&str]) -> RunningAgent {
+    let mut all = vec!["--node-termination-grace-period=5"];
+    all.extend_from_slice(flags);
+    let config = harness::config(NODE, &world.imds.url(), &all).expect("the flags are accepted");
+    harness::start::<AwsAutoScaling>(&config, &world.kube.url(), None)
+        .await
+        .expect("the agent starts")
+}
+
+async fn stop(running: RunningAgent) {
+    tokio::time::timeout(BOUND, running.stop())
+        .await
+        .expect("the agent stops in time");
+}
+
+fn node(world: &World) -> Node {
+    world.kube.node(NODE).expect("node exists")
+}
+
+fn cordoned(world: &World) -> bool {
+    node(world)
+        .spec
+        .and_then(|spec| spec.unschedulable)
+        .unwrap_or(false)
+}
+
+fn workload_on_node(world: &World) -> bool {
+    world
+        .kube
+        .pods_on_node(NODE)
+        .iter()
+        .any(|pod| pod.metadata.name.as_deref() == Some("web-1"))
+}
+
+async fn wait_handled(running: &mut RunningAgent) {
+    assert!(
+        running.wait_handled(1, BOUND).await,
+        "the agent finished acting on the notice in time"
+    );
+}
+
+/// Waits until the monitor has read `path` `polls` times: the proof that it is running,
+/// and that every other running monitor has been polled as often.
+async fn wait_polls(world: &World, path: &str, polls: u64) {
+    harness::eventually(
+        &format!("the monitor polled {path} {polls} times"),
+        BOUND,
+        || world.imds.gets(path) >= polls,
+    )
+    .await;
+}
+
+fn serve_rebalance(world: &World) {
+    world.imds.set_rebalance(Some("2030-01-01T00:00:00Z"));
+}
+
+fn serve_spot_itn(world: &World) {
+    world
+        .imds
+        .set_spot_action(Some(("terminate", "2030-01-01T00:02:00Z")));
+}
+
+fn serve_scheduled_reboot(world: &World) {
+    world.imds.set_scheduled_events(serde_json::json!([{
+        "Code": "system-reboot",
+        "Description": "scheduled reboot",
+        "EventId": "instance-event-0d59937288b749b32",
+        "NotBefore": "21 Jan 2030 09:00:43 GMT",
+        "NotAfter": "21 Jan 2030 09:17:23 GMT",
+        "NotBeforeDeadline": "",
+        "State": "active"
+    }]));
+}
+
+#[tokio::test]
+async fn rebalance_draining_alone_starts_the_rebalance_monitor_and_drains() {
+    let world = world().await;
+    serve_rebalance(&world);
+    let mut agent = start(
+        &world,
+        &[
+            "--enable-rebalance-draining=true",
+            "--enable-spot-interruption-draining=false",
+            "--enable-scheduled-event-draining=false",
+        ],
+    )
+    .await;
+    wait_handled(&mut agent).await;
+    assert!(cordoned(&world), "the node is cordoned");
+    assert!(!workload_on_node(&world), "the node is drained");
+    stop(agent).await;
+}
+
+#[tokio::test]
+async fn rebalance_monitoring_alone_cordons_without_draining() {
+    let world = world().await;
+    serve_rebalance(&world);
+    let mut agent = start(&world, &["--enable-rebalance-monitoring=true"]).await;
+    wait_handled(&mut agent).await;
+    assert!(cordoned(&world), "the node is cordoned");
+    assert!(workload_on_node(&world), "the node is not drained");
+    stop(agent).await;
+}
+
+#[tokio::test]
+async fn rebalance_monitoring_and_draining_drain() {
+    let world = world().await;
+    serve_rebalance(&world);
+    let mut agent = start(
+        &world,
+        &[
+            "--enable-rebalance-monitoring=true",
+            "--enable-rebalance-draining=true",
+        ],
+    )
+    .await;
+    wait_handled(&mut agent).await;
+    assert!(cordoned(&world), "the node is cordoned");
+    assert!(!workload_on_node(&world), "the node is drained");
+    stop(agent).await;
+}
+
+#[tokio::test]
+async fn neither_rebalance_flag_leaves_recommendations_unread() {
+    let world = world().await;
+    serve_rebalance(&world);
+    // NTH's defaults: spot ITN and scheduled events on, rebalance off.
+    let agent = start(&world, &[]).await;
+    wait_polls(&world, SPOT_INSTANCE_ACTION_PATH, 4).await;
+    assert_eq!(world.imds.gets(REBALANCE_RECOMMENDATION_PATH), 0);
+    assert!(!cordoned(&world), "the recommendation is ignored");
+    stop(agent).await;
+}
+
+#[tokio::test]
+async fn spot_interruption_draining_is_on_by_default_and_drains() {
+    let world = world().await;
+    serve_spot_itn(&world);
+    let mut agent = start(&world, &[]).await;
+    wait_handled(&mut agent).await;
+    assert!(cordoned(&world), "the node is cordoned");
+    assert!(!workload_on_node(&world), "the node is drained");
+    stop(agent).await;
+}
+
+#[tokio::test]
+async fn spot_interruption_draining_off_leaves_notices_unread() {
+    let world = world().await;
+    serve_spot_itn(&world);
+    let agent = start(
+        &world,
+        &[
+            "--enable-spot-interruption-draining=false",
+            "--enable-rebalance-monitoring=true",
+        ],
+    )
+    .await;
+    wait_polls(&world, REBALANCE_RECOMMENDATION_PATH, 4).await;
+    assert_eq!(world.imds.gets(SPOT_INSTANCE_ACTION_PATH), 0);
+    assert!(!cordoned(&world), "the interruption notice is ignored");
+    stop(agent).await;
+}
+
+#[tokio::test]
+async fn scheduled_event_draining_is_on_by_default_and_drains() {
+    let world = world().await;
+    serve_scheduled_reboot(&world);
+    let mut agent = start(&world, &[]).await;
+    wait_handled(&mut agent).await;
+    assert!(cordoned(&world), "the node is cordoned");
+    assert!(!workload_on_node(&world), "the node is drained");
+    stop(agent).await;
+}
+
+#[tokio::test]
+async fn scheduled_event_draining_off_leaves_events_unread() {
+    let world = world().await;
+    serve_scheduled_reboot(&world);
+    let agent = start(&world, &["--enable-scheduled-event-draining=false"]).await;
+    wait_polls(&world, SPOT_INSTANCE_ACTION_PATH, 4).await;
+    assert_eq!(world.imds.gets(SCHEDULED_EVENTS_PATH), 0);
+    assert!(!cordoned(&world), "the scheduled event is ignored");
+    stop(agent).await;
+}
+
+#[tokio::test]
+async fn asg_lifecycle_draining_is_off_by_default_and_on_when_asked() {
+    let world = world().await;
+    world.imds.set_lifecycle_state(Some("Terminated"));
+    let agent = start(&world, &[]).await;
+    wait_polls(&world, SPOT_INSTANCE_ACTION_PATH, 4).await;
+    assert_eq!(world.imds.gets(ASG_TARGET_LIFECYCLE_STATE_PATH), 0);
+    assert!(!cordoned(&world), "the lifecycle state is ignored");
+    stop(agent).await;
+
+    let mut agent = start(&world, &["--enable-asg-lifecycle-draining=true"]).await;
+    wait_handled(&mut agent).await;
+    assert!(cordoned(&world), "the node is cordoned");
+    assert!(!workload_on_node(&world), "the node is drained");
+    stop(agent).await;
+}
+
+#[tokio::test]
+async fn spot_guard_accepts_rebalance_draining_alone() {
+    let config = harness::config(
+        NODE,
+        "http://127.0.0.1:1",
+        &[
+            "--enable-rebalance-draining=true",
+            "--enable-spot-guard=true",
+            "--spot-asg-name=spot",
+            "--on-demand-asg-name=od",
+        ],
+    )
+    .expect("Spot Guard with ENABLE_REBALANCE_DRAINING alone is accepted, as NTH watches rebalance recommendations then");
+    assert!(config.spot_guard.is_some());
+    let refused = harness::config(
+        NODE,
+        "http://127.0.0.1:1",
+        &[
+            "--enable-spot-guard=true",
+            "--spot-asg-name=spot",
+            "--on-demand-asg-name=od",
+        ],
+    )
+    .expect_err("without either rebalance flag Spot Guard would never act");
+    assert!(
+        refused.to_string().contains("ENABLE_REBALANCE_DRAINING"),
+        "{refused}"
+    );
+}
