@@ -10,6 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use clap::CommandFactory;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Container, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
@@ -117,6 +120,10 @@ fn validate_all(objects: &[Value]) {
             "Role" => drop(round_trip::<Role>(object)),
             "RoleBinding" => drop(round_trip::<RoleBinding>(object)),
             "Service" => drop(round_trip::<Service>(object)),
+            "ValidatingAdmissionPolicy" => drop(round_trip::<ValidatingAdmissionPolicy>(object)),
+            "ValidatingAdmissionPolicyBinding" => {
+                drop(round_trip::<ValidatingAdmissionPolicyBinding>(object))
+            }
             // Prometheus Operator kinds have no k8s-openapi type: checked by hand below.
             "PodMonitor" | "ServiceMonitor" => {}
             other => panic!("the chart rendered a {other}, which this test does not validate yet"),
@@ -155,7 +162,9 @@ fn default_values_render_a_hardened_daemonset_for_spot_nodes() {
             "ClusterRole",
             "ClusterRoleBinding",
             "DaemonSet",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ])
     );
     validate_all(&objects);

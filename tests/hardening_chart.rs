@@ -173,3 +173,27 @@ fn values_that_would_break_the_agent_are_refused() {
         assert!(refusal.contains(reason), "{values}: {refusal}");
     }
 }
+
+#[test]
+fn iam_policies_take_the_partition_as_a_parameter() {
+    for file in ["docs/iam-policy.json", "docs/iam-policy-terminate.json"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let policy: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let arns: Vec<String> = policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| match &s["Resource"] {
+                Value::Array(list) => list.clone(),
+                other => vec![other.clone()],
+            })
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .filter(|r| r != "*")
+            .collect();
+        assert!(!arns.is_empty(), "{file}");
+        for arn in arns {
+            // aws, aws-cn and aws-us-gov: never hard-coded.
+            assert!(arn.starts_with("arn:PARTITION:"), "{file}: {arn}");
+        }
+    }
+}
