@@ -30,6 +30,31 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
 /// interruption leaves two minutes, and the drain must not wait on a hung AWS call.
 const PREEMPT_GRACE: Duration = Duration::from_millis(200);
 
+/// Runs a drain-now `drain` to its end even when `shutdown` comes first, for at most
+/// `limit` (NODE_TERMINATION_GRACE_PERIOD, which the chart's terminationGracePeriodSeconds
+/// covers) after it: the node is about to go. None when shutdown came, so the caller
+/// stops; an unfinished drain is not recorded handled, so a restarted agent takes it over
+/// from the Node record.
+async fn finish_on_shutdown(
+    drain: impl std::future::Future<Output = bool>,
+    shutdown: &CancellationToken,
+    limit: Duration,
+    event_id: &str,
+) -> Option<bool> {
+    tokio::pin!(drain);
+    tokio::select! {
+        complete = &mut drain => Some(complete),
+        _ = shutdown.cancelled() => {
+            warn!(%event_id, "Shutting down during the drain for {event_id}: finishing it first, for at most {}s", limit.as_secs());
+            match tokio::time::timeout(limit, drain).await {
+                Ok(true) => info!(%event_id, "The drain for {event_id} completed before shutdown"),
+                _ => warn!(%event_id, "The drain for {event_id} did not finish before shutdown; a restarted agent takes it over"),
+            }
+            None
+        }
+    }
+}
+
 /// Sleeps until `at`; forever without one.
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
@@ -197,9 +222,9 @@ impl<A: AutoScaling + 'static> Agent<A> {
                     let event_id = notice.event_id().to_string();
                     let span = info_span!("drain_now", node = %agent.settings.node_name, %event_id);
                     info!(%event_id, "Retrying the incomplete drain for {event_id}");
-                    let complete = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        complete = agent.handle_drain_now(&notice, true).instrument(span) => complete,
+                    let drain = agent.handle_drain_now(&notice, true).instrument(span);
+                    let Some(complete) = finish_on_shutdown(drain, &shutdown, agent.settings.drain.timeout, &event_id).await else {
+                        return;
                     };
                     if complete {
                         memory.handled.insert(event_id);
@@ -315,12 +340,16 @@ impl<A: AutoScaling + 'static> Agent<A> {
                     }
                     memory.draining_for = Some(event_id.clone());
                     let span = info_span!("drain_now", node = %agent.settings.node_name, %event_id);
-                    let complete = tokio::select! {
-                        _ = shutdown.cancelled() => {
-                            warn!(%event_id, "Shutting down: abandoning the node actions for {event_id}; a restarted agent acts on it again");
-                            return;
-                        }
-                        complete = agent.handle_drain_now(&drain_now, false).instrument(span) => complete,
+                    let drain = agent.handle_drain_now(&drain_now, false).instrument(span);
+                    let Some(complete) = finish_on_shutdown(
+                        drain,
+                        &shutdown,
+                        agent.settings.drain.timeout,
+                        &event_id,
+                    )
+                    .await
+                    else {
+                        return;
                     };
                     if complete {
                         memory.handled.insert(event_id);

@@ -146,7 +146,10 @@ pub async fn drain(
     settings: &DrainSettings,
     dry_run: bool,
 ) -> Result<DrainReport, DrainError> {
-    let deadline = Instant::now() + settings.timeout;
+    // Config bounds NODE_TERMINATION_GRACE_PERIOD to a day; never panic on a bigger one.
+    let deadline = Instant::now()
+        .checked_add(settings.timeout)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
     let pods = list_pods_until(client, node_name, settings, deadline).await?;
     let mut report = DrainReport {
         dry_run,

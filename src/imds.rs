@@ -20,6 +20,9 @@ pub const DEFAULT_TRIES: u32 = 3;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// NTH's first retry sleep; it doubles on every further attempt.
 pub const DEFAULT_RETRY_BASE_DELAY: Duration = Duration::from_secs(2);
+/// The longest sleep between two attempts: with METADATA_TRIES capped too, a poll with
+/// IMDS gone ends in bounded time, well within the liveness probe's staleness limit.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(8);
 /// How long to stay on IMDSv1 after a failed token request before asking for a token again,
 /// so a transient failure does not pin IMDSv1 for good.
 pub const DEFAULT_V2_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -142,6 +145,16 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
+/// EC2's instance id shape: `i-` and 8 (older) or 17 lowercase hex digits.
+pub fn is_instance_id(id: &str) -> bool {
+    id.strip_prefix("i-").is_some_and(|hex| {
+        matches!(hex.len(), 8 | 17)
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// Settings of an [`ImdsClient`]; the defaults are NTH's.
 #[derive(Debug, Clone)]
 pub struct ImdsClientBuilder {
@@ -189,7 +202,8 @@ impl ImdsClientBuilder {
         Ok(ImdsClient {
             http,
             base,
-            tries: self.tries.max(1),
+            tries: self.tries.clamp(1, crate::config::MAX_METADATA_TRIES),
+            request_timeout: self.request_timeout,
             retry_base_delay: self.retry_base_delay,
             v2_retry_after: self.v2_retry_after,
             token: Arc::new(Mutex::new(TokenCache::default())),
@@ -247,9 +261,19 @@ pub struct ImdsClient {
     http: reqwest::Client,
     base: String,
     tries: u32,
+    request_timeout: Duration,
     retry_base_delay: Duration,
     v2_retry_after: Duration,
     token: Arc<Mutex<TokenCache>>,
+}
+
+/// The sleeps between the attempts of one request: doubling from `base`, each capped
+/// at [`MAX_RETRY_DELAY`].
+fn retry_delays(base: Duration, tries: u32) -> impl Iterator<Item = Duration> {
+    std::iter::successors(Some(base.min(MAX_RETRY_DELAY)), |delay| {
+        Some(delay.saturating_mul(2).min(MAX_RETRY_DELAY))
+    })
+    .take(tries.saturating_sub(1) as usize)
 }
 
 impl ImdsClient {
@@ -272,16 +296,31 @@ impl ImdsClient {
         &self.base
     }
 
+    /// The longest one token request can take: one attempt, never answered.
+    pub fn longest_token_request(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// The longest one GET can take with IMDS gone: every attempt times out, with the
+    /// sleeps between them.
+    pub fn longest_request(&self) -> Duration {
+        retry_delays(self.retry_base_delay, self.tries).fold(
+            self.request_timeout.saturating_mul(self.tries),
+            Duration::saturating_add,
+        )
+    }
+
     pub async fn instance_id(&self) -> Result<String, ImdsError> {
         let answer = self.get(INSTANCE_ID_PATH).await?;
         if !answer.status.is_success() {
             return Err(status_error(INSTANCE_ID_PATH, answer.status));
         }
         let id = answer.body.trim();
-        if id.is_empty() {
+        if !is_instance_id(id) {
+            // It goes into Auto Scaling calls and Node lookups: only a real id's shape.
             return Err(malformed(
                 INSTANCE_ID_PATH,
-                "empty instance id",
+                "not an EC2 instance id ('i-' and 8 or 17 hex digits)",
                 &answer.body,
             ));
         }
@@ -367,7 +406,7 @@ impl ImdsClient {
 
     async fn get_with_retries(&self, path: &str, token: Option<&str>) -> Result<Answer, ImdsError> {
         let url = format!("{}{path}", self.base);
-        let mut delay = self.retry_base_delay;
+        let mut delays = retry_delays(self.retry_base_delay, self.tries);
         let mut attempt = 1;
         loop {
             let outcome = self.get_once(&url, token).await;
@@ -378,9 +417,9 @@ impl ImdsClient {
                 Ok(_) => break outcome,
                 Err(detail) => detail.clone(),
             };
-            if attempt >= self.tries {
+            let Some(delay) = delays.next().filter(|_| attempt < self.tries) else {
                 break outcome;
-            }
+            };
             warn!(
                 path,
                 attempt,
@@ -388,7 +427,6 @@ impl ImdsClient {
                 "IMDS request failed ({failure}); retrying in {delay:?}"
             );
             tokio::time::sleep(delay).await;
-            delay = delay.saturating_mul(2);
             attempt += 1;
         }
         .map_err(|detail| ImdsError::Unreachable { url, detail })
@@ -434,7 +472,9 @@ impl ImdsClient {
                 }
                 cache.mode = TokenMode::V2 {
                     token: token.clone(),
-                    refresh_at: Instant::now() + ttl.saturating_sub(TOKEN_REFRESH_MARGIN),
+                    refresh_at: Instant::now()
+                        .checked_add(ttl.saturating_sub(TOKEN_REFRESH_MARGIN))
+                        .unwrap_or_else(Instant::now),
                 };
                 Ok(token)
             }
@@ -474,7 +514,8 @@ impl ImdsClient {
             .get(TOKEN_TTL_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(TOKEN_TTL_SECONDS);
+            // Never longer than asked for: an absurd header must not overflow the clock.
+            .map_or(TOKEN_TTL_SECONDS, |ttl| ttl.min(TOKEN_TTL_SECONDS));
         let token = response.text().await.map_err(|e| error_chain(&e))?;
         let token = token.trim();
         if token.is_empty() {

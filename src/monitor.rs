@@ -317,6 +317,24 @@ pub async fn run_reporting(
     }
 }
 
+/// The longest the monitor can go without completing a poll while IMDS is gone: one
+/// unanswered token request, every enabled path's GET with all its attempts, and the
+/// longest back-off wait after a failed poll. The liveness probe must allow this.
+pub fn longest_silence(imds: &ImdsClient, settings: &MonitorSettings) -> Duration {
+    let paths = [
+        settings.spot_interruption,
+        settings.asg_lifecycle,
+        settings.scheduled_events,
+        settings.rebalance,
+    ]
+    .into_iter()
+    .filter(|enabled| *enabled)
+    .count() as u32;
+    imds.longest_token_request()
+        .saturating_add(imds.longest_request().saturating_mul(paths))
+        .saturating_add(next_wait(settings.interval, u32::MAX))
+}
+
 /// The interval, doubled for each consecutive failed poll, capped at MAX_BACKOFF_INTERVALS.
 fn next_wait(interval: Duration, failed_polls: u32) -> Duration {
     let factor = 1u32

@@ -7,6 +7,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::future::Future;
+
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +20,7 @@ use crate::aws::{AwsAutoScaling, AwsSettings};
 use crate::config::{self, Args, Config, ConfigError};
 use crate::imds::{ImdsClient, ImdsError};
 use crate::instance_metadata;
-use crate::monitor::{self, MonitorError, MonitorSettings};
+use crate::monitor::{self, MonitorSettings};
 use crate::node::{self, NodeClient, NodeError};
 use crate::report::{
     self, Liveness, NodeMetadata, ProbeSettings, ReportError, Reporter, ServeError,
@@ -59,15 +61,61 @@ impl StartError {
     }
 }
 
+/// A core task of the agent, its result flattened to text for the supervisor.
+struct CoreTask {
+    name: &'static str,
+    /// Ending before shutdown is this task's normal completion: the own-node tasks
+    /// finish their job (the protection window passes, the node is given back).
+    may_finish: bool,
+    handle: JoinHandle<Result<(), String>>,
+}
+
+fn core_task<E: std::fmt::Display + Send + 'static>(
+    name: &'static str,
+    may_finish: bool,
+    task: impl Future<Output = Result<(), E>> + Send + 'static,
+) -> CoreTask {
+    CoreTask {
+        name,
+        may_finish,
+        handle: tokio::spawn(async move { task.await.map_err(|error| error.to_string()) }),
+    }
+}
+
+/// A core task ended while the agent should be running: nothing may poll IMDS or drain
+/// any more, so the process must exit and be restarted.
+#[derive(Debug, thiserror::Error)]
+#[error("the {task} {how}")]
+pub struct TaskEnded {
+    pub task: &'static str,
+    pub how: String,
+}
+
+fn how_it_ended(outcome: Result<Result<(), String>, tokio::task::JoinError>) -> String {
+    match outcome {
+        Ok(Ok(())) => "returned".to_owned(),
+        Ok(Err(error)) => format!("failed: {error}"),
+        Err(error) if error.is_panic() => {
+            let payload = error.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_owned());
+            format!("panicked: {message}")
+        }
+        Err(error) => format!("was cancelled: {error}"),
+    }
+}
+
 /// A started agent: its tasks run until [`RunningAgent::stop`].
 pub struct RunningAgent {
     pub shutdown: CancellationToken,
     pub reporter: Reporter,
     handled: watch::Receiver<u32>,
-    monitor: JoinHandle<Result<(), MonitorError>>,
-    agent: JoinHandle<()>,
-    own_node_tasks: Vec<JoinHandle<()>>,
-    servers: Vec<JoinHandle<Result<(), ServeError>>>,
+    /// In stopping order: the agent first (it may be finishing a drain), the monitor,
+    /// then the servers.
+    tasks: Vec<CoreTask>,
 }
 
 impl RunningAgent {
@@ -83,23 +131,34 @@ impl RunningAgent {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Resolves when a core task ends by itself (returns, fails or panics), except an
+    /// own-node task that finished its job; never while all of them run.
+    pub async fn task_ended(&mut self) -> TaskEnded {
+        loop {
+            if self.tasks.is_empty() {
+                return std::future::pending().await;
+            }
+            let (outcome, index, _) =
+                futures::future::select_all(self.tasks.iter_mut().map(|task| &mut task.handle))
+                    .await;
+            let task = self.tasks.remove(index);
+            if task.may_finish && matches!(outcome, Ok(Ok(()))) {
+                continue;
+            }
+            return TaskEnded {
+                task: task.name,
+                how: how_it_ended(outcome),
+            };
+        }
+    }
+
     /// Stops every task and waits for them; queued reports get a few seconds to go.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        let _ = self.agent.await;
-        for task in self.own_node_tasks {
-            let _ = task.await;
-        }
-        match self.monitor.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => error!("Monitor stopped with an error: {error}"),
-            Err(error) => error!("Monitor task failed: {error}"),
-        }
-        for server in self.servers {
-            match server.await {
+        for task in self.tasks {
+            match task.handle.await {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => error!("{error}"),
-                Err(error) => error!("Server task failed: {error}"),
+                outcome => error!("The {} {}", task.name, how_it_ended(outcome)),
             }
         }
         if !self.reporter.flush(Duration::from_secs(5)).await {
@@ -108,10 +167,36 @@ impl RunningAgent {
     }
 }
 
-/// IMDS answers within 2 s per try, and failed polls back off up to 8 intervals: a
-/// probe older than this means the loop is stuck, not just IMDS being slow.
-fn probe_staleness(poll_interval: Duration, metadata_tries: u32) -> Duration {
-    poll_interval * 3 + Duration::from_secs(2) * metadata_tries + poll_interval * 8
+/// Runs `agent` until `stop` resolves (a signal) or a core task ends by itself; stops
+/// every task either way. Err names the task that ended and how.
+pub async fn supervise(
+    mut agent: RunningAgent,
+    stop: impl Future<Output = ()>,
+) -> Result<(), TaskEnded> {
+    let ended = tokio::select! {
+        () = stop => None,
+        ended = agent.task_ended() => Some(ended),
+    };
+    match ended {
+        None => {
+            info!("Signal received: stopping");
+            agent.stop().await;
+            Ok(())
+        }
+        Some(ended) => {
+            error!("{ended}: exiting so that Kubernetes restarts the agent");
+            agent.stop().await;
+            Err(ended)
+        }
+    }
+}
+
+/// The probe fails only when the monitor has been silent longer than a poll can take
+/// with IMDS gone (every attempt timing out, the capped back-off between them, the
+/// longest wait after failed polls), plus one interval: a stale probe means a stuck
+/// loop, never a slow IMDS, so the pod is not restarted mid-drain for it.
+fn probe_staleness(imds: &ImdsClient, monitor: &MonitorSettings) -> Duration {
+    monitor::longest_silence(imds, monitor).saturating_add(monitor.interval)
 }
 
 /// Flags and env vars → [`Config`], with the reporting settings also tried as start-up
@@ -186,30 +271,39 @@ pub async fn start<A: AutoScaling + Clone + 'static>(
 
     let shutdown = CancellationToken::new();
     let liveness = Liveness::default();
+    let monitor_settings = MonitorSettings::from_config(config);
     let mut servers = Vec::new();
     if let Some(port) = config.prometheus_port {
         let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
         let listener = report::bind("metrics", address).await?;
         info!("Serving Prometheus metrics on {address}/metrics");
-        servers.push(tokio::spawn(report::serve_metrics(
-            listener,
-            reporter.metrics().unwrap_or_default(),
-            shutdown.clone(),
-        )));
+        servers.push(core_task(
+            "metrics server",
+            false,
+            report::serve_metrics(
+                listener,
+                reporter.metrics().unwrap_or_default(),
+                shutdown.clone(),
+            ),
+        ));
     }
     if let Some(probes) = &config.probes {
         let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, probes.port));
         let listener = report::bind("probes", address).await?;
         info!("Serving the liveness probe on {address}{}", probes.endpoint);
-        servers.push(tokio::spawn(report::serve_probes(
-            listener,
-            ProbeSettings {
-                endpoint: probes.endpoint.clone(),
-                max_staleness: probe_staleness(config.tuning.poll_interval, config.metadata_tries),
-            },
-            liveness.clone(),
-            shutdown.clone(),
-        )));
+        servers.push(core_task(
+            "probes server",
+            false,
+            report::serve_probes(
+                listener,
+                ProbeSettings {
+                    endpoint: probes.endpoint.clone(),
+                    max_staleness: probe_staleness(&imds, &monitor_settings),
+                },
+                liveness.clone(),
+                shutdown.clone(),
+            ),
+        ));
     }
 
     let agent_settings = AgentSettings::from_config(config);
@@ -245,27 +339,41 @@ pub async fn start<A: AutoScaling + Clone + 'static>(
     }
 
     let (notices_tx, notices_rx) = mpsc::channel(16);
-    let monitor = tokio::spawn(monitor::run_reporting(
-        imds,
-        MonitorSettings::from_config(config),
-        notices_tx,
-        shutdown.clone(),
-        liveness,
-        reporter.clone(),
-    ));
+    let monitor = core_task(
+        "IMDS monitor",
+        false,
+        monitor::run_reporting(
+            imds,
+            monitor_settings,
+            notices_tx,
+            shutdown.clone(),
+            liveness,
+            reporter.clone(),
+        ),
+    );
     let agent = Agent::new(agent_settings, kube, spot_guard)
         .with_reporter(reporter.clone())
         .with_rebalance_uncordon_window(config.rebalance_uncordon_window);
     let handled = agent.handled();
-    let agent = tokio::spawn(agent.run(notices_rx, shutdown.clone()));
+    let shutdown_agent = shutdown.clone();
+    let agent = core_task("agent", false, async move {
+        agent.run(notices_rx, shutdown_agent).await;
+        Ok::<(), std::convert::Infallible>(())
+    });
+    let mut tasks = vec![agent];
+    // Cluster Autoscaler protection and scale-back end by design once their job is done.
+    tasks.extend(own_node_tasks.into_iter().map(|task| CoreTask {
+        name: "Spot Guard own-node task",
+        may_finish: true,
+        handle: tokio::spawn(async move { task.await.map_err(|error| error.to_string()) }),
+    }));
+    tasks.push(monitor);
+    tasks.extend(servers);
     Ok(RunningAgent {
         shutdown,
         reporter,
         handled,
-        monitor,
-        agent,
-        own_node_tasks,
-        servers,
+        tasks,
     })
 }
 
@@ -300,11 +408,13 @@ pub async fn run(config: Config) -> ExitCode {
             return error.exit_code();
         }
     };
-    wait_for_signal().await;
-    info!("Signal received: stopping");
-    agent.stop().await;
-    info!("spot-guard stopped");
-    ExitCode::SUCCESS
+    match supervise(agent, wait_for_signal()).await {
+        Ok(()) => {
+            info!("spot-guard stopped");
+            ExitCode::SUCCESS
+        }
+        Err(_) => ExitCode::FAILURE,
+    }
 }
 
 async fn wait_for_signal() {
@@ -336,6 +446,33 @@ mod tests {
 
     use super::*;
     use crate::config::Cli;
+
+    #[test]
+    fn the_probe_allows_a_whole_poll_with_imds_gone() {
+        let every_path = MonitorSettings {
+            interval: Duration::from_secs(2),
+            rebalance: true,
+            spot_interruption: true,
+            scheduled_events: true,
+            asg_lifecycle: true,
+        };
+        // By hand, from NTH's policy (2 s per attempt, sleeps of 2 s then 4 s for 3 tries)
+        // and the caps (5 tries; sleeps 2, 4, 8, 8 s): a token request that times out (2 s),
+        // four paths of all their attempts, then the longest back-off (8 intervals, 16 s).
+        for (tries, poll_with_imds_gone) in [
+            (3, 2 + 4 * (3 * 2 + 2 + 4) + 16),
+            (5, 2 + 4 * (5 * 2 + 2 + 4 + 8 + 8) + 16),
+        ] {
+            let imds = ImdsClient::new("http://127.0.0.1:1", tries).expect("client");
+            let staleness = probe_staleness(&imds, &every_path);
+            assert!(
+                staleness >= Duration::from_secs(poll_with_imds_gone),
+                "{tries} tries: the probe fails after {staleness:?}, a poll can take {poll_with_imds_gone} s"
+            );
+            // Still a bound: a stuck loop is caught within minutes.
+            assert!(staleness <= Duration::from_secs(180), "{staleness:?}");
+        }
+    }
 
     #[test]
     fn bad_webhook_headers_and_probe_path_are_refused_together_at_start() {

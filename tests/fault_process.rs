@@ -175,9 +175,14 @@ async fn sigterm_while_the_scale_up_is_being_retried_stops_without_scaling_or_ta
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_while_the_node_writes_are_slow_stops_within_the_bound() {
+async fn sigterm_while_the_node_writes_are_slow_finishes_the_drain_within_its_bound() {
     let sims = sims().await;
-    let mut agent = start_agent(&sims, "agent.log", &[("TAINT_NODE", "true")]);
+    // The drain goes on after SIGTERM, bounded by NODE_TERMINATION_GRACE_PERIOD.
+    let env = [
+        ("TAINT_NODE", "true"),
+        ("NODE_TERMINATION_GRACE_PERIOD", "5"),
+    ];
+    let mut agent = start_agent(&sims, "agent.log", &env);
     wait_until("the agent polls IMDS", Duration::from_secs(20), || {
         sims.imds.gets(SPOT_ITN_PATH) > 0
     })
@@ -194,22 +199,22 @@ async fn sigterm_while_the_node_writes_are_slow_stops_within_the_bound() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     sigterm(&agent);
-    let status = wait_exit(&mut agent, STOP_BOUND).await;
+    let status = wait_exit(&mut agent, STOP_BOUND + Duration::from_secs(5)).await;
 
     let log = read_log(&sims, "agent.log");
     assert_no_panic(&log);
     assert_eq!(status.code(), Some(0), "{log}");
-    assert!(log.contains("abandoning the node actions"), "{log}");
+    assert!(log.contains("finishing it first"), "{log}");
     assert!(log.contains("spot-guard stopped"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_during_a_pdb_blocked_drain_stops_and_a_restarted_agent_finishes_it() {
+async fn sigterm_in_a_pdb_blocked_drain_waits_its_deadline_then_a_restart_finishes_it() {
     let sims = sims().await;
     sims.kube.add_pdb("default", "web", &[("app", "web")], 0);
     let env = [
         ("TAINT_NODE", "true"),
-        ("NODE_TERMINATION_GRACE_PERIOD", "120"),
+        ("NODE_TERMINATION_GRACE_PERIOD", "5"),
     ];
     let mut agent = start_agent(&sims, "first.log", &env);
     sims.imds
@@ -220,12 +225,13 @@ async fn sigterm_during_a_pdb_blocked_drain_stops_and_a_restarted_agent_finishes
     .await;
 
     sigterm(&agent);
-    let status = wait_exit(&mut agent, STOP_BOUND).await;
+    // The drain goes on after SIGTERM until its NODE_TERMINATION_GRACE_PERIOD deadline.
+    let status = wait_exit(&mut agent, STOP_BOUND + Duration::from_secs(5)).await;
 
     let log = read_log(&sims, "first.log");
     assert_no_panic(&log);
     assert_eq!(status.code(), Some(0), "{log}");
-    assert!(log.contains("abandoning the node actions"), "{log}");
+    assert!(log.contains("a restarted agent takes it over"), "{log}");
     // Left protected: tainted and cordoned, the workload still there.
     assert_eq!(
         node_taints(&sims.kube, NODE),

@@ -220,11 +220,11 @@ pub struct Args {
     pub exclude_from_load_balancers: bool,
 
     /// URL that receives a message after each node action (NTH's webhook; may carry secrets, never logged).
-    #[arg(long, env = "WEBHOOK_URL")]
+    #[arg(long, env = "WEBHOOK_URL", hide_env_values = true)]
     pub webhook_url: Option<String>,
 
     /// JSON object of HTTP headers for webhook posts.
-    #[arg(long, env = "WEBHOOK_HEADERS", default_value = DEFAULT_WEBHOOK_HEADERS, hide_default_value = true)]
+    #[arg(long, env = "WEBHOOK_HEADERS", default_value = DEFAULT_WEBHOOK_HEADERS, hide_default_value = true, hide_env_values = true)]
     pub webhook_headers: String,
 
     /// Go text/template of the webhook body, with NTH's fields ({{ .EventID }}, {{ .Kind }}, …).
@@ -236,7 +236,7 @@ pub struct Args {
     pub webhook_template_file: Option<PathBuf>,
 
     /// HTTP(S) proxy for webhook posts.
-    #[arg(long, env = "WEBHOOK_PROXY")]
+    #[arg(long, env = "WEBHOOK_PROXY", hide_env_values = true)]
     pub webhook_proxy: Option<String>,
 
     /// Record Kubernetes events on the node for every notice and action.

@@ -6,7 +6,7 @@ mod args;
 mod validate;
 
 pub use args::{Args, Cli, empty_option_env_vars, parse_go_bool};
-pub use validate::report_settings;
+pub use validate::{MAX_METADATA_TRIES, report_settings};
 
 use std::fmt;
 use std::path::PathBuf;

@@ -11,6 +11,130 @@ use super::{
 
 const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 
+/// METADATA_TRIES at most: with the IMDS client's capped back-off, a poll with IMDS gone
+/// still ends well within the liveness probe's staleness limit.
+pub const MAX_METADATA_TRIES: u32 = 5;
+
+const HOUR: u64 = 3_600;
+const DAY: u64 = 24 * HOUR;
+const WEEK: u64 = 7 * DAY;
+
+/// Upper bounds, far above any real use: no deadline computed from a setting can
+/// overflow a clock, and a value meant in milliseconds is refused instead of meaning
+/// "never".
+fn check_bounds(args: &Args, problems: &mut Vec<String>) {
+    let seconds: [(&str, &str, u64, u64); 14] = [
+        (
+            "NODE_TERMINATION_GRACE_PERIOD",
+            "--node-termination-grace-period",
+            args.node_termination_grace_period,
+            DAY,
+        ),
+        (
+            "SPOT_GUARD_SCALE_TIMEOUT",
+            "--spot-guard-scale-timeout",
+            args.spot_guard_scale_timeout,
+            DAY,
+        ),
+        (
+            "SPOT_GUARD_CAPACITY_CHECK_TIMEOUT",
+            "--spot-guard-capacity-check-timeout",
+            args.spot_guard_capacity_check_timeout,
+            DAY,
+        ),
+        (
+            "SPOT_GUARD_CHECK_INTERVAL",
+            "--spot-guard-check-interval",
+            args.spot_guard_check_interval,
+            HOUR,
+        ),
+        (
+            "SPOT_GUARD_NODE_READY_TIMEOUT",
+            "--spot-guard-node-ready-timeout",
+            args.spot_guard_node_ready_timeout,
+            DAY,
+        ),
+        (
+            "SPOT_GUARD_LEASE_DURATION",
+            "--spot-guard-lease-duration",
+            args.spot_guard_lease_duration,
+            HOUR,
+        ),
+        (
+            "SPOT_GUARD_CAPACITY_COOL_OFF",
+            "--spot-guard-capacity-cool-off",
+            args.spot_guard_capacity_cool_off,
+            WEEK,
+        ),
+        (
+            "SPOT_GUARD_NEW_NODE_PROTECTION",
+            "--spot-guard-new-node-protection",
+            args.spot_guard_new_node_protection,
+            WEEK,
+        ),
+        (
+            "SPOT_GUARD_SCALE_BACK_MIN_WAIT",
+            "--spot-guard-scale-back-min-wait",
+            args.spot_guard_scale_back_min_wait,
+            WEEK,
+        ),
+        (
+            "SPOT_GUARD_SCALE_BACK_STABILITY_PERIOD",
+            "--spot-guard-scale-back-stability-period",
+            args.spot_guard_scale_back_stability_period,
+            WEEK,
+        ),
+        (
+            "SPOT_GUARD_SCALE_BACK_CHECK_INTERVAL",
+            "--spot-guard-scale-back-check-interval",
+            args.spot_guard_scale_back_check_interval,
+            HOUR,
+        ),
+        (
+            "REBALANCE_UNCORDON_WINDOW",
+            "--rebalance-uncordon-window",
+            args.rebalance_uncordon_window,
+            WEEK,
+        ),
+        (
+            "POD_TERMINATION_GRACE_PERIOD",
+            "--pod-termination-grace-period",
+            u64::try_from(args.pod_termination_grace_period).unwrap_or(0),
+            DAY,
+        ),
+        (
+            "GRACE_PERIOD",
+            "--grace-period",
+            args.grace_period
+                .and_then(|g| u64::try_from(g).ok())
+                .unwrap_or(0),
+            DAY,
+        ),
+    ];
+    for (name, flag, value, max) in seconds {
+        if value > max {
+            problems.push(format!(
+                "{name} ({flag}) is {value} seconds: at most {max} ({}) is accepted",
+                in_words(max)
+            ));
+        }
+    }
+    if args.metadata_tries > MAX_METADATA_TRIES {
+        problems.push(format!(
+            "METADATA_TRIES (--metadata-tries) is {}: at most {MAX_METADATA_TRIES} is accepted, so that a poll with IMDS gone ends before the liveness probe gives up",
+            args.metadata_tries
+        ));
+    }
+}
+
+fn in_words(seconds: u64) -> &'static str {
+    match seconds {
+        HOUR => "an hour",
+        DAY => "a day",
+        _ => "a week",
+    }
+}
+
 fn non_empty(value: Option<&String>) -> Option<String> {
     value
         .map(|v| v.trim().to_string())
@@ -99,6 +223,7 @@ impl TryFrom<Args> for Config {
                 "GRACE_PERIOD (--grace-period) is {grace}: use -1 (the pod's own) or seconds ≥ 0"
             ));
         }
+        check_bounds(&args, &mut problems);
         if args.uptime_from_file.trim().is_empty() {
             problems.push("UPTIME_FROM_FILE (--uptime-from-file) must name a file".to_string());
         }

@@ -51,6 +51,7 @@ pub enum ReportError {
     WebhookTemplateParse { origin: String, reason: String },
     #[error("rendering the webhook template{origin} for an empty event: {reason}")]
     WebhookTemplateRender { origin: String, reason: String },
+    /// `url` and `proxy` are redacted to scheme and host: both may carry credentials.
     #[error("WEBHOOK_URL {url} is not a usable http(s) URL: {reason}")]
     WebhookUrl { url: String, reason: String },
     #[error("WEBHOOK_PROXY {proxy} is not a usable proxy URL: {source}")]

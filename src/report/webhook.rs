@@ -15,28 +15,39 @@ use crate::config::WebhookSettings;
 pub enum WebhookError {
     #[error("rendering the webhook template for event {event_id}: {reason}")]
     Render { event_id: String, reason: String },
-    #[error("posting event {event_id} to the webhook {url}: {source}")]
+    /// `host` is the webhook's scheme and host only and `source` carries no URL: the path
+    /// of a Slack or Teams webhook is its credential.
+    #[error("posting event {event_id} to the webhook at {host}: {source}")]
     Send {
         event_id: String,
-        url: String,
+        host: String,
         #[source]
         source: reqwest::Error,
     },
-    #[error("posting event {event_id} to the webhook {url}: answered HTTP {status}")]
+    #[error("posting event {event_id} to the webhook at {host}: answered HTTP {status}")]
     Status {
         event_id: String,
-        url: String,
+        host: String,
         status: u16,
     },
 }
 
-/// A validated webhook, ready to post; cheap to clone.
-#[derive(Debug, Clone)]
+/// A validated webhook, ready to post; cheap to clone. Its `Debug` shows the host only.
+#[derive(Clone)]
 pub struct Webhook {
     url: reqwest::Url,
     headers: HeaderMap,
     template: Arc<WebhookTemplate>,
     client: reqwest::Client,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("host", &self.host())
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Webhook {
@@ -71,8 +82,8 @@ impl Webhook {
         if let Some(proxy) = settings.proxy.as_deref().filter(|proxy| !proxy.is_empty()) {
             client = client.proxy(reqwest::Proxy::all(proxy).map_err(|source| {
                 ReportError::WebhookProxy {
-                    proxy: proxy.to_owned(),
-                    source,
+                    proxy: redact(proxy),
+                    source: source.without_url(),
                 }
             })?);
         }
@@ -80,12 +91,15 @@ impl Webhook {
             url,
             headers,
             template: Arc::new(template),
-            client: client.build().map_err(ReportError::WebhookClient)?,
+            client: client
+                .build()
+                .map_err(|error| ReportError::WebhookClient(error.without_url()))?,
         })
     }
 
-    pub fn url(&self) -> &str {
-        self.url.as_str()
+    /// The webhook's scheme and host (and port): what may be logged of it.
+    pub fn host(&self) -> String {
+        origin(&self.url)
     }
 
     /// Renders and posts one event; waits at most the configured timeout.
@@ -111,25 +125,40 @@ impl Webhook {
             .await
             .map_err(|source| WebhookError::Send {
                 event_id: event.event_id.clone(),
-                url: self.url.to_string(),
-                source,
+                host: self.host(),
+                source: source.without_url(),
             })?;
         let status = response.status();
         if !status.is_success() {
             return Err(WebhookError::Status {
                 event_id: event.event_id.clone(),
-                url: self.url.to_string(),
+                host: self.host(),
                 status: status.as_u16(),
             });
         }
-        info!(event_id = %event.event_id, kind = %event.kind, "Webhook notification sent to {}", self.url);
+        info!(event_id = %event.event_id, kind = %event.kind, "Webhook notification sent to {}", self.host());
         Ok(())
     }
 }
 
+/// `scheme://host[:port]` of a URL, without user, password, path or query.
+fn origin(url: &reqwest::Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(host), Some(port)) => format!("{}://{host}:{port}", url.scheme()),
+        (Some(host), None) => format!("{}://{host}", url.scheme()),
+        (None, _) => format!("{}://", url.scheme()),
+    }
+}
+
+/// What may be said of a configured URL in an error: its origin when it parses, nothing
+/// of it otherwise (an unparsable URL may still hold a credential).
+pub(crate) fn redact(url: &str) -> String {
+    reqwest::Url::parse(url).map_or_else(|_| "(not shown)".to_owned(), |url| origin(&url))
+}
+
 fn parse_url(url: &str) -> Result<reqwest::Url, ReportError> {
     let invalid = |reason: String| ReportError::WebhookUrl {
-        url: url.to_owned(),
+        url: redact(url),
         reason,
     };
     let parsed = reqwest::Url::parse(url).map_err(|error| invalid(error.to_string()))?;

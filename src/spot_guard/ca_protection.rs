@@ -53,14 +53,11 @@ pub fn plan(
         return Step::Nothing;
     }
     match entry {
-        Some(entry) => {
-            let until = from_unix_millis(entry.at) + window;
-            if now < until {
-                Step::Protect { until }
-            } else {
-                Step::Nothing
-            }
-        }
+        // The entry's time is read from a Lease anyone may write: checked arithmetic.
+        Some(entry) => match from_unix_millis(entry.at).checked_add(window) {
+            Some(until) if now < until => Step::Protect { until },
+            _ => Step::Nothing,
+        },
         None => Step::Nothing,
     }
 }
