@@ -19,7 +19,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match tokio::runtime::Runtime::new() {
+    // One thread: the agent's work is a poll every 2 s and, at most, a few hundred
+    // concurrent requests in a drain, all waiting on the network. Fewer threads, fewer
+    // stacks and malloc arenas (docs/PERFORMANCE.md).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match runtime {
         Ok(runtime) => runtime.block_on(spot_guard::run::run(config)),
         Err(error) => {
             eprintln!("spot-guard: cannot start the async runtime: {error}");
