@@ -6,7 +6,7 @@ use spot_guard::config::{Cli, empty_option_env_vars};
 fn main() -> ExitCode {
     // kube, reqwest and the AWS SDK all use rustls; one process-wide provider avoids
     // the start-up panic when more than one could be picked.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     for name in empty_option_env_vars() {
         // SAFETY: no other thread exists yet; the runtime starts below.
         unsafe { std::env::remove_var(name) };
