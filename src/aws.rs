@@ -8,11 +8,13 @@ use std::time::{Duration, SystemTime};
 
 use aws_config::BehaviorVersion;
 use aws_sdk_autoscaling::Client;
+use aws_sdk_autoscaling::config::SharedHttpClient;
 use aws_sdk_autoscaling::config::retry::RetryConfig;
 use aws_sdk_autoscaling::config::timeout::TimeoutConfig;
 use aws_sdk_autoscaling::config::{Credentials, Region};
 use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_autoscaling::types::{Activity, AutoScalingGroup};
+use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 
 use crate::asg::{AsgError, AsgInstance, AsgState, AutoScaling, ScalingActivity};
 
@@ -50,11 +52,20 @@ pub struct AwsAutoScaling {
     client: Client,
 }
 
+/// The SDK's own HTTPS client (hyper, rustls, the system's roots) on the process's one
+/// crypto provider, ring.
+fn https_client() -> SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
 impl AwsAutoScaling {
     /// Credentials and region from the default chain (environment, profile, IRSA web
     /// identity, EKS Pod Identity, IMDS), the way every AWS tool finds them.
     pub async fn from_environment(settings: &AwsSettings) -> AwsAutoScaling {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(https_client())
             .retry_config(settings.retry())
             .timeout_config(timeouts());
         if let Some(url) = &settings.endpoint_url {
@@ -72,6 +83,7 @@ impl AwsAutoScaling {
     pub fn for_endpoint(url: &str, region: &str, settings: &AwsSettings) -> AwsAutoScaling {
         let config = aws_sdk_autoscaling::Config::builder()
             .behavior_version(BehaviorVersion::latest())
+            .http_client(https_client())
             .endpoint_url(url)
             .region(Region::new(region.to_string()))
             .credentials_provider(Credentials::new(

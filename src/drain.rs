@@ -29,8 +29,10 @@ fn attempt_deadline(deadline: Instant) -> Instant {
     deadline.min(Instant::now() + ATTEMPT_TIMEOUT)
 }
 
+mod budgets;
 mod classify;
 
+use budgets::{Budgets, Wake};
 pub use classify::{PodDisposition, RefuseReason, SkipReason, classify};
 
 /// How long the one check for gone pods may run past the deadline.
@@ -156,10 +158,14 @@ pub async fn drain(
         ..DrainReport::default()
     };
     let mut to_evict = Vec::new();
+    let mut labels = BTreeMap::new();
     for pod in pods {
         let pod_ref = PodRef::of(&pod);
         match classify(&pod, settings) {
-            PodDisposition::Evict => to_evict.push((pod_ref, pod.metadata.uid.clone())),
+            PodDisposition::Evict => {
+                to_evict.push((pod_ref.clone(), pod.metadata.uid.clone()));
+                labels.insert(pod_ref, pod.metadata.labels.unwrap_or_default());
+            }
             PodDisposition::Skip { reason } => report.skipped.push((pod_ref, reason)),
             PodDisposition::Refuse { reason } => {
                 error!(pod = %pod_ref, "Not evicting pod {pod_ref}: {}", refusal_text(reason));
@@ -180,7 +186,8 @@ pub async fn drain(
         report.evicted = to_evict.into_iter().map(|(pod_ref, _)| pod_ref).collect();
         return Ok(report);
     }
-    let evicted = evict_all(client, settings, deadline, to_evict, &mut report).await;
+    let budgets = Budgets::new(client, labels);
+    let evicted = evict_all(client, settings, deadline, to_evict, budgets, &mut report).await;
     report.not_terminated = wait_until_gone(client, node_name, settings, deadline, evicted).await;
     log_summary(node_name, settings, &report);
     Ok(report)
@@ -310,12 +317,15 @@ async fn evict_once(
 }
 
 /// Rounds of evictions until every pod was accepted or the deadline passed: a pod blocked by a
-/// PDB never holds a concurrency slot while others wait. Returns the evicted pods with uids.
+/// PDB never holds a concurrency slot while others wait. A budget that allows a disruption
+/// again starts a round of the pods it covers at once (as many as it allows); every
+/// pending pod is retried each retry interval. Returns the evicted pods with uids.
 async fn evict_all(
     client: &kube::Client,
     settings: &DrainSettings,
     deadline: Instant,
     mut pending: Vec<(PodRef, Option<String>)>,
+    mut budgets: Budgets,
     report: &mut DrainReport,
 ) -> Vec<(PodRef, Option<String>)> {
     let mut evicted = Vec::new();
@@ -323,9 +333,11 @@ async fn evict_all(
     // Why each pending pod is still pending: `None` for a PDB, else the last error.
     let mut blockers: BTreeMap<PodRef, Option<String>> = BTreeMap::new();
     let concurrency = settings.max_concurrent_evictions.max(1);
+    let mut round = std::mem::take(&mut pending);
+    let mut next_full_round = Instant::now() + settings.eviction_retry_interval;
     loop {
         let grace = settings.pod_termination_grace_period;
-        let attempts: Vec<((PodRef, Option<String>), Attempt)> = stream::iter(pending)
+        let attempts: Vec<((PodRef, Option<String>), Attempt)> = stream::iter(round)
             .map(|(pod_ref, uid)| async move {
                 let attempt = evict_once(client, &pod_ref, grace, deadline).await;
                 ((pod_ref, uid), attempt)
@@ -333,21 +345,22 @@ async fn evict_all(
             .buffer_unordered(concurrency)
             .collect()
             .await;
-        pending = Vec::new();
         for ((pod_ref, uid), attempt) in attempts {
             match attempt {
                 Attempt::Evicted => {
                     info!(pod = %pod_ref, "Evicted pod {pod_ref}");
+                    blockers.remove(&pod_ref);
                     evicted.push((pod_ref, uid));
                 }
                 Attempt::AlreadyGone => {
                     info!(pod = %pod_ref, "Pod {pod_ref} was already gone");
+                    blockers.remove(&pod_ref);
                 }
                 Attempt::BlockedByPdb(why) => {
                     report.pdb_refusals += 1;
                     if announced_pdb_wait.insert(pod_ref.clone()) {
                         warn!(pod = %pod_ref,
-                            "Pod {pod_ref} is protected by a PodDisruptionBudget ({why}); retrying every {:?}",
+                            "Pod {pod_ref} is protected by a PodDisruptionBudget ({why}); retrying when the budget allows it (at the latest every {:?})",
                             settings.eviction_retry_interval);
                     }
                     blockers.insert(pod_ref.clone(), None);
@@ -370,8 +383,27 @@ async fn evict_all(
         if pending.is_empty() || Instant::now() >= deadline {
             break;
         }
-        sleep_until_before(deadline, settings.eviction_retry_interval).await;
+        let blocked: Vec<PodRef> = pending
+            .iter()
+            .filter(|(pod_ref, _)| blockers.get(pod_ref).is_some_and(Option::is_none))
+            .map(|(pod_ref, _)| pod_ref.clone())
+            .collect();
+        round = match budgets.wait(&blocked, deadline.min(next_full_round)).await {
+            Wake::Timer => {
+                next_full_round = Instant::now() + settings.eviction_retry_interval;
+                std::mem::take(&mut pending)
+            }
+            Wake::Allowed { pods, allowed } => {
+                let chosen: BTreeSet<PodRef> = pods.into_iter().take(allowed).collect();
+                let (now, later) = std::mem::take(&mut pending)
+                    .into_iter()
+                    .partition(|(pod_ref, _)| chosen.contains(pod_ref));
+                pending = later;
+                now
+            }
+        };
         if Instant::now() >= deadline {
+            pending.append(&mut round);
             break;
         }
     }

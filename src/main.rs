@@ -6,7 +6,7 @@ use spot_guard::config::{Cli, empty_option_env_vars};
 fn main() -> ExitCode {
     // kube, reqwest and the AWS SDK all use rustls; one process-wide provider avoids
     // the start-up panic when more than one could be picked.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     for name in empty_option_env_vars() {
         // SAFETY: no other thread exists yet; the runtime starts below.
         unsafe { std::env::remove_var(name) };
@@ -19,7 +19,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match tokio::runtime::Runtime::new() {
+    // One thread: the agent's work is a poll every 2 s and, at most, a few hundred
+    // concurrent requests in a drain, all waiting on the network. Fewer threads, fewer
+    // stacks and malloc arenas (docs/PERFORMANCE.md).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match runtime {
         Ok(runtime) => runtime.block_on(spot_guard::run::run(config)),
         Err(error) => {
             eprintln!("spot-guard: cannot start the async runtime: {error}");

@@ -503,3 +503,66 @@ async fn eviction_failing_until_the_deadline_is_reported_with_its_error() -> Tes
     assert!(report.blocked_by_pdb.is_empty());
     Ok(())
 }
+
+/// Settings whose retry timer alone could not finish the drain before its deadline.
+fn slow_timer_drain(timeout: Duration) -> DrainSettings {
+    DrainSettings {
+        eviction_retry_interval: Duration::from_secs(60),
+        ..fast_drain(timeout)
+    }
+}
+
+#[tokio::test]
+async fn a_budget_that_frees_lets_the_next_pod_go_without_waiting_for_the_retry_timer() -> TestResult
+{
+    let (fake, client) = fake_with_node().await?;
+    for name in ["db-0", "db-1", "db-2"] {
+        fake.add_pod(
+            FakePod::new("data", name, NODE)
+                .with_label("app", "db")
+                .stateful_set("db"),
+        );
+    }
+    // Another budget in the namespace, always free, must not wake the drain for db's pods.
+    fake.add_pod(FakePod::new("data", "cache-0", OTHER_NODE).with_label("app", "cache"));
+    fake.add_pdb("data", "cache-pdb", &[("app", "cache")], 1);
+    fake.add_pdb("data", "db-pdb", &[("app", "db")], 1);
+    fake.set_termination(Termination::After(Duration::from_millis(150)));
+
+    // A 60 s retry interval and a 20 s deadline: only the budget's own news can finish it.
+    let report = run_drain(&client, &slow_timer_drain(Duration::from_secs(20)), false).await?;
+
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(evicted_names(&fake), ["db-0", "db-1", "db-2"]);
+    assert!(report.pdb_refusals >= 2, "{report:?}");
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|r| r.path == "/apis/policy/v1/poddisruptionbudgets"
+                && r.query.as_deref().is_some_and(|q| q.contains("watch=true"))),
+        "the drain watches the budgets"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_a_budget_watch_refused_pods_are_retried_on_the_timer() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    // As with a chart whose ClusterRole lacks `watch` on poddisruptionbudgets.
+    fake.fail_next("GET", "/apis/policy/v1/poddisruptionbudgets", 100, 403);
+    for name in ["db-0", "db-1"] {
+        fake.add_pod(
+            FakePod::new("data", name, NODE)
+                .with_label("app", "db")
+                .stateful_set("db"),
+        );
+    }
+    fake.add_pdb("data", "db-pdb", &[("app", "db")], 1);
+    fake.set_termination(Termination::After(Duration::from_millis(150)));
+
+    let report = run_drain(&client, &fast_drain(Duration::from_secs(10)), false).await?;
+
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(evicted_names(&fake), ["db-0", "db-1"]);
+    Ok(())
+}

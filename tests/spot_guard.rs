@@ -581,3 +581,43 @@ async fn dry_run_reads_but_never_scales() {
     assert_eq!(world.kube.pods_on_node(&node_name(0)).len(), 1);
     stop(agent).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_that_launches_costs_one_describe_per_check_once_aws_shows_it() {
+    let world = world(
+        GroupSpec {
+            launch_delay: Duration::from_secs(1),
+            ..group(Behaviour::Healthy, 3, 10)
+        },
+        group(Behaviour::Healthy, 2, 10),
+        Duration::from_secs(5),
+    )
+    .await;
+    // AWS's reads catch up with the scale-up after 100 ms; the launch takes 1 s, checked
+    // every 50 ms: about 20 checks, the first two before the new instance can be seen.
+    world.asg.set_describe_lag(Duration::from_millis(100));
+    let mut agent = start(&world, |_| {}).await;
+
+    recommend_and_wait(&mut agent).await;
+
+    assert_eq!(replacement(&world).attempts.len(), 1, "spot delivered");
+    let on_spot = |operation: &str| {
+        world
+            .asg
+            .calls_of(operation)
+            .iter()
+            .filter(|call| call.group.as_deref() == Some(SPOT_ASG))
+            .count()
+    };
+    let describes = on_spot("DescribeAutoScalingGroups");
+    let activities = on_spot("DescribeScalingActivities");
+    assert_eq!(on_spot("SetDesiredCapacity"), 1);
+    assert!(describes >= 10, "{describes} checks");
+    // Activities are read only while the new instance is not seen yet (a failed launch
+    // leaves none); once it shows, Pending or InService, a check is one Describe.
+    assert!(
+        activities * 3 < describes,
+        "{activities} DescribeScalingActivities for {describes} DescribeAutoScalingGroups"
+    );
+    stop(agent).await;
+}

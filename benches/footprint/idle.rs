@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::alloc;
-use crate::procfs::{children_cpu, cpu_ticks, status_kib, thread_cpu, tick};
+use crate::procfs::{children_cpu, cpu_ticks, rss_split_kib, status_kib, thread_cpu, tick};
 use crate::table::{Table, mib, ms};
-use crate::world::{spawn_binary, stop_child, wait_until, world};
+use crate::world::{agent_binary, spawn_binary, stop_child, wait_until, world};
 use crate::{Mode, Result};
 
 /// The real binary polling IMDS at its real 2 s interval with Spot Guard on.
@@ -45,7 +45,8 @@ pub async fn idle_process(mode: &Mode) -> Result<Table> {
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let elapsed = started.elapsed();
-    let (rss_end, hwm, ticks_end, polls_end) = (
+    let (split_end, rss_end, hwm, ticks_end, polls_end) = (
+        rss_split_kib(pid)?,
         status_kib(pid, "VmRSS")?,
         status_kib(pid, "VmHWM")?,
         cpu_ticks(pid)?,
@@ -59,7 +60,8 @@ pub async fn idle_process(mode: &Mode) -> Result<Table> {
     let gets_per_poll = world.imds.gets(SPOT_INSTANCE_ACTION_PATH) as f64 > 0.0;
     let mut table = Table::new(
         &format!(
-            "Idle footprint of the release binary, real 2 s poll, Spot Guard on ({:.0} s measured)",
+            "Idle footprint of {}, real 2 s poll, Spot Guard on ({:.0} s measured)",
+            agent_binary(),
             elapsed.as_secs_f64()
         ),
         &["figure", "value", "goal"],
@@ -72,12 +74,23 @@ pub async fn idle_process(mode: &Mode) -> Result<Table> {
     table.row(vec![
         "RSS after the first polls".into(),
         mib(rss_start),
-        "≤ 10 MiB".into(),
+        "≤ 8 MiB".into(),
     ]);
     table.row(vec![
         format!("RSS after {:.0} s", elapsed.as_secs_f64()),
         mib(rss_end),
-        "≤ 10 MiB".into(),
+        "≤ 8 MiB".into(),
+    ]);
+    let (rss, anonymous) = split_end;
+    table.row(vec![
+        "of which anonymous (smaps_rollup Anonymous: heap, stacks)".into(),
+        mib(anonymous),
+        "≤ 2 MiB".into(),
+    ]);
+    table.row(vec![
+        "of which file-backed (Rss − Anonymous: the binary's code and data)".into(),
+        mib(rss.saturating_sub(anonymous)),
+        String::new(),
     ]);
     table.row(vec![
         "peak RSS (VmHWM, start-up included)".into(),
@@ -90,9 +103,9 @@ pub async fn idle_process(mode: &Mode) -> Result<Table> {
         String::new(),
     ]);
     table.row(vec![
-        "CPU per poll (/proc ticks over the window)".into(),
+        "CPU per poll, whole process (/proc ticks over the window)".into(),
         format!("{:.3} ms", cpu.as_secs_f64() * 1000.0 / polls as f64),
-        "≤ 0.5 ms".into(),
+        "≤ 0.25 ms".into(),
     ]);
     table.row(vec![
         "CPU for the whole run, start-up and shutdown included (getrusage)".into(),
@@ -179,7 +192,7 @@ pub async fn idle_poll(mode: &Mode) -> Result<Table> {
     table.row(vec![
         "CPU per poll (thread CPU clock)".into(),
         format!("{:.3} ms", (c1 - c0).as_secs_f64() * 1000.0 / n),
-        "≤ 0.5 ms".into(),
+        "≤ 0.25 ms".into(),
     ]);
     Ok(table)
 }

@@ -3,9 +3,11 @@
 //!
 //! `cargo bench --bench footprint` runs every section; `-- idle drain` runs only the
 //! sections whose names are given (idle-process, idle-poll, drain-rss, reaction,
-//! throughput, api-calls, size; a prefix matches). Without `--bench` (as under
+//! throughput, pdb-pace, api-calls, size; a prefix matches). Without `--bench` (as under
 //! `cargo test --all-targets`) each section runs once at toy sizes, to prove it works.
-//! `SPOT_GUARD_BENCH_IDLE_SECS` sets the idle run of the real binary (default 90 s).
+//! `SPOT_GUARD_BENCH_IDLE_SECS` sets the idle run of the real binary (default 90 s);
+//! `SPOT_GUARD_BENCH_BINARY` names the binary the child-process sections run (default: the
+//! one cargo built; `target/image/spot-guard` is the shipped one).
 //!
 //! Processes: the idle and drain-RSS figures are read from the real `spot-guard` binary
 //! run as a child process, so the simulators' own memory is not counted; allocations and
@@ -23,6 +25,7 @@ mod api_calls;
 mod drain_rss;
 mod idle;
 mod inflight;
+mod pdb_pace;
 mod procfs;
 mod reaction;
 mod size;
@@ -77,6 +80,9 @@ fn main() -> Result<()> {
         }
         if wanted(&filters, "reaction") {
             reaction::reaction(&mode).await?.print();
+        }
+        if wanted(&filters, "pdb-pace") {
+            pdb_pace::pdb_pace(&mode).await?.print();
         }
         if wanted(&filters, "throughput") {
             throughput::throughput(&mode).await?.print();

@@ -18,6 +18,24 @@ pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
     Ok(value.parse()?)
 }
 
+/// Resident memory split as /proc/<pid>/smaps_rollup gives it: (Rss, Anonymous) in KiB;
+/// the rest of Rss is file-backed (the binary's own code and data, mapped from disk).
+pub fn rss_split_kib(pid: u32) -> Result<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let field = |name: &str| -> Result<u64> {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with(&format!("{name}:")))
+            .ok_or_else(|| format!("{name} missing from /proc/{pid}/smaps_rollup"))?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .ok_or_else(|| format!("no value in {line:?}"))?
+            .parse()?)
+    };
+    Ok((field("Rss")?, field("Anonymous")?))
+}
+
 /// utime + stime of a process from /proc/<pid>/stat, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;

@@ -71,7 +71,16 @@ pub fn add_pods(kube: &FakeKube, pods: usize) {
     }
 }
 
-/// The release binary as a pod runs it, configured by env vars, against the simulators.
+/// The binary the child-process sections run: `SPOT_GUARD_BENCH_BINARY` (the shipped one,
+/// `target/image/spot-guard` from scripts/build-static.sh), else the one cargo built.
+pub fn agent_binary() -> String {
+    std::env::var("SPOT_GUARD_BENCH_BINARY")
+        .ok()
+        .filter(|path| !path.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_spot-guard").to_owned())
+}
+
+/// The agent binary as a pod runs it, configured by env vars, against the simulators.
 pub fn spawn_binary(world: &World, extra_env: &[(&str, &str)]) -> Result<Child> {
     let kubeconfig = world.dir.path().join("kubeconfig");
     std::fs::write(
@@ -82,7 +91,7 @@ pub fn spawn_binary(world: &World, extra_env: &[(&str, &str)]) -> Result<Child> 
         ),
     )?;
     let log = std::fs::File::create(world.dir.path().join("agent.log"))?;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_spot-guard"));
+    let mut command = Command::new(agent_binary());
     command
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -41,7 +41,7 @@ struct SimulateArgs {
 }
 
 fn main() -> ExitCode {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = SimulateArgs::parse();
     if args.list {
         scenarios::list();

@@ -6,18 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::Json;
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Response, StatusCode};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::ReportError;
-use super::server::{ServeError, serve};
+use super::server::{ServeError, reply, serve};
 
 /// NTH's defaults.
 
@@ -61,13 +58,17 @@ pub async fn serve_probes(
         max_staleness: settings.max_staleness,
         started: Instant::now(),
     };
-    let app = Router::new()
-        .route(&settings.endpoint, get(probe))
-        .with_state(state);
-    serve("probes", &settings.endpoint, listener, app, shutdown).await
+    serve(
+        "probes",
+        &settings.endpoint,
+        listener,
+        shutdown,
+        move || probe(&state),
+    )
+    .await
 }
 
-async fn probe(State(state): State<ProbeState>) -> Response {
+fn probe(state: &ProbeState) -> Response<Full<Bytes>> {
     let max = state.max_staleness.as_secs_f64();
     let (healthy, body) = match state.liveness.last_poll() {
         Some(last_poll) => {
@@ -104,7 +105,7 @@ async fn probe(State(state): State<ProbeState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body)).into_response()
+    reply(status, "application/json", body.to_string().into())
 }
 
 /// When the loop last finished a poll, for a liveness probe; cheap to clone and read.

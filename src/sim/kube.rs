@@ -10,7 +10,7 @@
 //!   precondition) or as strategic merge patch where that means the same (see below).
 //! - Pods: lists of all namespaces or one (filtered by `spec.nodeName`), `GET` of one, and
 //!   `POST …/pods/{name}/eviction` (policy/v1, `EvictionREST.Create`'s order of checks).
-//! - `policy/v1` PodDisruptionBudgets: `GET` and lists, status included; `GET` of the
+//! - `policy/v1` PodDisruptionBudgets: `GET`, lists and watches, status included; `GET` of the
 //!   DaemonSets, ReplicaSets and StatefulSets that own pods (`kubectl drain` reads each
 //!   DaemonSet); core/v1 Events (`POST`, list); `coordination.k8s.io/v1` Leases (`GET`,
 //!   `POST`, `PUT`, merge `PATCH`; 409 on a stale `resourceVersion` or an existing name).
@@ -77,7 +77,8 @@
 //!
 //! # What it does NOT model, and why each leniency remains
 //!
-//! - No watch, no `DELETE`, no `PUT` except on Leases, no JSON patch, no server-side apply,
+//! - No watch except on PodDisruptionBudgets (each status change is a write with a new
+//!   `resourceVersion`, seen by a watch within 5 ms; no bookmarks, no 410 Gone), no `DELETE`, no `PUT` except on Leases, no JSON patch, no server-side apply,
 //!   no `dryRun`, no paging (`limit` is ignored and lists come whole, which a server may do),
 //!   no creation of nodes, pods or budgets over HTTP (tests add them through the handle):
 //!   neither spot-guard nor the `kubectl` commands the tests run send any of these

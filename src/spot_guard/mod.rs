@@ -9,6 +9,7 @@
 //! - [`ledger`], [`ca_protection`], [`scale_back`]: what runs on a replacement's node
 //!   (started by `own_node`).
 
+mod activities;
 pub mod ca_protection;
 pub mod decide;
 mod give_back;

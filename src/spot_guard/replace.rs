@@ -15,7 +15,7 @@ use super::decide::{
     NodeWait, NodeWaitResult, ReplacementOutcome, ReplacementRecord, Role, Scaled, WatchVerdict,
 };
 use super::ledger;
-use crate::asg::{AsgState, AutoScaling, ScalingActivity};
+use crate::asg::{AsgState, AutoScaling};
 use crate::lease::HeldLease;
 use crate::names::{
     self, CAPACITY_FAILURE_ANNOTATION, LAST_TARGET_ANNOTATION, REPLACEMENT_ANNOTATION,
@@ -275,11 +275,7 @@ impl<A: AutoScaling> SpotGuard<A> {
             .describe(name)
             .await
             .map_err(|error| CapacityFailure::from_api_error(&error))?;
-        // Failures already listed before our request belong to someone else.
-        let activities = self.asg.scaling_activities(name).await.unwrap_or_else(|error| {
-            warn!("Reading scaling activities of ASG {name} failed; only activities started after the scale-up will count: {error}");
-            Vec::new()
-        });
+        let activities = self.activities_before(name, &before).await;
         let now = SystemTime::now();
         let last_target = held
             .annotations()
@@ -299,12 +295,7 @@ impl<A: AutoScaling> SpotGuard<A> {
         };
         let scaled = decide::plan_target(&counted, self.settings.scale_count, &activities, now)?;
         if !held.is_held() {
-            return Err(CapacityFailure::Api {
-                error: format!(
-                    "lost lease {} before scaling ASG {name}; not scaling on a stale read",
-                    held.name()
-                ),
-            });
+            return Err(lost_lease(held, name));
         }
         let intent = record.with_attempt(AttemptRecord {
             role,
@@ -321,12 +312,7 @@ impl<A: AutoScaling> SpotGuard<A> {
         *record = intent;
         // The record write took time: the turn must still be ours for the write to AWS.
         if !held.is_held() {
-            return Err(CapacityFailure::Api {
-                error: format!(
-                    "lost lease {} before scaling ASG {name}; not scaling on a stale read",
-                    held.name()
-                ),
-            });
+            return Err(lost_lease(held, name));
         }
         info!(
             "Scaling ASG {name} from {} to {} instances",
@@ -388,7 +374,7 @@ impl<A: AutoScaling> SpotGuard<A> {
                     continue;
                 }
             };
-            let activities = self.activities_while_waiting(name).await;
+            let activities = self.activities_while_waiting(name, scaled, &state).await;
             match decide::judge(scaled, timeout, &state, &activities, SystemTime::now()) {
                 WatchVerdict::Waiting => info!(
                     "ASG {name}: {} of {} new instance(s) InService ({:.1}s since the request)",
@@ -585,16 +571,13 @@ impl<A: AutoScaling> SpotGuard<A> {
             .spot_guard(event, SpotGuardStep::Preempted { asg });
         ReplacementOutcome::Preempted
     }
+}
 
-    /// The ASG's scaling activities during a wait; a failed read counts as none, and
-    /// the next check reads again.
-    async fn activities_while_waiting(&self, name: &str) -> Vec<ScalingActivity> {
-        self.asg
-            .scaling_activities(name)
-            .await
-            .unwrap_or_else(|error| {
-                warn!("Reading scaling activities of ASG {name} failed, will check again: {error}");
-                Vec::new()
-            })
+fn lost_lease(held: &HeldLease, name: &str) -> CapacityFailure {
+    CapacityFailure::Api {
+        error: format!(
+            "lost lease {} before scaling ASG {name}; not scaling on a stale read",
+            held.name()
+        ),
     }
 }

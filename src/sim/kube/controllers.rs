@@ -167,6 +167,7 @@ impl Cluster {
             self.replace_missing_pods();
             self.schedule(now);
         }
+        self.write_pdb_status();
     }
 
     fn run_kubelets(&mut self, now: Instant) {

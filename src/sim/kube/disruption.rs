@@ -3,9 +3,12 @@
 //! allowed; served as `policy/v1` objects (`GET`, lists, Tables) and consulted by the
 //! Eviction API.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use k8s_openapi::api::core::v1::Pod;
@@ -40,7 +43,17 @@ pub(super) struct Pdb {
     resource_version: String,
     match_labels: BTreeMap<String, String>,
     budget: PdbBudget,
+    /// The status last written, as the disruption controller writes it: each change is
+    /// a write with a new `resourceVersion`, which is what a watch sees.
+    status: Option<Health>,
 }
+
+/// How often a watch looks for budgets whose status changed: the disruption controller
+/// reacts to pod changes within milliseconds, and so does this.
+const WATCH_TICK: Duration = Duration::from_millis(5);
+
+/// A watch's length when the client names none (the API server picks 30–60 min).
+const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// The disruption controller's numbers for one budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +247,38 @@ impl Cluster {
         }
     }
 
+    /// The disruption controller's status writes: every budget whose numbers changed gets
+    /// them, with a new `resourceVersion`.
+    pub(super) fn write_pdb_status(&mut self) {
+        for index in 0..self.pdbs.len() {
+            let health = self.health(index);
+            if self.pdbs[index].status != Some(health) {
+                let resource_version = self.next_resource_version();
+                let pdb = &mut self.pdbs[index];
+                pdb.status = Some(health);
+                pdb.resource_version = resource_version;
+            }
+        }
+    }
+
+    /// One line per budget of `namespace` (all when `None`) written after
+    /// `resourceVersion` `since`: `ADDED` for the watch's first look when it starts from
+    /// "any" (`0`), `MODIFIED` afterwards.
+    fn pdb_watch_lines(&self, namespace: Option<&str>, since: u64, initial: bool) -> String {
+        let mut lines = String::new();
+        for (index, pdb) in self.pdbs.iter().enumerate() {
+            let written: u64 = pdb.resource_version.parse().unwrap_or(0);
+            if namespace.is_some_and(|ns| pdb.namespace != ns) || written <= since && !initial {
+                continue;
+            }
+            let kind = if initial { "ADDED" } else { "MODIFIED" };
+            let event = json!({"type": kind, "object": self.pdb_object(index)});
+            lines.push_str(&event.to_string());
+            lines.push('\n');
+        }
+        lines
+    }
+
     fn set_budget(&mut self, namespace: &str, name: &str, budget: PdbBudget) -> bool {
         let resource_version = self.next_resource_version();
         let Some(pdb) = self
@@ -292,7 +337,9 @@ impl FakeKube {
                 .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
                 .collect(),
             budget,
+            status: None,
         });
+        cluster.write_pdb_status();
     }
 
     /// Sets an integer `maxUnavailable` (replacing `minAvailable`); returns whether the budget
@@ -353,15 +400,76 @@ fn pdb_list(shared: &Shared, namespace: Option<&str>, headers: &HeaderMap) -> Re
     (StatusCode::OK, axum::Json(list)).into_response()
 }
 
-pub(super) async fn list_all_pdbs(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+/// `?watch=true`: a stream of watch events, one JSON object a line, until
+/// `timeoutSeconds`. From `resourceVersion` 0 (or none) it starts with every budget as
+/// `ADDED`; from a later one, with the budgets written since. No bookmarks, and no 410 for
+/// a `resourceVersion` too old (the server keeps all history).
+fn pdb_watch(
+    shared: Shared,
+    namespace: Option<String>,
+    query: &HashMap<String, String>,
+) -> Response {
+    let since: u64 = query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|v| v.parse().ok())
+        .map_or(DEFAULT_WATCH_TIMEOUT, Duration::from_secs);
+    let until = Instant::now() + timeout;
+    let lines = futures::stream::unfold((since, since == 0), move |(mut seen, mut initial)| {
+        let shared = shared.clone();
+        let namespace = namespace.clone();
+        async move {
+            loop {
+                if !initial {
+                    tokio::time::sleep(WATCH_TICK).await;
+                }
+                if Instant::now() >= until {
+                    return None;
+                }
+                let cluster = lock(&shared);
+                let lines = cluster.pdb_watch_lines(namespace.as_deref(), seen, initial);
+                seen = cluster.resource_version;
+                initial = false;
+                if !lines.is_empty() {
+                    return Some((Ok::<_, Infallible>(lines), (seen, initial)));
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Body::from_stream(lines))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn is_watch(query: &HashMap<String, String>) -> bool {
+    query.get("watch").is_some_and(|v| v == "true" || v == "1")
+}
+
+pub(super) async fn list_all_pdbs(
+    State(shared): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if is_watch(&query) {
+        return pdb_watch(shared, None, &query);
+    }
     pdb_list(&shared, None, &headers)
 }
 
 pub(super) async fn list_namespace_pdbs(
     State(shared): State<Shared>,
     Path(namespace): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
+    if is_watch(&query) {
+        return pdb_watch(shared, Some(namespace), &query);
+    }
     pdb_list(&shared, Some(&namespace), &headers)
 }
 

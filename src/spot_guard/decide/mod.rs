@@ -237,6 +237,33 @@ fn is_live(lifecycle_state: &str) -> bool {
     !LEAVING_STATES.contains(&lifecycle_state)
 }
 
+fn live_count(state: &AsgState) -> i32 {
+    let live = state
+        .instances
+        .iter()
+        .filter(|i| is_live(&i.lifecycle_state))
+        .count();
+    i32::try_from(live).unwrap_or(i32::MAX)
+}
+
+/// As many live instances as desired: no launch in flight, so no launch failure to tell
+/// apart from ours before a scale-up.
+pub fn is_settled(state: &AsgState) -> bool {
+    live_count(state) == state.desired_capacity
+}
+
+/// The request's instances exist (live, not known at the request), InService or not: its
+/// launches went through, so there is no failed launch activity to look for.
+pub fn launches_started(scaled: &Scaled, state: &AsgState) -> bool {
+    let known: HashSet<&str> = scaled.known_instances.iter().map(String::as_str).collect();
+    let new = state
+        .instances
+        .iter()
+        .filter(|i| is_live(&i.lifecycle_state) && !known.contains(i.instance_id.as_str()))
+        .count();
+    i32::try_from(new).unwrap_or(i32::MAX) >= scaled.needed
+}
+
 /// Desired + `count` from the state read under the lease, with what must come of it;
 /// a request that does not fit under MaxSize as a whole goes to the fallback.
 pub fn plan_target(
@@ -252,12 +279,7 @@ pub fn plan_target(
             max_size: state.max_size,
         });
     }
-    let live = state
-        .instances
-        .iter()
-        .filter(|i| is_live(&i.lifecycle_state))
-        .count();
-    let live = i32::try_from(live).unwrap_or(i32::MAX);
+    let live = live_count(state);
     Ok(Scaled {
         from: state.desired_capacity,
         to,
