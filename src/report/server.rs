@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::metrics::Metrics;
+use super::text_format;
 
 /// Prometheus negotiates this format; it carries `# EOF` and counters' `_total` suffixes.
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -58,9 +59,19 @@ pub async fn serve_metrics(
     serve("metrics", "/metrics", listener, app, shutdown).await
 }
 
-async fn scrape(State(metrics): State<Metrics>) -> Response {
+async fn scrape(State(metrics): State<Metrics>, headers: HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
     match metrics.encode() {
-        Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response(),
+        Ok(text) if text_format::wants_openmetrics(accept) => {
+            ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response()
+        }
+        Ok(text) => (
+            [(header::CONTENT_TYPE, text_format::CONTENT_TYPE)],
+            text_format::from_openmetrics(&text),
+        )
+            .into_response(),
         Err(failure) => {
             error!("Encoding the metrics for a scrape failed: {failure}");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
