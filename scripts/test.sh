@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/moto-venv.sh
 bash scripts/helm-venv.sh
+bash scripts/prometheus.sh
+bash scripts/dashboard-venv.sh
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
