@@ -8,6 +8,8 @@ bash scripts/moto-venv.sh
 bash scripts/helm-venv.sh
 bash scripts/supply-chain.sh
 bash scripts/cel-venv.sh
+bash scripts/prometheus.sh
+bash scripts/dashboard-venv.sh
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked

@@ -27,3 +27,4 @@ pub mod run;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod spot_guard;
+pub mod status;

@@ -7,6 +7,14 @@ fn main() -> ExitCode {
     // kube, reqwest and the AWS SDK all use rustls; one process-wide provider avoids
     // the start-up panic when more than one could be picked.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // `spot-guard status` reads the fleet with the user's kubeconfig; anything else runs
+    // the agent.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|first| first == "status")
+    {
+        return spot_guard::status::main(std::env::args_os().skip(1));
+    }
     for name in empty_option_env_vars() {
         // SAFETY: no other thread exists yet; the runtime starts below.
         unsafe { std::env::remove_var(name) };

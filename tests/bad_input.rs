@@ -184,7 +184,7 @@ proptest! {
     ]) {
         if let Ok(template) = WebhookTemplate::parse(&text) {
             let node = NodeMetadata::new("ip-10-0-0-1.ec2.internal");
-            let event = InterruptionEvent::spot_interruption("spot-itn-1", "terminate", "2026-11-24T10:02:00Z");
+            let event = InterruptionEvent::spot_interruption("spot-itn-1", "2026-11-24T10:02:00Z");
             let _ = template.render(&node, &event, "spot interruption");
         }
     }

@@ -45,7 +45,15 @@ fn reporter() -> Reporter {
 }
 
 async fn scrape(url: &str) -> (u16, String, String) {
-    let response = tokio::time::timeout(BOUND, reqwest::get(format!("{url}/metrics")))
+    // Prometheus asks for OpenMetrics first (other clients get the text format).
+    let request = reqwest::Client::new()
+        .get(format!("{url}/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,*/*;q=0.1",
+        )
+        .send();
+    let response = tokio::time::timeout(BOUND, request)
         .await
         .expect("scrape answered")
         .expect("scrape sent");

@@ -14,6 +14,7 @@ mod probes;
 mod reporter;
 mod server;
 mod template;
+mod text_format;
 mod webhook;
 
 pub use interruption::{InterruptionEvent, NodeMetadata, kind, monitor_kind};

@@ -63,7 +63,7 @@ pub async fn serve_probes(
         &settings.endpoint,
         listener,
         shutdown,
-        move || probe(&state),
+        move |_| probe(&state),
     )
     .await
 }

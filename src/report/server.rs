@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
 use super::metrics::Metrics;
+use super::text_format;
 
 const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -58,15 +59,25 @@ pub async fn serve_metrics(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    serve("metrics", "/metrics", listener, shutdown, move || {
-        scrape(&metrics)
+    serve("metrics", "/metrics", listener, shutdown, move |headers| {
+        scrape(&metrics, headers)
     })
     .await
 }
 
-fn scrape(metrics: &Metrics) -> Response<Full<Bytes>> {
+fn scrape(metrics: &Metrics, headers: &HeaderMap) -> Response<Full<Bytes>> {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
     match metrics.encode() {
-        Ok(text) => reply(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, text.into()),
+        Ok(text) if text_format::wants_openmetrics(accept) => {
+            reply(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, text.into())
+        }
+        Ok(text) => reply(
+            StatusCode::OK,
+            text_format::CONTENT_TYPE,
+            text_format::from_openmetrics(&text).into(),
+        ),
         Err(failure) => {
             error!("Encoding the metrics for a scrape failed: {failure}");
             reply(
@@ -91,20 +102,20 @@ pub(super) fn reply(
     response
 }
 
-/// What one request gets: `answer()` for GET or HEAD of `path`, 405 for another method
+/// What one request gets: `answer(headers)` for GET or HEAD of `path`, 405 for another method
 /// there, 404 elsewhere.
 fn route(
     path: &str,
     request: &Request<Incoming>,
-    answer: &impl Fn() -> Response<Full<Bytes>>,
+    answer: &impl Fn(&HeaderMap) -> Response<Full<Bytes>>,
 ) -> Response<Full<Bytes>> {
     if request.uri().path() != path {
         return reply(StatusCode::NOT_FOUND, "text/plain", Bytes::new());
     }
     match *request.method() {
-        Method::GET => answer(),
+        Method::GET => answer(request.headers()),
         Method::HEAD => {
-            let mut response = answer();
+            let mut response = answer(request.headers());
             *response.body_mut() = Full::new(Bytes::new());
             response
         }
@@ -119,7 +130,7 @@ fn route(
 }
 
 /// Accepts HTTP/1 connections on `listener` until `shutdown`, answering `GET path` with
-/// `answer()`. A connection that fails is logged and dropped; only the listener failing
+/// `answer(headers)`. A connection that fails is logged and dropped; only the listener failing
 /// ends the server with an error.
 pub(super) async fn serve<F>(
     server: &'static str,
@@ -129,7 +140,7 @@ pub(super) async fn serve<F>(
     answer: F,
 ) -> Result<(), ServeError>
 where
-    F: Fn() -> Response<Full<Bytes>> + Send + Sync + 'static,
+    F: Fn(&HeaderMap) -> Response<Full<Bytes>> + Send + Sync + 'static,
 {
     let addr = listener.local_addr().map_err(|source| ServeError::Serve {
         server,

@@ -46,7 +46,7 @@ pub(super) fn router(shared: Shared, address: String) -> Router {
         )
         .route(
             "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
-            post(leases::create_lease),
+            post(leases::create_lease).get(leases::list_leases),
         )
         .route(
             "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",

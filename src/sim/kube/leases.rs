@@ -1,4 +1,4 @@
-//! `coordination.k8s.io/v1` Leases: `GET`, `POST` (create), `PUT` (replace) and `PATCH`
+//! `coordination.k8s.io/v1` Leases: `GET` (one, or the namespace's list), `POST` (create), `PUT` (replace) and `PATCH`
 //! (merge patch), with the API server's optimistic concurrency (a write that carries a
 //! `resourceVersion` other than the stored one, or a create of an existing name, is a 409)
 //! and its validation: JSON type errors in a create or replace are a 400 in the decoder's
@@ -7,7 +7,9 @@
 //! dropped with a `Warning`.
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -38,6 +40,39 @@ pub(super) async fn get_lease(
         Some(lease) => json_response(StatusCode::OK, lease),
         None => not_found(RESOURCE, &name),
     }
+}
+
+/// The namespace's Leases, in name order (as the API server lists them); selectors are
+/// not modelled and refused.
+pub(super) async fn list_leases(
+    State(shared): State<Shared>,
+    Path(namespace): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some((selector, value)) = query
+        .iter()
+        .find(|(key, value)| key.ends_with("Selector") && !value.is_empty())
+    {
+        return bad_request(&format!(
+            "FakeKube does not model lease list selectors ({selector}={value})"
+        ));
+    }
+    let cluster = lock(&shared);
+    let items: Vec<&Lease> = cluster
+        .leases
+        .iter()
+        .filter(|((lease_namespace, _), _)| *lease_namespace == namespace)
+        .map(|(_, lease)| lease)
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "LeaseList",
+            "metadata": {"resourceVersion": cluster.resource_version.to_string()},
+            "items": items,
+        }),
+    )
 }
 
 /// A Lease body decoded as the API server decodes a create or replace: 400 on JSON type
