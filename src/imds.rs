@@ -190,6 +190,7 @@ impl ImdsClientBuilder {
     }
 
     pub fn build(self) -> Result<ImdsClient, ImdsError> {
+        crate::tls::ensure_crypto_provider();
         let base = parse_base_url(&self.base_url)?;
         let http = reqwest::Client::builder()
             .timeout(self.request_timeout)

@@ -28,3 +28,4 @@ pub mod run;
 pub mod sim;
 pub mod spot_guard;
 pub mod status;
+pub mod tls;

@@ -4,9 +4,7 @@ use clap::Parser;
 use spot_guard::config::{Cli, empty_option_env_vars};
 
 fn main() -> ExitCode {
-    // kube, reqwest and the AWS SDK all use rustls; one process-wide provider avoids
-    // the start-up panic when more than one could be picked.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     // `spot-guard status` reads the fleet with the user's kubeconfig; anything else runs
     // the agent.
     if std::env::args_os()

@@ -58,6 +58,7 @@ pub fn client_for_url(url: &str) -> Result<kube::Client, NodeError> {
 }
 
 fn build_client(mut config: kube::Config) -> Result<kube::Client, NodeError> {
+    crate::tls::ensure_crypto_provider();
     // kube's own retry backs off for minutes on 429, e.g. on a PDB-blocked eviction: every
     // retry must be ours, bounded by our deadlines.
     config.default_retry = false;

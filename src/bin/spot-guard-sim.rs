@@ -41,7 +41,7 @@ struct SimulateArgs {
 }
 
 fn main() -> ExitCode {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let args = SimulateArgs::parse();
     if args.list {
         scenarios::list();

@@ -78,6 +78,7 @@ impl Webhook {
                 reason,
             },
         })?;
+        crate::tls::ensure_crypto_provider();
         let mut client = reqwest::Client::builder().timeout(settings.timeout);
         if let Some(proxy) = settings.proxy.as_deref().filter(|proxy| !proxy.is_empty()) {
             client = client.proxy(reqwest::Proxy::all(proxy).map_err(|source| {

@@ -116,6 +116,7 @@ async fn client(args: &StatusArgs) -> Result<kube::Client, StatusError> {
                 .map_err(StatusError::Kubeconfig)?
         }
     };
+    crate::tls::ensure_crypto_provider();
     kube::Client::try_from(config).map_err(StatusError::Client)
 }
 
