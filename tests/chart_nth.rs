@@ -477,10 +477,11 @@ enum Claim {
     Object(String, String),
 }
 
-const KINDS: [&str; 5] = [
+const KINDS: [&str; 6] = [
     "DaemonSet",
     "ServiceAccount",
     "ClusterRole",
+    "Role",
     "PodMonitor",
     "ServiceMonitor",
 ];
