@@ -358,6 +358,10 @@ pub struct Args {
     /// NTH queue-processor setting, ignored in IMDS mode as NTH does (a warning says so).
     #[arg(long, env = "USE_APISERVER_CACHE", hide = true)]
     pub use_apiserver_cache: Option<String>,
+
+    /// The Go Spot Guard fork's settings, under its names.
+    #[command(flatten)]
+    pub fork: super::fork::ForkArgs,
 }
 
 impl Args {
