@@ -5,7 +5,7 @@
 
 use clap::ArgAction;
 
-use super::args::{Args, parse_go_bool};
+use super::{Args, parse_go_bool};
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ForkArgs {
