@@ -230,6 +230,9 @@ pub async fn start<A: AutoScaling + Clone + 'static>(
     for setting in &config.ignored_settings {
         warn!("{setting} is set but has no effect in spot-guard");
     }
+    for note in &config.fork_notes {
+        warn!("{note}");
+    }
     let Clients { kube, asg } = clients;
 
     let imds = ImdsClient::new(&config.metadata_url, config.metadata_tries)?;

@@ -68,10 +68,10 @@ pub struct Args {
     /// Log every action and change nothing: neither the node nor any ASG.
     #[arg(long, env = "DRY_RUN", default_value = "false", value_parser = parse_go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
     pub dry_run: bool,
-    /// Watch IMDS for rebalance recommendations.
+    /// Watch IMDS for rebalance recommendations (cordon only, unless ENABLE_REBALANCE_DRAINING).
     #[arg(long, env = "ENABLE_REBALANCE_MONITORING", default_value = "false", value_parser = parse_go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
     pub enable_rebalance_monitoring: bool,
-    /// Drain (not only cordon) on a rebalance recommendation.
+    /// Drain (not only cordon) on a rebalance recommendation; also watches for them, as NTH does.
     #[arg(long, env = "ENABLE_REBALANCE_DRAINING", default_value = "false", value_parser = parse_go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
     pub enable_rebalance_draining: bool,
     /// Watch IMDS for spot interruption notices and drain at once.
@@ -358,6 +358,10 @@ pub struct Args {
     /// NTH queue-processor setting, ignored in IMDS mode as NTH does (a warning says so).
     #[arg(long, env = "USE_APISERVER_CACHE", hide = true)]
     pub use_apiserver_cache: Option<String>,
+
+    /// The Go Spot Guard fork's settings, under its names.
+    #[command(flatten)]
+    pub fork: super::fork::ForkArgs,
 }
 
 impl Args {

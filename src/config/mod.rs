@@ -3,6 +3,7 @@
 //! agent or the simulators.
 
 mod args;
+mod fork;
 mod validate;
 
 pub use args::{Args, Cli, empty_option_env_vars, parse_go_bool};
@@ -103,6 +104,8 @@ pub struct Config {
     pub pod_namespace: Option<String>,
     /// Settings given that this agent accepts but does not apply; warned about at start-up.
     pub ignored_settings: Vec<String>,
+    /// What the Go fork's settings became (aliases, no effect, meanings); warned at start-up.
+    pub fork_notes: Vec<String>,
     pub report: ReportSettings,
     /// `None` keeps NTH's behaviour: a rebalance cordon is never undone.
     pub rebalance_uncordon_window: Option<Duration>,

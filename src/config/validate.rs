@@ -144,8 +144,9 @@ fn non_empty(value: Option<&String>) -> Option<String> {
 impl TryFrom<Args> for Config {
     type Error = ConfigError;
 
-    fn try_from(args: Args) -> Result<Self, ConfigError> {
-        let mut problems = Vec::new();
+    fn try_from(mut args: Args) -> Result<Self, ConfigError> {
+        let fork = super::fork::apply(&mut args);
+        let mut problems = fork.problems;
 
         let node_name = non_empty(args.node_name.as_ref());
         if node_name.is_none() {
@@ -305,6 +306,7 @@ impl TryFrom<Args> for Config {
                 pod_name: non_empty(args.pod_name.as_ref()),
                 pod_namespace: non_empty(args.pod_namespace.as_ref()),
                 ignored_settings,
+                fork_notes: fork.notes,
                 report,
                 rebalance_uncordon_window: (args.rebalance_uncordon_window > 0)
                     .then(|| Duration::from_secs(args.rebalance_uncordon_window)),
