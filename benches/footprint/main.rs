@@ -25,6 +25,7 @@ mod idle;
 mod inflight;
 mod procfs;
 mod reaction;
+mod scale_back_rss;
 mod size;
 mod table;
 mod throughput;
@@ -80,6 +81,9 @@ fn main() -> Result<()> {
         }
         if wanted(&filters, "throughput") {
             throughput::throughput(&mode).await?.print();
+        }
+        if wanted(&filters, "scale-back-rss") {
+            scale_back_rss::scale_back_rss(&mode).await?.print();
         }
         Ok::<(), BoxError>(())
     })?;

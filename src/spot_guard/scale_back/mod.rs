@@ -11,8 +11,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, ListParams};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -21,8 +19,9 @@ use crate::actions::{ActionOutcome, NodeActions};
 use crate::asg::{AsgError, AutoScaling};
 use crate::drain::DrainSettings;
 pub mod decide;
+mod look;
 
-use decide::{Decision, NodeView, Observation, Phase, PodView, Resume, ScaleBackRecord};
+use decide::{Decision, Observation, Phase, Resume, ScaleBackRecord};
 
 use super::decide::Role;
 use super::ledger::{self, LedgerEntry};
@@ -194,29 +193,9 @@ impl<A: AutoScaling> ScaleBack<A> {
         };
         let spot = self.asg.describe(&self.spot_asg).await?;
         let on_demand = self.asg.describe(&self.on_demand_asg).await?;
-        let nodes: Vec<NodeView> = Api::<Node>::all(self.kube.clone())
-            .list(&ListParams::default())
-            .await
-            .map_err(|source| ScaleBackError::List {
-                what: "nodes",
-                source,
-            })?
-            .items
-            .iter()
-            .map(NodeView::of)
-            .collect();
-        let pods: Vec<PodView> = Api::<Pod>::all(self.kube.clone())
-            .list(&ListParams::default())
-            .await
-            .map_err(|source| ScaleBackError::List {
-                what: "pods",
-                source,
-            })?
-            .items
-            .iter()
-            .filter_map(|pod| PodView::of(pod, &self.drain))
-            .collect();
-        let spot_health = decide::spot_health(&spot, &nodes);
+        let name = self.node.name();
+        let (cluster, budgets) = look::look(&self.kube, name, &self.drain).await?;
+        let spot_health = decide::spot_health(&spot, &cluster.nodes);
         let healthy_for = match (&spot_health, *healthy_since) {
             (Ok(()), Some(since)) => since.elapsed(),
             (Ok(()), None) => {
@@ -228,15 +207,15 @@ impl<A: AutoScaling> ScaleBack<A> {
                 Duration::ZERO
             }
         };
-        let name = self.node.name();
         Ok(Observation {
             bought_ago: entry.age(now),
             aborted_ago,
             on_demand: decide::can_shrink(&on_demand, &self.instance_id),
             spot_health,
             healthy_for,
-            utilization: decide::utilization_without(name, &nodes, &pods),
-            pods_fit: decide::pods_fit_elsewhere(name, &nodes, &pods),
+            utilization: decide::utilization_without(&cluster),
+            pods_fit: decide::pods_fit_elsewhere(&cluster),
+            budgets: decide::budgets_allow(&cluster, &budgets),
             spot_requested: record.spot_requested_at.is_some(),
         })
     }

@@ -7,11 +7,13 @@
 //! pods a drain would move onto the other nodes' free requests, largest first; it does
 //! not model taints, affinity, topology spread or ports, so the ceiling keeps headroom.
 
+mod budgets;
 mod load;
 
+pub use budgets::{BudgetView, budgets_allow, matches};
 pub use load::{
-    NodeView, PodView, Resources, Utilization, parse_quantity, pod_requests, pods_fit_elsewhere,
-    utilization_without,
+    ClusterView, NodeView, PodIdentity, PodView, Resources, Utilization, parse_quantity,
+    pod_requests, pods_fit_elsewhere, utilization_without,
 };
 
 use std::collections::HashMap;
@@ -94,6 +96,8 @@ pub struct Observation {
     pub healthy_for: Duration,
     pub utilization: Option<Utilization>,
     pub pods_fit: bool,
+    /// Whether PodDisruptionBudgets let every moving pod go now ([`budgets_allow`]).
+    pub budgets: Result<(), String>,
     /// This node already asked the spot ASG for one more instance.
     pub spot_requested: bool,
 }
@@ -150,7 +154,10 @@ pub fn decide(seen: &Observation, settings: &ScaleBackSettings) -> Decision {
         Some(_) => {}
     }
     match (seen.pods_fit, seen.spot_requested) {
-        (true, _) => Decision::DrainAndTerminate,
+        (true, _) => match &seen.budgets {
+            Ok(()) => Decision::DrainAndTerminate,
+            Err(why) => Decision::Wait(why.clone()),
+        },
         (false, false) => Decision::ScaleSpotFirst,
         (false, true) => Decision::Wait(
             "this node's pods do not fit on the other nodes yet; waiting for the extra spot instance"

@@ -1,3 +1,7 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
 use super::*;
 use crate::asg::AsgInstance;
 use crate::spot_guard::decide::instance_id_of_provider_id;
@@ -13,6 +17,7 @@ fn node(name: &str, instance: &str, cpu: i64, memory_gib: i64) -> NodeView {
             cpu_millis: cpu,
             memory_bytes: memory_gib << 30,
         },
+        requested: Resources::default(),
     }
 }
 
@@ -24,6 +29,7 @@ fn pod(node: &str, cpu: i64, memory_gib: i64, moves: bool) -> PodView {
             memory_bytes: memory_gib << 30,
         },
         moves,
+        identity: None,
     }
 }
 
@@ -108,11 +114,13 @@ fn utilization_counts_this_nodes_moving_pods_on_the_rest() {
         // A DaemonSet pod of the fallback stays with it.
         pod("fallback", 1000, 4, false),
     ];
-    let load = utilization_without("fallback", &nodes, &pods).unwrap();
+    let cluster = ClusterView::of("fallback", nodes, pods);
+    let load = utilization_without(&cluster).unwrap();
     assert_eq!(load.cpu, 50.0);
     assert_eq!(load.memory, 50.0);
-    assert!(pods_fit_elsewhere("fallback", &nodes, &pods));
-    assert_eq!(utilization_without("a", &[node("a", "i", 1, 1)], &[]), None);
+    assert!(pods_fit_elsewhere(&cluster));
+    let alone = ClusterView::of("a", vec![node("a", "i", 1, 1)], vec![]);
+    assert_eq!(utilization_without(&alone), None);
 }
 
 #[test]
@@ -128,9 +136,10 @@ fn pods_that_fit_in_total_may_not_fit_any_one_node() {
         pod("b", 500, 1, true),
         pod("fallback", 1600, 1, true),
     ];
-    let load = utilization_without("fallback", &nodes, &pods).unwrap();
+    let cluster = ClusterView::of("fallback", nodes, pods);
+    let load = utilization_without(&cluster).unwrap();
     assert!(load.cpu < 75.0);
-    assert!(!pods_fit_elsewhere("fallback", &nodes, &pods));
+    assert!(!pods_fit_elsewhere(&cluster));
 }
 
 fn ready_to_go() -> Observation {
@@ -145,6 +154,7 @@ fn ready_to_go() -> Observation {
             memory: 50.0,
         }),
         pods_fit: true,
+        budgets: Ok(()),
         spot_requested: false,
     }
 }
@@ -211,6 +221,13 @@ fn each_condition_holds_scale_back_until_it_is_met() {
             },
         ),
         (
+            "a budget keeps a pod in place",
+            Observation {
+                budgets: Err("pod a/b cannot move now".into()),
+                ..ready_to_go()
+            },
+        ),
+        (
             "extra spot instance asked for, pods still do not fit",
             Observation {
                 pods_fit: false,
@@ -248,5 +265,159 @@ fn the_record_says_where_a_restarted_agent_goes_on() {
     assert_eq!(
         ScaleBackRecord::parse(Some("{"), "i-f"),
         ScaleBackRecord::new("i-f")
+    );
+}
+
+fn own_pod(name: &str, labels: &[(&str, &str)], ready: bool, moves: bool) -> PodView {
+    PodView {
+        identity: Some(PodIdentity {
+            namespace: "shop".into(),
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ready,
+        }),
+        ..pod("fallback", 100, 1, moves)
+    }
+}
+
+fn budget(name: &str, app: &str, allowed: i32, healthy: i32, desired: i32) -> BudgetView {
+    BudgetView {
+        namespace: "shop".into(),
+        name: name.into(),
+        selector: Some(LabelSelector {
+            match_labels: Some([("app".to_owned(), app.to_owned())].into()),
+            match_expressions: None,
+        }),
+        disruptions_allowed: allowed,
+        current_healthy: healthy,
+        desired_healthy: desired,
+        always_allow_unhealthy: false,
+    }
+}
+
+#[test]
+fn budgets_hold_a_pod_as_the_eviction_api_would() {
+    let cluster = |pods: Vec<PodView>| {
+        ClusterView::of("fallback", vec![node("fallback", "i-f", 4000, 8)], pods)
+    };
+    let web = || own_pod("web-1", &[("app", "web")], true, true);
+    // (case, pods, budgets, allowed)
+    let cases: Vec<(&str, Vec<PodView>, Vec<BudgetView>, bool)> = vec![
+        ("no budget", vec![web()], vec![], true),
+        (
+            "budget with room",
+            vec![web()],
+            vec![budget("web", "web", 1, 3, 2)],
+            true,
+        ),
+        (
+            "budget at its minimum",
+            vec![web()],
+            vec![budget("web", "web", 0, 2, 2)],
+            false,
+        ),
+        (
+            "another app's budget",
+            vec![web()],
+            vec![budget("db", "db", 0, 1, 1)],
+            true,
+        ),
+        (
+            "a budget in another namespace",
+            vec![web()],
+            vec![BudgetView {
+                namespace: "other".into(),
+                ..budget("web", "web", 0, 2, 2)
+            }],
+            true,
+        ),
+        (
+            "two budgets on one pod",
+            vec![web()],
+            vec![
+                budget("web", "web", 1, 3, 2),
+                budget("web-too", "web", 1, 3, 2),
+            ],
+            false,
+        ),
+        (
+            "a pod that does not move (DaemonSet)",
+            vec![own_pod("agent", &[("app", "web")], true, false)],
+            vec![budget("web", "web", 0, 2, 2)],
+            true,
+        ),
+        (
+            "a pod not Ready while the budget is met",
+            vec![own_pod("web-2", &[("app", "web")], false, true)],
+            vec![budget("web", "web", 0, 2, 2)],
+            true,
+        ),
+        (
+            "a pod not Ready while the budget is short",
+            vec![own_pod("web-2", &[("app", "web")], false, true)],
+            vec![budget("web", "web", 0, 1, 2)],
+            false,
+        ),
+        (
+            "a pod not Ready under AlwaysAllow",
+            vec![own_pod("web-2", &[("app", "web")], false, true)],
+            vec![BudgetView {
+                always_allow_unhealthy: true,
+                ..budget("web", "web", 0, 1, 2)
+            }],
+            true,
+        ),
+        (
+            "a budget without a selector selects nothing",
+            vec![web()],
+            vec![BudgetView {
+                selector: None,
+                ..budget("web", "web", 0, 2, 2)
+            }],
+            true,
+        ),
+    ];
+    for (case, pods, budgets, allowed) in cases {
+        let verdict = budgets_allow(&cluster(pods), &budgets);
+        assert_eq!(verdict.is_ok(), allowed, "{case}: {verdict:?}");
+    }
+    let why = budgets_allow(&cluster(vec![web()]), &[budget("web", "web", 0, 2, 2)]).unwrap_err();
+    assert!(
+        why.contains("shop/web-1") && why.contains("shop/web"),
+        "{why}"
+    );
+}
+
+#[test]
+fn selectors_match_labels_and_expressions_as_kubernetes_does() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    let labels: BTreeMap<String, String> = [("app", "web"), ("tier", "front")]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let expression = |op: &str, values: &[&str]| LabelSelector {
+        match_labels: None,
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "tier".into(),
+            operator: op.into(),
+            values: Some(values.iter().map(|v| (*v).to_owned()).collect()),
+        }]),
+    };
+    assert!(
+        matches(&LabelSelector::default(), &labels),
+        "empty selects all"
+    );
+    assert!(matches(&expression("In", &["front", "back"]), &labels));
+    assert!(!matches(&expression("In", &["back"]), &labels));
+    assert!(matches(&expression("NotIn", &["back"]), &labels));
+    assert!(!matches(&expression("NotIn", &["front"]), &labels));
+    assert!(matches(&expression("Exists", &[]), &labels));
+    assert!(!matches(&expression("DoesNotExist", &[]), &labels));
+    assert!(
+        !matches(&expression("Gt", &["1"]), &labels),
+        "unknown operator"
     );
 }
