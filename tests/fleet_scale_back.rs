@@ -6,7 +6,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use spot_guard::config::ScaleBackSettings;
+use spot_guard::config::{PreScaleSettings, ScaleBackSettings};
 use spot_guard::imds::SPOT_INSTANCE_ACTION_PATH;
 use spot_guard::lease::{LeaseSettings, Leases};
 use spot_guard::names::{
@@ -843,4 +843,73 @@ async fn a_budget_that_allows_no_disruption_keeps_the_fallback_until_it_has_room
             .any(|e| e.name == "guarded-app"),
         "the pod moved once the budget had room"
     );
+}
+
+/// Pre-scale (SPOT_GUARD_PRE_SCALE, the Go fork's ENABLE_PRE_SCALE): a fallback whose
+/// departure would leave the cluster over the ceiling buys enough spot nodes to reach the
+/// target first, and is drained only once they are in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_pre_scale_the_spot_asg_grows_before_the_fallback_is_drained() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut spec = FleetSpec::new(3);
+    spec.scale_back = Some(scale_back_settings(50));
+    spec.pre_scale = Some(PreScaleSettings {
+        target_utilization: 40,
+        safety_buffer: 0,
+        timeout: Duration::from_secs(60),
+        fallback_threshold: 95,
+    });
+    spec.new_node_protection = Duration::from_secs(120);
+    let world = FleetWorld::start(spec).await.expect("simulators start");
+    let (node, instance) = world.buy_fallback().await.expect("a fallback is bought");
+    world
+        .kube
+        .add_pod(FakePod::new(WORKLOAD_NAMESPACE, "moved-app", &node).with_requests("500m", "1Gi"));
+    for index in [1, 2] {
+        world.kube.add_pod(
+            FakePod::new(
+                WORKLOAD_NAMESPACE,
+                &format!("hog-{index}"),
+                &fleet::node_name(index),
+            )
+            .with_requests("3", "1Gi"),
+        );
+    }
+    let _agent = start_on(&world, &node, &instance).await;
+    // Spot returns: without the fallback, 6.5 of 12 CPUs (54%) would be requested, over
+    // the 50% ceiling. To reach 40% the cluster needs 16.25 CPUs: two more 4-CPU nodes.
+    world.asg.restore_capacity(SPOT_ASG).expect("group exists");
+    let spot_raises = || -> Vec<(Option<i32>, Option<i32>)> {
+        world
+            .asg
+            .calls_of("SetDesiredCapacity")
+            .iter()
+            .filter(|c| c.group.as_deref() == Some(SPOT_ASG) && c.error_code.is_none())
+            .map(|c| (c.desired_before, c.desired_after))
+            .collect()
+    };
+    wait_for("the fallback is cordoned for its drain", || {
+        cordoned(&world, &node)
+    })
+    .await;
+    assert_eq!(
+        spot_raises(),
+        [(Some(3), Some(4)), (Some(4), Some(6))],
+        "the recommendation's attempt, then the pre-scale's two nodes, before the drain"
+    );
+    assert_eq!(
+        world.kube.nodes().len(),
+        7,
+        "both pre-scaled nodes registered first"
+    );
+    assert_eq!(
+        record(&world, &node, &instance)
+            .pre_scaled
+            .map(|(_, nodes)| nodes),
+        Some(2),
+        "the pre-scale is recorded, so a restart does not buy again"
+    );
+    wait_terminated(&world, &node, &instance).await;
+    assert_eq!(terminations_of(&world, &instance), 1);
+    assert_eq!(desired(&world, SPOT_ASG), 6);
 }

@@ -288,20 +288,29 @@ impl Utilization {
     }
 }
 
-/// The cluster's requested CPU and memory against the allocatable of the nodes that take
-/// pods, once this node is gone and its moving pods are elsewhere. `None` when no other
-/// node takes pods.
-pub fn utilization_without(cluster: &ClusterView) -> Option<Utilization> {
+/// Allocatable of the nodes that would take this node's pods, and what would be
+/// requested of them once its moving pods are there.
+pub(super) fn totals_without(cluster: &ClusterView) -> (Resources, Resources) {
     let (allocatable, requested) = cluster.others().fold(
         (Resources::default(), Resources::default()),
         |(allocatable, requested), n| {
             (allocatable.plus(n.allocatable), requested.plus(n.requested))
         },
     );
+    (
+        allocatable,
+        cluster.moving().fold(requested, Resources::plus),
+    )
+}
+
+/// The cluster's requested CPU and memory against the allocatable of the nodes that take
+/// pods, once this node is gone and its moving pods are elsewhere. `None` when no other
+/// node takes pods.
+pub fn utilization_without(cluster: &ClusterView) -> Option<Utilization> {
+    let (allocatable, requested) = totals_without(cluster);
     if allocatable.cpu_millis <= 0 || allocatable.memory_bytes <= 0 {
         return None;
     }
-    let requested = cluster.moving().fold(requested, Resources::plus);
     let percent = |used: i64, total: i64| used as f64 * 100.0 / total as f64;
     Some(Utilization {
         cpu: percent(requested.cpu_millis, allocatable.cpu_millis),

@@ -82,22 +82,22 @@ fn spot_is_healthy_only_with_every_instance_in_service_on_a_usable_node() {
     drained.cordoned_by_agent = true;
     let nodes = vec![drained.clone(), node("b", "i-b", 1000, 1)];
     let both = [("i-a", "InService"), ("i-b", "InService")];
-    assert_eq!(spot_health(&spot(2, &both), &nodes), Ok(()));
+    assert_eq!(spot_health(&spot(2, &both), &nodes, 0), Ok(()));
     let pending = [("i-a", "InService"), ("i-b", "Pending")];
-    assert!(spot_health(&spot(2, &pending), &nodes).is_err());
+    assert!(spot_health(&spot(2, &pending), &nodes, 0).is_err());
     let unknown = [("i-a", "InService"), ("i-c", "InService")];
     assert!(
-        spot_health(&spot(2, &unknown), &nodes)
+        spot_health(&spot(2, &unknown), &nodes, 0)
             .unwrap_err()
             .contains("no node yet")
     );
     let mut not_ready = nodes.clone();
     not_ready[1].ready = false;
-    assert!(spot_health(&spot(2, &both), &not_ready).is_err());
+    assert!(spot_health(&spot(2, &both), &not_ready, 0).is_err());
     let mut cordoned_by_someone = nodes.clone();
     cordoned_by_someone[0].cordoned_by_agent = false;
-    assert!(spot_health(&spot(2, &both), &cordoned_by_someone).is_err());
-    assert!(spot_health(&spot(0, &[]), &nodes).is_err());
+    assert!(spot_health(&spot(2, &both), &cordoned_by_someone, 0).is_err());
+    assert!(spot_health(&spot(0, &[]), &nodes, 0).is_err());
 }
 
 #[test]
@@ -156,6 +156,7 @@ fn ready_to_go() -> Observation {
         pods_fit: true,
         budgets: Ok(()),
         spot_requested: false,
+        pre_scale: PreScale::Off,
     }
 }
 
@@ -419,5 +420,129 @@ fn selectors_match_labels_and_expressions_as_kubernetes_does() {
     assert!(
         !matches(&expression("Gt", &["1"]), &labels),
         "unknown operator"
+    );
+}
+
+#[test]
+fn pre_scale_buys_spot_nodes_over_the_ceiling_then_falls_back_to_its_threshold() {
+    let settings = ScaleBackSettings::default();
+    let over = |highest: f64| Observation {
+        utilization: Some(Utilization {
+            cpu: highest,
+            memory: 10.0,
+        }),
+        ..ready_to_go()
+    };
+    let asked = |ago: u64| PreScale::Asked {
+        ago: Duration::from_secs(ago),
+        timeout: Duration::from_secs(300),
+        fallback_threshold: 95,
+    };
+    // (case, observation, expected)
+    let rows: Vec<(&str, Observation, Option<Decision>)> = vec![
+        ("off: over the ceiling waits", over(80.0), None),
+        (
+            "not yet asked: buys",
+            Observation {
+                pre_scale: PreScale::NotYet { nodes: Some(3) },
+                ..over(80.0)
+            },
+            Some(Decision::PreScale(3)),
+        ),
+        (
+            "no spot node to size on: waits",
+            Observation {
+                pre_scale: PreScale::NotYet { nodes: None },
+                ..over(80.0)
+            },
+            None,
+        ),
+        (
+            "asked, within the timeout: waits",
+            Observation {
+                pre_scale: asked(299),
+                ..over(80.0)
+            },
+            None,
+        ),
+        (
+            "asked, timed out, under the fallback threshold: goes",
+            Observation {
+                pre_scale: asked(300),
+                ..over(80.0)
+            },
+            Some(Decision::DrainAndTerminate),
+        ),
+        (
+            "asked, timed out, over the fallback threshold: waits",
+            Observation {
+                pre_scale: asked(300),
+                ..over(96.0)
+            },
+            None,
+        ),
+        (
+            "fallback threshold 0 keeps the node",
+            Observation {
+                pre_scale: PreScale::Asked {
+                    ago: Duration::from_secs(900),
+                    timeout: Duration::from_secs(300),
+                    fallback_threshold: 0,
+                },
+                ..over(76.0)
+            },
+            None,
+        ),
+        (
+            "under the ceiling, pre-scale plays no part",
+            Observation {
+                pre_scale: PreScale::NotYet { nodes: Some(3) },
+                ..ready_to_go()
+            },
+            Some(Decision::DrainAndTerminate),
+        ),
+    ];
+    for (case, seen, expected) in rows {
+        let decision = decide(&seen, &settings);
+        match expected {
+            Some(expected) => assert_eq!(decision, expected, "{case}"),
+            None => assert!(
+                matches!(decision, Decision::Wait(_)),
+                "{case}: {decision:?}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn pre_scale_counts_the_spot_nodes_that_reach_the_target() {
+    // Without the fallback: 2 nodes of 4 CPUs / 16 GiB, 6 CPUs and 8 GiB requested (75%).
+    let nodes = vec![
+        node("fallback", "i-f", 4000, 16),
+        node("a", "i-a", 4000, 16),
+        node("b", "i-b", 4000, 16),
+    ];
+    let pods = vec![
+        pod("a", 2500, 2, true),
+        pod("b", 2500, 2, true),
+        pod("fallback", 1000, 4, true),
+    ];
+    let cluster = ClusterView::of("fallback", nodes.clone(), pods);
+    let size = spot_node_size(
+        &spot(2, &[("i-a", "InService"), ("i-b", "InService")]),
+        &nodes,
+    )
+    .unwrap();
+    assert_eq!(size.cpu_millis, 4000);
+    // 6 CPUs at 50% need 12 CPUs: one more node of 4 short by 4 CPUs → 1; memory is fine.
+    assert_eq!(pre_scale_nodes(&cluster, size, 50, 0), Some(1));
+    // At 40%: 15 CPUs, 7 short → 2 nodes; +10% buffer → 2.2 → 3.
+    assert_eq!(pre_scale_nodes(&cluster, size, 40, 0), Some(2));
+    assert_eq!(pre_scale_nodes(&cluster, size, 40, 10), Some(3));
+    // Already under the target: still one (it is only asked for over the ceiling).
+    assert_eq!(pre_scale_nodes(&cluster, size, 90, 0), Some(1));
+    assert_eq!(
+        spot_node_size(&spot(1, &[("i-x", "InService")]), &nodes),
+        None
     );
 }
