@@ -117,7 +117,12 @@ impl<A: AutoScaling> ScaleBack<A> {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(self.settings.check_interval) => {}
             }
-            let seen = match self.observe(&entry, &record, &mut healthy_since).await {
+            // A look at a large cluster takes a while; shutdown does not wait for it.
+            let seen = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                seen = self.observe(&entry, &record, &mut healthy_since) => seen,
+            };
+            let seen = match seen {
                 Ok(seen) => seen,
                 Err(error) => {
                     warn!("Scale-back check of node {name} failed, will check again: {error}");
