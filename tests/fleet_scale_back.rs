@@ -6,7 +6,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use spot_guard::config::ScaleBackSettings;
+use spot_guard::config::{PreScaleSettings, ScaleBackSettings};
 use spot_guard::imds::SPOT_INSTANCE_ACTION_PATH;
 use spot_guard::lease::{LeaseSettings, Leases};
 use spot_guard::names::{
@@ -18,7 +18,7 @@ use spot_guard::sim::asg::Behaviour;
 use spot_guard::sim::fleet::{
     self, FleetAgent, FleetSpec, FleetWorld, NAMESPACE, ON_DEMAND_ASG, SPOT_ASG, WORKLOAD_NAMESPACE,
 };
-use spot_guard::sim::kube::FakePod;
+use spot_guard::sim::kube::{FakePod, Termination};
 use spot_guard::spot_guard::decide::from_unix_millis;
 use spot_guard::spot_guard::ledger;
 use spot_guard::spot_guard::scale_back::decide::{Phase, ScaleBackRecord};
@@ -596,15 +596,13 @@ async fn cluster_autoscaler_protection_ends_after_its_window_even_across_a_resta
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_killed_during_the_scale_back_drain_finishes_it_after_a_restart() {
     let (world, node, instance) = world_with_fallback(75).await;
-    // A budget holds the fallback's pod, so the drain is still going when the agent dies.
+    // The fallback's pod never finishes terminating by itself, so the drain is still
+    // going when the agent dies.
     world.kube.add_pod(
-        FakePod::new(WORKLOAD_NAMESPACE, "guarded-app", &node)
-            .with_label("app", "guarded")
-            .with_requests("500m", "1Gi"),
+        FakePod::new(WORKLOAD_NAMESPACE, "slow-app", &node)
+            .with_requests("500m", "1Gi")
+            .terminating(Termination::Never),
     );
-    world
-        .kube
-        .add_pdb(WORKLOAD_NAMESPACE, "guarded", &[("app", "guarded")], 0);
     let runtime = spot_guard::sim::harness::killable_runtime().expect("runtime");
     let victim = world
         .start_agent_on(&node, Some(instance.clone()), world.aws(), runtime.handle())
@@ -624,14 +622,9 @@ async fn an_agent_killed_during_the_scale_back_drain_finishes_it_after_a_restart
     drop(victim);
     assert_eq!(terminations_of(&world, &instance), 0, "killed mid-drain");
 
-    // The budget lifts; the restarted agent finishes the drain and terminates, once.
-    assert!(
-        world
-            .kube
-            .set_pdb_max_unavailable(WORKLOAD_NAMESPACE, "guarded", 1),
-        "budget exists"
-    );
+    // The pod goes; the restarted agent finishes the drain and terminates, once.
     let _restarted = start_on(&world, &node, &instance).await;
+    assert!(world.kube.remove_pod(WORKLOAD_NAMESPACE, "slow-app"));
     wait_terminated(&world, &node, &instance).await;
     assert_eq!(
         terminations_of(&world, &instance),
@@ -715,4 +708,208 @@ async fn fallback_nodes_go_one_at_a_time_and_stop_at_the_ceiling() {
     for agent in fallback_agents {
         stop(agent).await;
     }
+}
+
+/// Scale-back reads a cluster larger than one page in pages (`limit=500` and `continue`,
+/// as client-go's pager does) and still counts every pod: the pods that keep the fallback
+/// are on the last page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_larger_than_a_page_is_read_in_pages_and_counted_whole() {
+    let (world, node, instance) = world_with_fallback(50).await;
+    world
+        .kube
+        .add_pod(FakePod::new(WORKLOAD_NAMESPACE, "moved-app", &node).with_requests("500m", "1Gi"));
+    // 600 small pods, then two big ones in a namespace that sorts last.
+    for index in 0..600 {
+        world.kube.add_pod(
+            FakePod::new(
+                "fillers",
+                &format!("filler-{index:04}"),
+                &fleet::node_name(1 + index % 2),
+            )
+            .with_requests("1m", "1Mi"),
+        );
+    }
+    for index in [1, 2] {
+        world.kube.add_pod(
+            FakePod::new(
+                "zz-batch",
+                &format!("hog-{index}"),
+                &fleet::node_name(index),
+            )
+            .with_requests("3", "1Gi"),
+        );
+    }
+    let from = world.kube.requests().len();
+    let _agent = start_on(&world, &node, &instance).await;
+    world.asg.restore_capacity(SPOT_ASG).expect("group exists");
+    keep_watching(&world, &node, &instance, "spot returning", || {
+        world.kube.nodes().len() == 5
+    })
+    .await;
+    // Without the fallback: 7.5 of 12 CPUs requested (62%), over the 50% ceiling, but only
+    // with the last page's pods counted.
+    assert_kept_for(
+        &world,
+        &node,
+        &instance,
+        Duration::from_secs(2),
+        15,
+        "over the ceiling, counted across pages",
+    )
+    .await;
+    let pod_lists: Vec<String> = world.kube.requests()[from..]
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == "/api/v1/pods")
+        .map(|r| r.query.clone().unwrap_or_default())
+        .filter(|query| !query.contains("fieldSelector"))
+        .collect();
+    assert!(
+        pod_lists.len() >= 15 * 2,
+        "two pages per look: {}",
+        pod_lists.len()
+    );
+    assert!(
+        pod_lists.iter().all(|query| query.contains("limit=500")),
+        "every pod list is paged: {:?}",
+        pod_lists.iter().find(|query| !query.contains("limit=500"))
+    );
+    assert!(pod_lists.iter().any(|query| query.contains("continue=")));
+    let node_lists = world.kube.requests()[from..]
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == "/api/v1/nodes")
+        .filter(|r| !r.query.as_deref().unwrap_or_default().contains("limit=500"))
+        .count();
+    assert_eq!(node_lists, 0, "every node list is paged");
+
+    // A big pod goes: 4.5 of 12 CPUs, and the fallback is given back.
+    assert!(world.kube.remove_pod("zz-batch", "hog-2"));
+    wait_terminated(&world, &node, &instance).await;
+    assert_eq!(terminations_of(&world, &instance), 1);
+}
+
+/// Before a fallback is given back, every pod it would move must be free to go: a
+/// PodDisruptionBudget that allows no disruption now keeps the node in service (not
+/// cordoned, not drained) until the budget has room, as the Go fork's pre-drain safety
+/// check does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_budget_that_allows_no_disruption_keeps_the_fallback_until_it_has_room() {
+    let (world, node, instance) = world_with_fallback(75).await;
+    world.kube.add_pod(
+        FakePod::new(WORKLOAD_NAMESPACE, "guarded-app", &node)
+            .with_label("app", "guarded")
+            .with_requests("500m", "1Gi"),
+    );
+    world
+        .kube
+        .add_pdb(WORKLOAD_NAMESPACE, "guarded", &[("app", "guarded")], 0);
+    let _agent = start_on(&world, &node, &instance).await;
+    world.asg.restore_capacity(SPOT_ASG).expect("group exists");
+    keep_watching(&world, &node, &instance, "spot returning", || {
+        world.kube.nodes().len() == 5
+    })
+    .await;
+    // Spot is back and the cluster has room: only the budget holds the node.
+    assert_kept_for(
+        &world,
+        &node,
+        &instance,
+        Duration::from_secs(2),
+        15,
+        "the budget allows no disruption",
+    )
+    .await;
+    assert!(
+        !world
+            .kube
+            .evictions()
+            .iter()
+            .any(|e| e.name == "guarded-app"),
+        "no eviction was tried"
+    );
+    assert!(
+        world
+            .kube
+            .set_pdb_max_unavailable(WORKLOAD_NAMESPACE, "guarded", 1),
+        "budget exists"
+    );
+    wait_terminated(&world, &node, &instance).await;
+    assert_eq!(terminations_of(&world, &instance), 1);
+    assert!(
+        world
+            .kube
+            .evictions()
+            .iter()
+            .any(|e| e.name == "guarded-app"),
+        "the pod moved once the budget had room"
+    );
+}
+
+/// Pre-scale (SPOT_GUARD_PRE_SCALE, the Go fork's ENABLE_PRE_SCALE): a fallback whose
+/// departure would leave the cluster over the ceiling buys enough spot nodes to reach the
+/// target first, and is drained only once they are in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_pre_scale_the_spot_asg_grows_before_the_fallback_is_drained() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut spec = FleetSpec::new(3);
+    spec.scale_back = Some(scale_back_settings(50));
+    spec.pre_scale = Some(PreScaleSettings {
+        target_utilization: 40,
+        safety_buffer: 0,
+        timeout: Duration::from_secs(60),
+        fallback_threshold: 95,
+    });
+    spec.new_node_protection = Duration::from_secs(120);
+    let world = FleetWorld::start(spec).await.expect("simulators start");
+    let (node, instance) = world.buy_fallback().await.expect("a fallback is bought");
+    world
+        .kube
+        .add_pod(FakePod::new(WORKLOAD_NAMESPACE, "moved-app", &node).with_requests("500m", "1Gi"));
+    for index in [1, 2] {
+        world.kube.add_pod(
+            FakePod::new(
+                WORKLOAD_NAMESPACE,
+                &format!("hog-{index}"),
+                &fleet::node_name(index),
+            )
+            .with_requests("3", "1Gi"),
+        );
+    }
+    let _agent = start_on(&world, &node, &instance).await;
+    // Spot returns: without the fallback, 6.5 of 12 CPUs (54%) would be requested, over
+    // the 50% ceiling. To reach 40% the cluster needs 16.25 CPUs: two more 4-CPU nodes.
+    world.asg.restore_capacity(SPOT_ASG).expect("group exists");
+    let spot_raises = || -> Vec<(Option<i32>, Option<i32>)> {
+        world
+            .asg
+            .calls_of("SetDesiredCapacity")
+            .iter()
+            .filter(|c| c.group.as_deref() == Some(SPOT_ASG) && c.error_code.is_none())
+            .map(|c| (c.desired_before, c.desired_after))
+            .collect()
+    };
+    wait_for("the fallback is cordoned for its drain", || {
+        cordoned(&world, &node)
+    })
+    .await;
+    assert_eq!(
+        spot_raises(),
+        [(Some(3), Some(4)), (Some(4), Some(6))],
+        "the recommendation's attempt, then the pre-scale's two nodes, before the drain"
+    );
+    assert_eq!(
+        world.kube.nodes().len(),
+        7,
+        "both pre-scaled nodes registered first"
+    );
+    assert_eq!(
+        record(&world, &node, &instance)
+            .pre_scaled
+            .map(|(_, nodes)| nodes),
+        Some(2),
+        "the pre-scale is recorded, so a restart does not buy again"
+    );
+    wait_terminated(&world, &node, &instance).await;
+    assert_eq!(terminations_of(&world, &instance), 1);
+    assert_eq!(desired(&world, SPOT_ASG), 6);
 }

@@ -28,6 +28,7 @@ mod inflight;
 mod pdb_pace;
 mod procfs;
 mod reaction;
+mod scale_back_rss;
 mod size;
 mod table;
 mod throughput;
@@ -86,6 +87,9 @@ fn main() -> Result<()> {
         }
         if wanted(&filters, "throughput") {
             throughput::throughput(&mode).await?.print();
+        }
+        if wanted(&filters, "scale-back-rss") {
+            scale_back_rss::scale_back_rss(&mode).await?.print();
         }
         Ok::<(), BoxError>(())
     })?;

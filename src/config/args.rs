@@ -199,6 +199,34 @@ pub struct Args {
     )]
     pub spot_guard_scale_back_check_interval: u64,
 
+    /// With SPOT_GUARD_SCALE_BACK: when the cluster would be at or over the ceiling without the fallback, raise the spot ASG first by enough nodes to reach SPOT_GUARD_PRE_SCALE_TARGET_UTILIZATION (once per fallback).
+    #[arg(long, env = "SPOT_GUARD_PRE_SCALE", default_value = "false", value_parser = parse_go_bool, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
+    pub spot_guard_pre_scale: bool,
+
+    /// Percent of allocatable CPU and memory requested, without the fallback, that pre-scale aims for (below the ceiling).
+    #[arg(
+        long,
+        env = "SPOT_GUARD_PRE_SCALE_TARGET_UTILIZATION",
+        default_value_t = 65
+    )]
+    pub spot_guard_pre_scale_target_utilization: u8,
+
+    /// Percent more spot nodes than pre-scale computes, rounded up.
+    #[arg(long, env = "SPOT_GUARD_PRE_SCALE_SAFETY_BUFFER", default_value_t = 10)]
+    pub spot_guard_pre_scale_safety_buffer: u8,
+
+    /// Seconds the pre-scaled spot nodes have to bring the load under the ceiling before the fallback threshold applies.
+    #[arg(long, env = "SPOT_GUARD_PRE_SCALE_TIMEOUT", default_value_t = 300)]
+    pub spot_guard_pre_scale_timeout: u64,
+
+    /// After the pre-scale timeout: the utilization ceiling that applies instead (0: keep the fallback).
+    #[arg(
+        long,
+        env = "SPOT_GUARD_PRE_SCALE_FALLBACK_THRESHOLD",
+        default_value_t = 95
+    )]
+    pub spot_guard_pre_scale_fallback_threshold: u8,
+
     /// Attempts per AWS API call (SDK standard retry mode, with back-off on throttling).
     #[arg(long, env = "AWS_API_MAX_ATTEMPTS", default_value_t = 3)]
     pub aws_api_max_attempts: u32,

@@ -150,6 +150,8 @@ pub struct SpotGuardSettings {
     pub new_node_protection: Duration,
     /// Give on-demand fallback nodes back once spot capacity returns.
     pub scale_back: Option<ScaleBackSettings>,
+    /// With scale-back: buy spot nodes first when the cluster would be over the ceiling.
+    pub pre_scale: Option<PreScaleSettings>,
 }
 
 impl SpotGuardSettings {
@@ -170,6 +172,7 @@ impl SpotGuardSettings {
             terminate_after_drain: false,
             new_node_protection: Duration::from_secs(900),
             scale_back: None,
+            pre_scale: None,
         }
     }
 }
@@ -194,6 +197,34 @@ impl Default for ScaleBackSettings {
             stability_period: Duration::from_secs(120),
             utilization_ceiling: 75,
             check_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Scale-back's pre-scale (SPOT_GUARD_PRE_SCALE_*): when the cluster would be at or over
+/// the utilization ceiling without the fallback, raise the spot ASG by enough nodes to
+/// bring it to the target, once per fallback; if that has not done it within the timeout,
+/// give the fallback back under the fallback threshold instead of the ceiling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreScaleSettings {
+    /// Percent of allocatable CPU and memory requested, without the fallback, that the
+    /// spot nodes bought should bring the cluster to.
+    pub target_utilization: u8,
+    /// Percent more nodes than that, rounded up.
+    pub safety_buffer: u8,
+    /// How long the nodes bought have to come in and bring the load down.
+    pub timeout: Duration,
+    /// The ceiling after the timeout; 0 keeps the fallback (the fork's `keep_ondemand`).
+    pub fallback_threshold: u8,
+}
+
+impl Default for PreScaleSettings {
+    fn default() -> Self {
+        PreScaleSettings {
+            target_utilization: 65,
+            safety_buffer: 10,
+            timeout: Duration::from_secs(300),
+            fallback_threshold: 95,
         }
     }
 }

@@ -263,3 +263,68 @@ fn grace_period_minus_one_means_the_pods_own() {
     let config = parse(&["--node-name=n1", "--pod-termination-grace-period=30"]).unwrap();
     assert_eq!(config.pod_termination_grace_period, Some(30));
 }
+
+#[test]
+fn pre_scale_is_opt_in_under_scale_back_with_the_forks_defaults_and_checked_values() {
+    let mut on = SPOT_GUARD_ON.to_vec();
+    on.push("--spot-guard-scale-back");
+    assert_eq!(parse(&on).unwrap().spot_guard.unwrap().pre_scale, None);
+    on.push("--spot-guard-pre-scale");
+    let settings = parse(&on).unwrap().spot_guard.unwrap().pre_scale;
+    assert_eq!(settings, Some(PreScaleSettings::default()));
+    let defaults = PreScaleSettings::default();
+    assert_eq!(
+        (
+            defaults.target_utilization,
+            defaults.safety_buffer,
+            defaults.timeout,
+            defaults.fallback_threshold
+        ),
+        (65, 10, Duration::from_secs(300), 95),
+        "the Go fork's PRE_SCALE_* defaults"
+    );
+    // (flags added, what the refusal names)
+    let refused: [(&[&str], &str); 4] = [
+        (
+            &["--spot-guard-pre-scale-target-utilization=75"],
+            "SPOT_GUARD_PRE_SCALE_TARGET_UTILIZATION",
+        ),
+        (
+            &["--spot-guard-pre-scale-target-utilization=0"],
+            "SPOT_GUARD_PRE_SCALE_TARGET_UTILIZATION",
+        ),
+        (
+            &["--spot-guard-pre-scale-fallback-threshold=70"],
+            "SPOT_GUARD_PRE_SCALE_FALLBACK_THRESHOLD",
+        ),
+        (
+            &["--spot-guard-pre-scale-fallback-threshold=101"],
+            "SPOT_GUARD_PRE_SCALE_FALLBACK_THRESHOLD",
+        ),
+    ];
+    for (flags, named) in refused {
+        let mut bad = on.clone();
+        bad.extend_from_slice(flags);
+        let message = parse(&bad).unwrap_err();
+        assert!(message.contains(named), "{flags:?}: {message}");
+    }
+    let mut keep = on.clone();
+    keep.push("--spot-guard-pre-scale-fallback-threshold=0");
+    assert_eq!(
+        parse(&keep)
+            .unwrap()
+            .spot_guard
+            .unwrap()
+            .pre_scale
+            .map(|p| p.fallback_threshold),
+        Some(0),
+        "0 keeps the fallback"
+    );
+    let mut alone = SPOT_GUARD_ON.to_vec();
+    alone.push("--spot-guard-pre-scale");
+    assert!(
+        parse(&alone)
+            .unwrap_err()
+            .contains("SPOT_GUARD_PRE_SCALE is true but SPOT_GUARD_SCALE_BACK is false")
+    );
+}

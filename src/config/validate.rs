@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::args::Args;
 use super::{
-    Config, ConfigError, ProbesServer, ReportSettings, ScaleBackSettings, SpotGuardSettings,
-    TaintEffect, Tuning, WebhookSettings,
+    Config, ConfigError, PreScaleSettings, ProbesServer, ReportSettings, ScaleBackSettings,
+    SpotGuardSettings, TaintEffect, Tuning, WebhookSettings,
 };
 
 const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
@@ -422,6 +422,27 @@ fn spot_guard_settings(args: &Args, problems: &mut Vec<String>) -> Option<SpotGu
             );
         }
     }
+    if args.spot_guard_pre_scale {
+        let ceiling = args.spot_guard_scale_back_utilization_ceiling;
+        let target = args.spot_guard_pre_scale_target_utilization;
+        let fallback = args.spot_guard_pre_scale_fallback_threshold;
+        if !args.spot_guard_scale_back {
+            problems.push(
+                "SPOT_GUARD_PRE_SCALE is true but SPOT_GUARD_SCALE_BACK is false: pre-scale is a step of scale-back"
+                    .to_string(),
+            );
+        }
+        if target == 0 || target >= ceiling {
+            problems.push(format!(
+                "SPOT_GUARD_PRE_SCALE_TARGET_UTILIZATION (--spot-guard-pre-scale-target-utilization) is {target}: it must be a percentage from 1 to below SPOT_GUARD_SCALE_BACK_UTILIZATION_CEILING ({ceiling})"
+            ));
+        }
+        if fallback != 0 && !(ceiling..=100).contains(&fallback) {
+            problems.push(format!(
+                "SPOT_GUARD_PRE_SCALE_FALLBACK_THRESHOLD (--spot-guard-pre-scale-fallback-threshold) is {fallback}: it must be 0 (keep the fallback) or a percentage from SPOT_GUARD_SCALE_BACK_UTILIZATION_CEILING ({ceiling}) to 100"
+            ));
+        }
+    }
     let spot_asg_name = spot?;
     let on_demand_asg_name = on_demand?;
     (problems.len() == before).then(|| SpotGuardSettings {
@@ -441,6 +462,12 @@ fn spot_guard_settings(args: &Args, problems: &mut Vec<String>) -> Option<SpotGu
             stability_period: Duration::from_secs(args.spot_guard_scale_back_stability_period),
             utilization_ceiling: args.spot_guard_scale_back_utilization_ceiling,
             check_interval: Duration::from_secs(args.spot_guard_scale_back_check_interval),
+        }),
+        pre_scale: args.spot_guard_pre_scale.then(|| PreScaleSettings {
+            target_utilization: args.spot_guard_pre_scale_target_utilization,
+            safety_buffer: args.spot_guard_pre_scale_safety_buffer,
+            timeout: Duration::from_secs(args.spot_guard_pre_scale_timeout),
+            fallback_threshold: args.spot_guard_pre_scale_fallback_threshold,
         }),
         ..SpotGuardSettings::new(&spot_asg_name, &on_demand_asg_name)
     })

@@ -14,6 +14,7 @@
 //!   DaemonSets, ReplicaSets and StatefulSets that own pods (`kubectl drain` reads each
 //!   DaemonSet); core/v1 Events (`POST`, list); `coordination.k8s.io/v1` Leases (`GET`,
 //!   `POST`, `PUT`, merge `PATCH`; 409 on a stale `resourceVersion` or an existing name).
+//! - Lists in pages (`limit`, `continue`) as the API server cuts them (see `paging`).
 //! - Discovery as clients need it: `/version`, `/api`, `/apis`, `/apis/{group}`, and each
 //!   group version's resource list (listing `pods/eviction` in group `policy`, which is how
 //!   `kubectl drain` chooses eviction over deletion); server-side printing: a
@@ -78,8 +79,8 @@
 //! # What it does NOT model, and why each leniency remains
 //!
 //! - No watch except on PodDisruptionBudgets (each status change is a write with a new
-//!   `resourceVersion`, seen by a watch within 5 ms; no bookmarks, no 410 Gone), no `DELETE`, no `PUT` except on Leases, no JSON patch, no server-side apply,
-//!   no `dryRun`, no paging (`limit` is ignored and lists come whole, which a server may do),
+//!   `resourceVersion`, seen by a watch within 5 ms; no bookmarks, no 410 Gone), no
+//!   `DELETE`, no `PUT` except on Leases, no JSON patch, no server-side apply, no `dryRun`,
 //!   no creation of nodes, pods or budgets over HTTP (tests add them through the handle):
 //!   neither spot-guard nor the `kubectl` commands the tests run send any of these
 //!   (`kubectl drain --disable-eviction` would delete, and is not used).
@@ -116,6 +117,7 @@ mod events;
 mod http;
 mod leases;
 mod nodes;
+mod paging;
 mod pod;
 mod pods;
 mod status;
@@ -243,6 +245,8 @@ struct Cluster {
     uid_counter: u64,
     /// The `resourceVersion` the scheduler last looked at the cluster in.
     scheduled_at: Option<u64>,
+    /// Continue tokens from before this `resourceVersion` are expired ([`FakeKube::compact`]).
+    compacted_at: u64,
 }
 
 impl Cluster {
@@ -352,6 +356,7 @@ impl FakeKube {
             resource_version: 1000,
             uid_counter: 0,
             scheduled_at: None,
+            compacted_at: 0,
         }));
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
@@ -394,6 +399,17 @@ impl FakeKube {
         let stored = cluster.add_pod(pod, now);
         cluster.settle(now);
         stored
+    }
+
+    /// Adds many pods at once, as [`FakeKube::add_pod`] each, with one settling pass:
+    /// how a bench fills a cluster of 150,000 pods.
+    pub fn add_pods(&self, pods: impl IntoIterator<Item = FakePod>) {
+        let now = Instant::now();
+        let mut cluster = self.cluster();
+        for pod in pods {
+            cluster.add_pod(pod, now);
+        }
+        cluster.settle(now);
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Pod> {

@@ -70,6 +70,7 @@ impl<A: AutoScaling + Clone + 'static> SpotGuard<A> {
                 spot_asg: config.spot_asg_name.clone(),
                 on_demand_asg: config.on_demand_asg_name.clone(),
                 settings: settings.clone(),
+                pre_scale: config.pre_scale.clone(),
                 kube: kube.clone(),
                 node: NodeClient::new(kube, node_name, dry_run),
                 leases: self.leases.clone(),

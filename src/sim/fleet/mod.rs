@@ -70,6 +70,8 @@ pub struct FleetSpec {
     /// Zero: no Cluster Autoscaler protection task.
     pub new_node_protection: Duration,
     pub scale_back: Option<crate::config::ScaleBackSettings>,
+    /// Scale-back's pre-scale, for agents with `scale_back`.
+    pub pre_scale: Option<crate::config::PreScaleSettings>,
     /// Agents write Kubernetes events (EMIT_KUBERNETES_EVENTS) and keep metrics.
     pub reports: bool,
     /// The kubelets of new instances register their Nodes; `None`: nobody does, and
@@ -109,6 +111,7 @@ impl FleetSpec {
             terminate_after_drain: false,
             new_node_protection: Duration::ZERO,
             scale_back: None,
+            pre_scale: None,
             reports: false,
             kubelet: Some(KubeletSpec::default()),
             node_ready_timeout: Duration::from_secs(10),
@@ -336,6 +339,7 @@ impl FleetWorld {
             settings.capacity_cool_off = self.spec.capacity_cool_off;
             settings.new_node_protection = self.spec.new_node_protection;
             settings.scale_back = self.spec.scale_back.clone();
+            settings.pre_scale = self.spec.pre_scale.clone();
             settings.node_ready_timeout = self.spec.node_ready_timeout;
         }
         Ok(config)

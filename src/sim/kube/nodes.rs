@@ -1,9 +1,10 @@
-//! `GET /api/v1/nodes` (no selectors) and `GET`/`PATCH /api/v1/nodes/{name}`: merge patch
+//! `GET /api/v1/nodes` (no selectors; paged) and `GET`/`PATCH /api/v1/nodes/{name}`: merge patch
 //! with the `resourceVersion` precondition, strategic merge patch where it means the same
 //! (lists only at `spec.taints`, which is atomic), the API server's validation of taints,
 //! labels and annotations, and unknown fields dropped with a warning.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -18,6 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
+use super::paging::Paging;
 use super::status::{
     FieldError, FieldValidation, bad_request, conflict, invalid, json_response, not_found, quoted,
     status_body, unknown_fields, with_warnings,
@@ -176,15 +178,30 @@ pub(super) async fn list_nodes(
         ));
     }
     let cluster = lock(&shared);
+    let paging = match Paging::of(&query, cluster.resource_version, cluster.compacted_at) {
+        Ok(paging) => paging,
+        Err(refusal) => return refusal.response(),
+    };
+    let after = paging.after.clone();
+    let nodes = match &after {
+        Some(after) => cluster
+            .nodes
+            .range::<str, _>((Bound::Excluded(after.as_str()), Bound::Unbounded)),
+        None => cluster.nodes.range::<str, _>(..),
+    };
+    let (items, metadata) = paging.cut(nodes, |(name, _)| (*name).clone(), false);
     if table::wants_table(&headers) {
-        let rows = cluster.nodes.values().map(table::node_row).collect();
-        return table::response(&NODE_COLUMNS, rows, cluster.resource_version);
+        let rows = items
+            .into_iter()
+            .map(|(_, node)| table::node_row(node))
+            .collect();
+        return table::paged_response(&NODE_COLUMNS, rows, metadata);
     }
-    let items: Vec<&Node> = cluster.nodes.values().collect();
+    let items: Vec<&Node> = items.into_iter().map(|(_, node)| node).collect();
     let list = json!({
         "apiVersion": "v1",
         "kind": "NodeList",
-        "metadata": {"resourceVersion": cluster.resource_version.to_string()},
+        "metadata": metadata,
         "items": items,
     });
     (StatusCode::OK, axum::Json(list)).into_response()

@@ -1,8 +1,9 @@
-//! Pod lists, one pod, and the Eviction API (`pkg/registry/core/pod/storage/eviction.go`):
+//! Pod lists (paged), one pod, and the Eviction API (`pkg/registry/core/pod/storage/eviction.go`):
 //! the identity checks, the cases that skip the budget, the budget check, and the graceful
 //! deletion that follows.
 
 use std::collections::HashMap;
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -14,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
+use super::paging::Paging;
 use super::pod;
 use super::status::{bad_request, json_response, not_found, status_body};
 use super::table::{self, POD_COLUMNS};
@@ -63,24 +65,45 @@ fn pod_list(
         }
     };
     let cluster = lock(shared);
-    let items: Vec<&Pod> = cluster
-        .pods
-        .values()
-        .map(|stored| &stored.pod)
+    let paging = match Paging::of(query, cluster.resource_version, cluster.compacted_at) {
+        Ok(paging) => paging,
+        Err(refusal) => return refusal.response(),
+    };
+    // Keyed by (namespace, name), as the store's keys order them.
+    let after = paging
+        .after
+        .as_deref()
+        .and_then(|key| key.split_once('/'))
+        .map(|(ns, name)| (ns.to_owned(), name.to_owned()));
+    let stored = match after {
+        Some(after) => cluster
+            .pods
+            .range((Bound::Excluded(after), Bound::Unbounded)),
+        None => cluster.pods.range(..),
+    };
+    let matching = stored
+        .map(|(_, stored)| &stored.pod)
         .filter(|pod| namespace.is_none_or(|ns| pod.metadata.namespace.as_deref() == Some(ns)))
         .filter(|pod| {
             node.as_deref()
                 .is_none_or(|node| pod_node(pod) == Some(node))
-        })
-        .collect();
+        });
+    let key = |pod: &&Pod| {
+        format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+            pod.metadata.name.as_deref().unwrap_or_default()
+        )
+    };
+    let (items, metadata) = paging.cut(matching, key, node.is_some());
     if table::wants_table(headers) {
         let rows = items.iter().map(|pod| table::pod_row(pod)).collect();
-        return table::response(&POD_COLUMNS, rows, cluster.resource_version);
+        return table::paged_response(&POD_COLUMNS, rows, metadata);
     }
     let list = json!({
         "apiVersion": "v1",
         "kind": "PodList",
-        "metadata": {"resourceVersion": cluster.resource_version.to_string()},
+        "metadata": metadata,
         "items": items,
     });
     (StatusCode::OK, axum::Json(list)).into_response()

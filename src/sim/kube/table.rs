@@ -51,6 +51,15 @@ pub(super) struct Row {
 }
 
 pub(super) fn response(columns: &[Column], rows: Vec<Row>, resource_version: u64) -> Response {
+    paged_response(
+        columns,
+        rows,
+        json!({"resourceVersion": resource_version.to_string()}),
+    )
+}
+
+/// A `Table` with the list metadata of a page (`continue` when more rows remain).
+pub(super) fn paged_response(columns: &[Column], rows: Vec<Row>, metadata: Value) -> Response {
     let definitions: Vec<Value> = columns
         .iter()
         .enumerate()
@@ -84,7 +93,7 @@ pub(super) fn response(columns: &[Column], rows: Vec<Row>, resource_version: u64
     let table = json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
-        "metadata": {"resourceVersion": resource_version.to_string()},
+        "metadata": metadata,
         "columnDefinitions": definitions,
         "rows": rows,
     });

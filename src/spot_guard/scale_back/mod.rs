@@ -11,8 +11,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, ListParams};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -21,13 +19,14 @@ use crate::actions::{ActionOutcome, NodeActions};
 use crate::asg::{AsgError, AutoScaling};
 use crate::drain::DrainSettings;
 pub mod decide;
+mod look;
 
-use decide::{Decision, NodeView, Observation, Phase, PodView, Resume, ScaleBackRecord};
+use decide::{Decision, Observation, Phase, PreScale, Resume, ScaleBackRecord};
 
 use super::decide::Role;
 use super::ledger::{self, LedgerEntry};
 use super::terminate_with_decrement;
-use crate::config::{ScaleBackSettings, TaintEffect};
+use crate::config::{PreScaleSettings, ScaleBackSettings, TaintEffect};
 use crate::lease::{LeaseError, Leases};
 use crate::names::{self, SCALE_BACK_ANNOTATION, SCALE_BACK_LEASE, SCALE_BACK_TAINT};
 use crate::node::{NodeClient, NodeError};
@@ -57,6 +56,7 @@ pub struct ScaleBack<A> {
     pub spot_asg: String,
     pub on_demand_asg: String,
     pub settings: ScaleBackSettings,
+    pub pre_scale: Option<PreScaleSettings>,
     pub kube: kube::Client,
     pub node: NodeClient,
     pub leases: Leases,
@@ -117,7 +117,12 @@ impl<A: AutoScaling> ScaleBack<A> {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(self.settings.check_interval) => {}
             }
-            let seen = match self.observe(&entry, &record, &mut healthy_since).await {
+            // A look at a large cluster takes a while; shutdown does not wait for it.
+            let seen = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                seen = self.observe(&entry, &record, &mut healthy_since) => seen,
+            };
+            let seen = match seen {
                 Ok(seen) => seen,
                 Err(error) => {
                     warn!("Scale-back check of node {name} failed, will check again: {error}");
@@ -139,6 +144,14 @@ impl<A: AutoScaling> ScaleBack<A> {
                     return;
                 }
                 Decision::ScaleSpotFirst => self.scale_spot_first(&mut record).await,
+                Decision::PreScale(nodes) if self.dry_run => {
+                    info!(
+                        "DRY RUN: without node {name} the cluster would be over the ceiling; would pre-scale spot ASG {} by {nodes}, then give the node back",
+                        self.spot_asg
+                    );
+                    return;
+                }
+                Decision::PreScale(nodes) => self.pre_scale(&mut record, nodes).await,
                 Decision::DrainAndTerminate => {
                     if self.dry_run {
                         info!(
@@ -194,29 +207,32 @@ impl<A: AutoScaling> ScaleBack<A> {
         };
         let spot = self.asg.describe(&self.spot_asg).await?;
         let on_demand = self.asg.describe(&self.on_demand_asg).await?;
-        let nodes: Vec<NodeView> = Api::<Node>::all(self.kube.clone())
-            .list(&ListParams::default())
-            .await
-            .map_err(|source| ScaleBackError::List {
-                what: "nodes",
-                source,
-            })?
-            .items
-            .iter()
-            .map(NodeView::of)
-            .collect();
-        let pods: Vec<PodView> = Api::<Pod>::all(self.kube.clone())
-            .list(&ListParams::default())
-            .await
-            .map_err(|source| ScaleBackError::List {
-                what: "pods",
-                source,
-            })?
-            .items
-            .iter()
-            .filter_map(|pod| PodView::of(pod, &self.drain))
-            .collect();
-        let spot_health = decide::spot_health(&spot, &nodes);
+        let name = self.node.name();
+        let (cluster, budgets) = look::look(&self.kube, name, &self.drain).await?;
+        let asked = |at: u64| super::decide::millis_ago(at, now);
+        let tolerated = match (&self.pre_scale, record.pre_scaled) {
+            (Some(settings), Some((at, nodes))) if asked(at) >= settings.timeout => nodes,
+            _ => 0,
+        };
+        let pre_scale = match (&self.pre_scale, record.pre_scaled) {
+            (None, _) => PreScale::Off,
+            (Some(settings), None) => PreScale::NotYet {
+                nodes: decide::spot_node_size(&spot, &cluster.nodes).and_then(|size| {
+                    decide::pre_scale_nodes(
+                        &cluster,
+                        size,
+                        settings.target_utilization,
+                        settings.safety_buffer,
+                    )
+                }),
+            },
+            (Some(settings), Some((at, _))) => PreScale::Asked {
+                ago: asked(at),
+                timeout: settings.timeout,
+                fallback_threshold: settings.fallback_threshold,
+            },
+        };
+        let spot_health = decide::spot_health(&spot, &cluster.nodes, tolerated);
         let healthy_for = match (&spot_health, *healthy_since) {
             (Ok(()), Some(since)) => since.elapsed(),
             (Ok(()), None) => {
@@ -228,16 +244,17 @@ impl<A: AutoScaling> ScaleBack<A> {
                 Duration::ZERO
             }
         };
-        let name = self.node.name();
         Ok(Observation {
             bought_ago: entry.age(now),
             aborted_ago,
             on_demand: decide::can_shrink(&on_demand, &self.instance_id),
             spot_health,
             healthy_for,
-            utilization: decide::utilization_without(name, &nodes, &pods),
-            pods_fit: decide::pods_fit_elsewhere(name, &nodes, &pods),
+            utilization: decide::utilization_without(&cluster),
+            pods_fit: decide::pods_fit_elsewhere(&cluster),
+            budgets: decide::budgets_allow(&cluster, &budgets),
             spot_requested: record.spot_requested_at.is_some(),
+            pre_scale,
         })
     }
 
@@ -251,26 +268,7 @@ impl<A: AutoScaling> ScaleBack<A> {
             record.spot_requested_at = None;
             return;
         }
-        let held = match self.leases.acquire(&names::asg_lease(&spot)).await {
-            Ok(held) => held,
-            Err(error) => {
-                warn!("Taking the lease of spot ASG {spot} failed; not scaling it: {error}");
-                return;
-            }
-        };
-        let scaled = async {
-            let state = self.asg.describe(&spot).await.map_err(|e| e.to_string())?;
-            let plan = super::decide::plan_target(&state, 1, &[], SystemTime::now())
-                .map_err(|failure| failure.to_string())?;
-            self.asg
-                .set_desired_capacity(&spot, plan.to)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((plan.from, plan.to))
-        }
-        .await;
-        held.release().await;
-        match scaled {
+        match self.raise_spot(1).await {
             Ok((from, to)) => info!(
                 "The pods of on-demand node {name} would not fit on the other nodes: scaled spot ASG {spot} from {from} to {to} before giving the node back"
             ),
@@ -278,6 +276,51 @@ impl<A: AutoScaling> ScaleBack<A> {
                 "The pods of on-demand node {name} would not fit on the other nodes and spot ASG {spot} could not be scaled: {error}; the node stays"
             ),
         }
+    }
+
+    /// Pre-scale: `nodes` more spot instances, once per node, recorded before they are
+    /// asked for; a request that fails is not sent again (the fallback threshold applies
+    /// after the timeout).
+    async fn pre_scale(&self, record: &mut ScaleBackRecord, nodes: i32) {
+        let spot = self.spot_asg.clone();
+        let name = self.node.name().to_owned();
+        record.pre_scaled = Some((super::decide::unix_millis(SystemTime::now()), nodes));
+        if let Err(error) = self.save(record).await {
+            warn!("Recording the pre-scale on node {name} failed, so it was not sent: {error}");
+            record.pre_scaled = None;
+            return;
+        }
+        match self.raise_spot(nodes).await {
+            Ok((from, to)) => info!(
+                "Without on-demand node {name} the cluster would be over the utilization ceiling: pre-scaled spot ASG {spot} from {from} to {to} before giving the node back"
+            ),
+            Err(error) => warn!(
+                "Pre-scaling spot ASG {spot} by {nodes} for on-demand node {name} failed: {error}; the node stays, and the fallback threshold applies once the pre-scale timeout has passed"
+            ),
+        }
+    }
+
+    /// Raises the spot ASG's desired capacity by `count` under its Lease; (from, to).
+    async fn raise_spot(&self, count: i32) -> Result<(i32, i32), String> {
+        let spot = &self.spot_asg;
+        let held = self
+            .leases
+            .acquire(&names::asg_lease(spot))
+            .await
+            .map_err(|error| format!("taking the lease of spot ASG {spot} failed: {error}"))?;
+        let scaled = async {
+            let state = self.asg.describe(spot).await.map_err(|e| e.to_string())?;
+            let plan = super::decide::plan_target(&state, count, &[], SystemTime::now())
+                .map_err(|failure| failure.to_string())?;
+            self.asg
+                .set_desired_capacity(spot, plan.to)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((plan.from, plan.to))
+        }
+        .await;
+        held.release().await;
+        scaled
     }
 
     /// Under the scale-back Lease: decide again on a fresh look (another fallback node
@@ -325,7 +368,7 @@ impl<A: AutoScaling> ScaleBack<A> {
                     );
                     false
                 }
-                Decision::ScaleSpotFirst => false,
+                Decision::ScaleSpotFirst | Decision::PreScale(_) => false,
             },
             Err(error) => {
                 warn!("Checking again before the scale-back failed: {error}");

@@ -111,7 +111,7 @@ pub fn pod_requests(pod: &Pod) -> Resources {
         .plus(resources_of(spec.overhead.as_ref()))
 }
 
-/// A node as scale-back sees it.
+/// A node as scale-back sees it, with what its pods request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
     pub name: String,
@@ -121,6 +121,8 @@ pub struct NodeView {
     /// Cordoned by a spot-guard (or NTH-compatible) agent for an event of its own.
     pub cordoned_by_agent: bool,
     pub allocatable: Resources,
+    /// The requests of the scheduled, unfinished pods on it.
+    pub requested: Resources,
 }
 
 impl NodeView {
@@ -147,11 +149,16 @@ impl NodeView {
                 .as_ref()
                 .is_some_and(|a| a.contains_key(CORDONED_BY_ANNOTATION)),
             allocatable: resources_of(status.and_then(|s| s.allocatable.as_ref())),
+            requested: Resources::default(),
         }
     }
 
     fn takes_pods(&self) -> bool {
         self.ready && self.schedulable
+    }
+
+    fn free(&self) -> Resources {
+        self.allocatable.minus(self.requested)
     }
 }
 
@@ -162,21 +169,109 @@ pub struct PodView {
     pub requests: Resources,
     /// A drain of its node would evict it (not a DaemonSet, mirror or own pod).
     pub moves: bool,
+    /// What its budgets are matched on: kept for the pods of the node weighed only.
+    pub identity: Option<PodIdentity>,
+}
+
+/// A pod's name, labels and readiness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ready: bool,
 }
 
 impl PodView {
-    /// `None` for pods that hold nothing: unscheduled or finished.
-    pub fn of(pod: &Pod, drain: &DrainSettings) -> Option<PodView> {
+    /// `None` for pods that hold nothing: unscheduled or finished. The pods on `own`
+    /// keep their identity.
+    pub fn of(pod: &Pod, drain: &DrainSettings, own: &str) -> Option<PodView> {
         let node = pod.spec.as_ref()?.node_name.clone()?;
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        if matches!(phase, Some("Succeeded" | "Failed")) {
+        let status = pod.status.as_ref();
+        if matches!(
+            status.and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        ) {
             return None;
         }
+        let identity = (node == own).then(|| PodIdentity {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ready: status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+        });
         Some(PodView {
             node,
             requests: pod_requests(pod),
             moves: classify(pod, drain) == PodDisposition::Evict,
+            identity,
         })
+    }
+}
+
+/// The cluster as one look of a fallback node's agent keeps it: every node with the sum
+/// of its pods' requests, and only this node's own pods one by one. Built by folding the
+/// pages of the Node and Pod lists, so it holds O(nodes) however many pods there are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// The node whose scale-back is weighed.
+    pub own: String,
+    pub nodes: Vec<NodeView>,
+    index: HashMap<String, usize>,
+    /// The scheduled, unfinished pods on `own`.
+    pub own_pods: Vec<PodView>,
+}
+
+impl ClusterView {
+    pub fn new(own: &str) -> Self {
+        ClusterView {
+            own: own.to_owned(),
+            ..ClusterView::default()
+        }
+    }
+
+    /// Adds (or replaces) a node; its pods are added after it.
+    pub fn add_node(&mut self, node: NodeView) {
+        match self.index.get(&node.name) {
+            Some(&at) => self.nodes[at] = node,
+            None => {
+                self.index.insert(node.name.clone(), self.nodes.len());
+                self.nodes.push(node);
+            }
+        }
+    }
+
+    /// Counts a pod on its node; a pod on a node not (yet) listed counts nowhere, as a
+    /// pod on a node that is gone.
+    pub fn add_pod(&mut self, pod: PodView) {
+        if let Some(&at) = self.index.get(&pod.node) {
+            let node = &mut self.nodes[at];
+            node.requested = node.requested.plus(pod.requests);
+        }
+        if pod.node == self.own {
+            self.own_pods.push(pod);
+        }
+    }
+
+    /// From views, nodes first: what the lists would have built.
+    pub fn of(own: &str, nodes: Vec<NodeView>, pods: Vec<PodView>) -> Self {
+        let mut cluster = ClusterView::new(own);
+        nodes.into_iter().for_each(|node| cluster.add_node(node));
+        pods.into_iter().for_each(|pod| cluster.add_pod(pod));
+        cluster
+    }
+
+    /// The nodes that would take this node's pods.
+    fn others(&self) -> impl Iterator<Item = &NodeView> {
+        self.nodes
+            .iter()
+            .filter(|n| n.name != self.own && n.takes_pods())
+    }
+
+    fn moving(&self) -> impl Iterator<Item = Resources> {
+        self.own_pods.iter().filter(|p| p.moves).map(|p| p.requests)
     }
 }
 
@@ -193,29 +288,29 @@ impl Utilization {
     }
 }
 
+/// Allocatable of the nodes that would take this node's pods, and what would be
+/// requested of them once its moving pods are there.
+pub(super) fn totals_without(cluster: &ClusterView) -> (Resources, Resources) {
+    let (allocatable, requested) = cluster.others().fold(
+        (Resources::default(), Resources::default()),
+        |(allocatable, requested), n| {
+            (allocatable.plus(n.allocatable), requested.plus(n.requested))
+        },
+    );
+    (
+        allocatable,
+        cluster.moving().fold(requested, Resources::plus),
+    )
+}
+
 /// The cluster's requested CPU and memory against the allocatable of the nodes that take
-/// pods, once `node` is gone and its moving pods are elsewhere. `None` when no other node
-/// takes pods.
-pub fn utilization_without(
-    node: &str,
-    nodes: &[NodeView],
-    pods: &[PodView],
-) -> Option<Utilization> {
-    let remaining: HashMap<&str, &NodeView> = nodes
-        .iter()
-        .filter(|n| n.name != node && n.takes_pods())
-        .map(|n| (n.name.as_str(), n))
-        .collect();
-    let allocatable = remaining
-        .values()
-        .fold(Resources::default(), |sum, n| sum.plus(n.allocatable));
+/// pods, once this node is gone and its moving pods are elsewhere. `None` when no other
+/// node takes pods.
+pub fn utilization_without(cluster: &ClusterView) -> Option<Utilization> {
+    let (allocatable, requested) = totals_without(cluster);
     if allocatable.cpu_millis <= 0 || allocatable.memory_bytes <= 0 {
         return None;
     }
-    let requested = pods
-        .iter()
-        .filter(|p| remaining.contains_key(p.node.as_str()) || (p.node == node && p.moves))
-        .fold(Resources::default(), |sum, p| sum.plus(p.requests));
     let percent = |used: i64, total: i64| used as f64 * 100.0 / total as f64;
     Some(Utilization {
         cpu: percent(requested.cpu_millis, allocatable.cpu_millis),
@@ -223,24 +318,14 @@ pub fn utilization_without(
     })
 }
 
-/// Whether the pods a drain of `node` would move fit into the other nodes' free
+/// Whether the pods a drain of this node would move fit into the other nodes' free
 /// requests, placed largest first on the first node with room.
-pub fn pods_fit_elsewhere(node: &str, nodes: &[NodeView], pods: &[PodView]) -> bool {
-    let mut free: BTreeMap<&str, Resources> = nodes
-        .iter()
-        .filter(|n| n.name != node && n.takes_pods())
-        .map(|n| (n.name.as_str(), n.allocatable))
+pub fn pods_fit_elsewhere(cluster: &ClusterView) -> bool {
+    let mut free: BTreeMap<&str, Resources> = cluster
+        .others()
+        .map(|n| (n.name.as_str(), n.free()))
         .collect();
-    for pod in pods {
-        if let Some(room) = free.get_mut(pod.node.as_str()) {
-            *room = room.minus(pod.requests);
-        }
-    }
-    let mut moving: Vec<Resources> = pods
-        .iter()
-        .filter(|p| p.node == node && p.moves)
-        .map(|p| p.requests)
-        .collect();
+    let mut moving: Vec<Resources> = cluster.moving().collect();
     moving.sort_by_key(|r| std::cmp::Reverse((r.cpu_millis, r.memory_bytes)));
     moving.into_iter().all(|pod| {
         free.values_mut()
