@@ -477,6 +477,34 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_panicked_task_is_named_with_its_panic_message() {
+        let outcome = tokio::spawn(async {
+            let items: Vec<u32> = Vec::new();
+            // A real panic, as a bad index in a task would raise.
+            items.get(3).copied().expect("the fourth item")
+        })
+        .await
+        .map(|_| Ok(()));
+        let how = how_it_ended(outcome);
+        assert!(how.starts_with("panicked: "), "{how}");
+        assert!(how.contains("the fourth item"), "{how}");
+        assert_eq!(how_it_ended(Ok(Ok(()))), "returned");
+        assert_eq!(how_it_ended(Ok(Err("boom".to_owned()))), "failed: boom");
+    }
+
+    #[test]
+    fn the_webhook_settings_debug_shows_no_credential() {
+        let mut settings =
+            crate::config::WebhookSettings::new("https://hooks.example.com/T1/B2/SECRETPATH");
+        settings.headers = r#"{"Authorization":"Bearer SECRETHEADER"}"#.to_owned();
+        settings.proxy = Some("http://user:SECRETPROXY@proxy:3128".to_owned());
+        let shown = format!("{settings:?}");
+        for secret in ["SECRETPATH", "SECRETHEADER", "SECRETPROXY"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
+
     #[test]
     fn bad_webhook_headers_and_probe_path_are_refused_together_at_start() {
         let cli = Cli::try_parse_from([

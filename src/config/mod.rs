@@ -29,8 +29,9 @@ pub const DEFAULT_WEBHOOK_TEMPLATE: &str = r#"{"text":"[NTH][Instance Interrupti
 /// NTH's client timeout for one post.
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The raw settings, as configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The raw settings, as configured. `Debug` shows none of the values that may hold
+/// credentials (URL, headers, proxy).
+#[derive(Clone, PartialEq, Eq)]
 pub struct WebhookSettings {
     pub url: String,
     /// A JSON object of header names to string values.
@@ -41,6 +42,19 @@ pub struct WebhookSettings {
     /// An http(s) proxy URL for the posts.
     pub proxy: Option<String>,
     pub timeout: Duration,
+}
+
+impl fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("url", &"(not shown)")
+            .field("headers", &"(not shown)")
+            .field("template", &self.template)
+            .field("template_file", &self.template_file)
+            .field("proxy", &self.proxy.as_ref().map(|_| "(not shown)"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl WebhookSettings {
