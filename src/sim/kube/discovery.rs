@@ -109,7 +109,7 @@ fn resources(group: &str, version: &str) -> Option<Vec<Value>> {
             "lease",
             true,
             "Lease",
-            &["create", "get", "patch", "update"],
+            &["create", "get", "list", "patch", "update"],
             &[],
         )],
         ("policy", "v1") => &[(
