@@ -304,8 +304,7 @@ impl NodeActions {
             .await
         {
             warn!(
-                "Recording event {event_id} as handled on node {} failed; a restarted agent may act on it again: {error}",
-                self.name()
+                "Recording the event as handled on the node failed; a restarted agent may act on it again: {error}"
             );
         }
     }
@@ -313,7 +312,6 @@ impl NodeActions {
     /// Undoes what was done for an event that was cancelled or completed: its cordon
     /// (only if this agent set it for that event), NTH's taints and labels.
     pub async fn undo(&self, event: &InterruptionEvent, why: &str) {
-        let name = self.name().to_string();
         let event_id = event.event_id.as_str();
         let record = self.load_record().await;
         if record.cordoned_by.as_deref() == Some(event_id) {
@@ -324,12 +322,10 @@ impl NodeActions {
                 error.as_deref().map_or(Ok(()), Err),
             );
         } else {
-            info!(
-                "Not uncordoning node {name}: its cordon was not set by this agent for {event_id}"
-            );
+            info!("Not uncordoning the node: its cordon was not set by this agent for this event");
         }
         self.remove_marks().await;
-        info!("Undid the actions for {event_id} on node {name}: {why}");
+        info!("Undid the actions on the node: {why}");
     }
 
     /// At start-up: a node marked before a reboot that has since rebooted is uncordoned.

@@ -15,6 +15,7 @@ use crate::asg::AutoScaling;
 use crate::config::Config;
 use crate::drain::{DrainSettings, PodRef};
 use crate::imds::parse_scheduled_event_time;
+use crate::logging::short_event_id;
 use crate::monitor::Notice;
 use crate::names::{ASG_LIFECYCLE_TAINT, SCHEDULED_MAINTENANCE_TAINT, SPOT_ITN_TAINT};
 use crate::node::NodeClient;
@@ -45,10 +46,10 @@ async fn finish_on_shutdown(
     tokio::select! {
         complete = &mut drain => Some(complete),
         _ = shutdown.cancelled() => {
-            warn!(%event_id, "Shutting down during the drain for {event_id}: finishing it first, for at most {}s", limit.as_secs());
+            warn!(%event_id, "Shutting down during the drain: finishing it first, for at most {}s", limit.as_secs());
             match tokio::time::timeout(limit, drain).await {
-                Ok(true) => info!(%event_id, "The drain for {event_id} completed before shutdown"),
-                _ => warn!(%event_id, "The drain for {event_id} did not finish before shutdown; a restarted agent takes it over"),
+                Ok(true) => info!(%event_id, "The drain completed before shutdown"),
+                _ => warn!(%event_id, "The drain did not finish before shutdown; a restarted agent takes it over"),
             }
             None
         }
@@ -221,7 +222,7 @@ impl<A: AutoScaling + 'static> Agent<A> {
                     let Some((notice, _)) = unfinished.take() else { continue };
                     let event_id = notice.event_id().to_string();
                     let span = info_span!("drain_now", node = %agent.settings.node_name, %event_id);
-                    info!(%event_id, "Retrying the incomplete drain for {event_id}");
+                    info!(%event_id, "Retrying the incomplete drain");
                     let drain = agent.handle_drain_now(&notice, true).instrument(span);
                     let Some(complete) = finish_on_shutdown(drain, &shutdown, agent.settings.drain.timeout, &event_id).await else {
                         return;
@@ -255,7 +256,7 @@ impl<A: AutoScaling + 'static> Agent<A> {
                         | Notice::RebalanceRecommendationCleared { .. }
                 )
             {
-                info!(%event_id, "Already acted on {event_id} before this agent restarted; not acting again");
+                info!(%event_id, "Already acted on this event before this agent restarted; not acting again");
                 continue;
             }
             match notice {
@@ -263,11 +264,11 @@ impl<A: AutoScaling + 'static> Agent<A> {
                     ref notice_time, ..
                 } => {
                     if let Some(draining_for) = &memory.draining_for {
-                        info!(%event_id, "Ignoring rebalance recommendation: the node is already being drained for {draining_for}");
+                        info!(%event_id, "Ignoring rebalance recommendation: the node is already being drained for {}", short_event_id(draining_for));
                         continue;
                     }
                     if let Some(task) = rebalance.as_ref().filter(|task| task.running()) {
-                        info!(%event_id, "Rebalance recommendation (noticeTime={notice_time}) arrived while {} is still being handled; it is covered by that flow", task.event_id);
+                        info!(%event_id, "Rebalance recommendation (noticeTime={notice_time}) arrived while {} is still being handled; it is covered by that flow", short_event_id(&task.event_id));
                         continue;
                     }
                     info!(%event_id, "Handling rebalance recommendation (noticeTime={notice_time})");
@@ -297,13 +298,13 @@ impl<A: AutoScaling + 'static> Agent<A> {
                     let acted_on = memory.handled.contains(&event_id)
                         || memory.draining_for.as_deref() == Some(event_id.as_str());
                     if !acted_on {
-                        info!(%event_id, "Scheduled event {event_id} is {state}; nothing was done for it");
+                        info!(%event_id, "Scheduled event is {state}; nothing was done for it");
                     } else if memory
                         .draining_for
                         .as_ref()
                         .is_some_and(|other| *other != event_id)
                     {
-                        info!(%event_id, "Scheduled event {event_id} is {state}, but the node is draining for another event; leaving it cordoned");
+                        info!(%event_id, "Scheduled event is {state}, but the node is draining for another event; leaving it cordoned");
                     } else {
                         let span = info_span!("undo", node = %agent.settings.node_name, %event_id);
                         let event = report_event(&notice_ended(&event_id, &state));
@@ -327,14 +328,14 @@ impl<A: AutoScaling + 'static> Agent<A> {
                         undo.cancel();
                     }
                     if let Some(mut task) = rebalance.take().filter(RebalanceTask::running) {
-                        warn!(%event_id, "{} preempts the rebalance flow of {}: the replacement may still be pending; draining now", describe(&drain_now), task.event_id);
+                        warn!(%event_id, "{} preempts the rebalance flow of {}: the replacement may still be pending; draining now", describe(&drain_now), short_event_id(&task.event_id));
                         task.preempt.cancel();
                         // The flow stops at its next await; one stuck in a call is cut off.
                         if tokio::time::timeout(PREEMPT_GRACE, &mut task.handle)
                             .await
                             .is_err()
                         {
-                            warn!(%event_id, "The rebalance flow of {} did not stop within {PREEMPT_GRACE:?}; aborting it", task.event_id);
+                            warn!(%event_id, "The rebalance flow of {} did not stop within {PREEMPT_GRACE:?}; aborting it", short_event_id(&task.event_id));
                             task.handle.abort();
                         }
                     }
@@ -355,7 +356,7 @@ impl<A: AutoScaling + 'static> Agent<A> {
                         memory.handled.insert(event_id);
                         unfinished = None;
                     } else {
-                        warn!(%event_id, "The drain for {event_id} is incomplete; trying again every {:?} until it completes", agent.settings.retry_interval);
+                        warn!(%event_id, "The drain is incomplete; trying again every {:?} until it completes", agent.settings.retry_interval);
                         unfinished = Some((
                             drain_now,
                             tokio::time::Instant::now() + agent.settings.retry_interval,
@@ -375,15 +376,15 @@ impl<A: AutoScaling + 'static> Agent<A> {
     ) -> Option<CancellationToken> {
         let node = &self.settings.node_name;
         if self.spot_guard.is_some() {
-            info!(%event_id, "The rebalance recommendation is gone; node {node} stays as Spot Guard left it (its replacement is already bought)");
+            info!(%event_id, "The rebalance recommendation is gone; the node stays as Spot Guard left it (its replacement is already bought)");
             return None;
         }
         let Some(window) = self.rebalance_uncordon_window else {
-            info!(%event_id, "The rebalance recommendation is gone; node {node} stays cordoned, as with NTH (REBALANCE_UNCORDON_WINDOW undoes it)");
+            info!(%event_id, "The rebalance recommendation is gone; the node stays cordoned, as with NTH (REBALANCE_UNCORDON_WINDOW undoes it)");
             return None;
         };
         if let Some(other) = &memory.draining_for {
-            info!(%event_id, "The rebalance recommendation is gone, but node {node} is draining for {other}");
+            info!(%event_id, "The rebalance recommendation is gone, but the node is draining for {}", short_event_id(other));
             return None;
         }
         let received = match &memory.rebalance_received {
@@ -391,7 +392,7 @@ impl<A: AutoScaling + 'static> Agent<A> {
             _ => return None,
         };
         let wait = window.saturating_sub(received.elapsed());
-        info!(%event_id, "The rebalance recommendation is gone; node {node} is uncordoned in {wait:?} unless an interruption comes first");
+        info!(%event_id, "The rebalance recommendation is gone; the node is uncordoned in {wait:?} unless an interruption comes first");
         let cancel = CancellationToken::new();
         let agent = Arc::clone(self);
         let event = InterruptionEvent::rebalance_recommendation(event_id, "");
@@ -417,13 +418,13 @@ impl<A: AutoScaling + 'static> Agent<A> {
             match &outcome {
                 ReplacementOutcome::Preempted => return,
                 ReplacementOutcome::Spot => info!(
-                    "Spot Guard complete: replacement is InService in the spot ASG; tainting, cordoning and draining node {node}"
+                    "Spot Guard complete: replacement is InService in the spot ASG; tainting, cordoning and draining the node"
                 ),
                 ReplacementOutcome::OnDemand { spot_failure } => info!(
-                    "Spot Guard complete: replacement is InService in the on-demand ASG (spot: {spot_failure}); tainting, cordoning and draining node {node}"
+                    "Spot Guard complete: replacement is InService in the on-demand ASG (spot: {spot_failure}); tainting, cordoning and draining the node"
                 ),
                 ReplacementOutcome::NoneAvailable { .. } => warn!(
-                    "Spot Guard complete without replacement capacity; tainting, cordoning and draining node {node} anyway"
+                    "Spot Guard complete without replacement capacity; tainting, cordoning and draining the node anyway"
                 ),
                 ReplacementOutcome::DryRun => {
                     info!("DRY RUN: Spot Guard complete; node actions follow as a dry run")

@@ -174,7 +174,7 @@ pub async fn drain(
         }
     }
     info!(
-        "Draining node {node_name}: {} pods to evict, {} skipped, {} refused",
+        "Draining: {} pods to evict, {} skipped, {} refused",
         to_evict.len(),
         report.skipped.len(),
         report.refused.len()
@@ -232,12 +232,12 @@ async fn list_pods_until(
                 });
             }
             Ok(Err(error)) => {
-                warn!("Listing pods on node {node_name} failed, retrying: {error}");
+                warn!("Listing the pods on the node failed, retrying: {error}");
                 sleep_until_before(deadline, settings.eviction_retry_interval).await;
             }
             Err(_) if Instant::now() < deadline => {
                 warn!(
-                    "Listing pods on node {node_name} got no answer within {ATTEMPT_TIMEOUT:?}, retrying"
+                    "Listing the pods on the node got no answer within {ATTEMPT_TIMEOUT:?}, retrying"
                 );
             }
             Err(_) => {
@@ -473,7 +473,7 @@ fn names(pods: impl IntoIterator<Item = impl fmt::Display>) -> String {
 
 fn log_summary(node_name: &str, settings: &DrainSettings, report: &DrainReport) {
     info!(
-        "Drain of node {node_name} finished: {} evicted, {} skipped (DaemonSet, mirror or completed), \
+        "Drain finished: {} evicted, {} skipped (DaemonSet, mirror or completed), \
          {} refused, {} blocked by PodDisruptionBudget, {} failed, {} not terminated",
         report.evicted.len(),
         report.skipped.len(),
@@ -512,7 +512,7 @@ fn log_summary(node_name: &str, settings: &DrainSettings, report: &DrainReport) 
         ));
     }
     error!(
-        "Drain of node {node_name} incomplete after {:?}: {}",
+        "Drain incomplete after {:?}: {}",
         settings.timeout,
         problems.join("; ")
     );

@@ -1,10 +1,19 @@
 //! Log output: readable text for `kubectl logs`, or one JSON object per line
 //! (JSON_LOGGING) with the span fields (node, event id, ASG) on every line.
+//!
+//! Text reads as a story: the node is named once, at start ("Acting on node …"), so the
+//! `node` field is left out of text lines, and event ids are shortened (NTH's ids end in a
+//! 64-digit hash). JSON keeps every field in full, for machines.
 
+use std::fmt::{self, Debug};
 use std::io::IsTerminal;
 
+use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -54,10 +63,97 @@ pub fn init(level: &str, json: bool) -> Result<(), LoggingError> {
             .with(
                 layer
                     .compact()
+                    .fmt_fields(TextFields)
                     .with_target(false)
                     .with_ansi(std::io::stdout().is_terminal()),
             )
             .try_init()
     }
     .map_err(|e| error(e.to_string()))
+}
+
+/// Hex digits of an event id's hash kept in text logs: enough to tell events apart.
+const SHORT_HASH: usize = 8;
+
+/// `rebalance-recommendation-<64 hex digits>` → `rebalance-recommendation-1a2b3c4d`; ids
+/// without a long hash (scheduled events' `instance-event-…`) stay whole.
+pub fn short_event_id(event_id: &str) -> &str {
+    match event_id.rsplit_once('-') {
+        Some((kind, hash))
+            if hash.len() > SHORT_HASH && hash.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            &event_id[..kind.len() + 1 + SHORT_HASH]
+        }
+        _ => event_id,
+    }
+}
+
+/// Field formatting of text lines (events and spans alike): no `node`, short event ids.
+struct TextFields;
+
+impl<'writer> FormatFields<'writer> for TextFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut visitor = TextVisitor {
+            writer,
+            result: Ok(()),
+            first: true,
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct TextVisitor<'writer> {
+    writer: Writer<'writer>,
+    result: fmt::Result,
+    first: bool,
+}
+
+impl TextVisitor<'_> {
+    fn separate(&mut self) -> fmt::Result {
+        if std::mem::take(&mut self.first) {
+            Ok(())
+        } else {
+            self.writer.write_char(' ')
+        }
+    }
+}
+
+impl Visit for TextVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+        if self.result.is_err() || field.name() == "node" {
+            return;
+        }
+        self.result = self.separate().and_then(|()| match field.name() {
+            "message" => write!(self.writer, "{value:?}"),
+            "event_id" => {
+                let full = format!("{value:?}");
+                write!(self.writer, "event_id={}", short_event_id(&full))
+            }
+            name => write!(self.writer, "{name}={value:?}"),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_event_id;
+
+    #[test]
+    fn event_ids_keep_their_kind_and_eight_hash_digits() {
+        let hash = "5b8f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b";
+        assert_eq!(
+            short_event_id(&format!("rebalance-recommendation-{hash}")),
+            "rebalance-recommendation-5b8f1c2d"
+        );
+        assert_eq!(
+            short_event_id(&format!("spot-itn-{hash}")),
+            "spot-itn-5b8f1c2d"
+        );
+        assert_eq!(
+            short_event_id("instance-event-0d59937288b749b32"),
+            "instance-event-0d59937288b749b32"
+        );
+        assert_eq!(short_event_id("odd"), "odd");
+    }
 }

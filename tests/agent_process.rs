@@ -48,7 +48,12 @@ async fn sims(spot: Behaviour) -> Sims {
     Sims { imds, asg, kube }
 }
 
-fn start_agent(sims: &Sims, dir: &Path, capacity_check_timeout: &str) -> Child {
+fn start_agent(
+    sims: &Sims,
+    dir: &Path,
+    capacity_check_timeout: &str,
+    env: &[(&str, &str)],
+) -> Child {
     let kubeconfig = write_kubeconfig(dir, &sims.kube.url());
     let log = std::fs::File::create(dir.join("agent.log")).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_spot-guard"))
@@ -71,6 +76,7 @@ fn start_agent(sims: &Sims, dir: &Path, capacity_check_timeout: &str) -> Child {
         .env("SPOT_GUARD_CHECK_INTERVAL", "1")
         .env("SPOT_GUARD_CAPACITY_CHECK_TIMEOUT", capacity_check_timeout)
         .env("NODE_TERMINATION_GRACE_PERIOD", "10")
+        .envs(env.iter().copied())
         .stdout(log.try_clone().expect("log handle"))
         .stderr(log)
         .stdin(Stdio::null())
@@ -78,11 +84,11 @@ fn start_agent(sims: &Sims, dir: &Path, capacity_check_timeout: &str) -> Child {
         .expect("agent starts")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_binary_scales_taints_cordons_drains_and_stops_on_sigterm() {
-    let sims = sims(Behaviour::Healthy).await;
+/// The whole rebalance flow of the binary, stopped by SIGTERM once the node is drained:
+/// its exit status and everything it logged.
+async fn rebalance_flow(sims: &Sims, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut agent = start_agent(&sims, dir.path(), "30");
+    let mut agent = start_agent(sims, dir.path(), "30", env);
     // Let it start and poll once without a notice.
     wait_until("the agent polls IMDS", Duration::from_secs(20), || {
         sims.imds
@@ -99,6 +105,16 @@ async fn the_binary_scales_taints_cordons_drains_and_stops_on_sigterm() {
             .all(|p| p.metadata.name.as_deref() == Some("spot-guard-abcde"))
     })
     .await;
+    sigterm(&agent);
+    let status = wait_exit(&mut agent, Duration::from_secs(10)).await;
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    (status, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_scales_taints_cordons_drains_and_stops_on_sigterm() {
+    let sims = sims(Behaviour::Healthy).await;
+    let (status, log) = rebalance_flow(&sims, &[]).await;
     assert_eq!(sims.asg.group("spot").unwrap().desired, 3);
     assert_eq!(sims.asg.group("on-demand").unwrap().desired, 2);
     assert_eq!(
@@ -107,10 +123,6 @@ async fn the_binary_scales_taints_cordons_drains_and_stops_on_sigterm() {
     );
     let node = sims.kube.node(NODE).unwrap();
     assert_eq!(node.spec.unwrap().unschedulable, Some(true));
-
-    sigterm(&agent);
-    let status = wait_exit(&mut agent, Duration::from_secs(10)).await;
-    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
     assert_eq!(status.code(), Some(0), "{log}");
     for line in [
         "Spot Guard enabled - Spot ASG: spot, On-Demand ASG: on-demand",
@@ -123,11 +135,61 @@ async fn the_binary_scales_taints_cordons_drains_and_stops_on_sigterm() {
     }
 }
 
+/// `kubectl logs` of a whole rebalance flow reads as a story: the node named once at start,
+/// short event ids, no field twice on a line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_text_log_of_a_rebalance_flow_names_the_node_once_and_shortens_event_ids() {
+    let sims = sims(Behaviour::Healthy).await;
+    let (status, log) = rebalance_flow(&sims, &[]).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    let naming_the_node: Vec<&str> = log.lines().filter(|line| line.contains(NODE)).collect();
+    assert_eq!(naming_the_node.len(), 1, "{naming_the_node:#?}");
+    assert!(naming_the_node[0].contains("Acting on node"), "{log}");
+    // NTH's rebalance id ends in a 64-digit hash (instance ids have 17 hex digits).
+    let long_hex = |line: &str| {
+        line.split(|c: char| !c.is_ascii_hexdigit())
+            .any(|run| run.len() > 20)
+    };
+    for line in log.lines() {
+        assert!(!long_hex(line), "a long id in: {line}");
+        let mut keys: Vec<&str> = line
+            .split_whitespace()
+            .filter_map(|word| word.split_once('=').map(|(key, _)| key))
+            .filter(|key| key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            .collect();
+        let all = keys.len();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), all, "a field twice in: {line}");
+    }
+    assert!(log.contains("event_id=rebalance-recommendation-"), "{log}");
+}
+
+/// JSON logs keep every field in full: the node and the whole event id on the flow's lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_log_keeps_the_node_and_the_whole_event_id() {
+    let sims = sims(Behaviour::Healthy).await;
+    let (status, log) = rebalance_flow(&sims, &[("JSON_LOGGING", "true")]).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let in_flow = lines
+        .iter()
+        .find(|line| line["span"]["name"] == "rebalance")
+        .unwrap_or_else(|| panic!("no line of the rebalance flow in:\n{log}"));
+    assert_eq!(in_flow["span"]["node"], NODE, "{in_flow}");
+    let event_id = in_flow["span"]["event_id"].as_str().unwrap_or_default();
+    let hash = event_id.trim_start_matches("rebalance-recommendation-");
+    assert_eq!(hash.len(), 64, "{event_id}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_the_capacity_wait_stops_at_once_without_touching_the_node() {
     let sims = sims(Behaviour::NeverInService).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut agent = start_agent(&sims, dir.path(), "600");
+    let mut agent = start_agent(&sims, dir.path(), "600", &[]);
     sims.imds.set_rebalance(Some("2026-11-24T10:00:00Z"));
     wait_until("the spot ASG is scaled", Duration::from_secs(30), || {
         !sims.asg.calls_of("SetDesiredCapacity").is_empty()
