@@ -374,7 +374,6 @@ impl<A: AutoScaling + 'static> Agent<A> {
         event_id: &str,
         memory: &Memory,
     ) -> Option<CancellationToken> {
-        let node = &self.settings.node_name;
         if self.spot_guard.is_some() {
             info!(%event_id, "The rebalance recommendation is gone; the node stays as Spot Guard left it (its replacement is already bought)");
             return None;
@@ -409,7 +408,6 @@ impl<A: AutoScaling + 'static> Agent<A> {
     }
 
     async fn handle_rebalance(&self, notice: &Notice, preempt: &CancellationToken) {
-        let node = &self.settings.node_name;
         let event = report_event(notice);
         self.reporter.notice_received(&event);
         let mut replacement = None;

@@ -189,7 +189,7 @@ pub async fn drain(
     let budgets = Budgets::new(client, labels);
     let evicted = evict_all(client, settings, deadline, to_evict, budgets, &mut report).await;
     report.not_terminated = wait_until_gone(client, node_name, settings, deadline, evicted).await;
-    log_summary(node_name, settings, &report);
+    log_summary(settings, &report);
     Ok(report)
 }
 
@@ -471,7 +471,7 @@ fn names(pods: impl IntoIterator<Item = impl fmt::Display>) -> String {
         .join(", ")
 }
 
-fn log_summary(node_name: &str, settings: &DrainSettings, report: &DrainReport) {
+fn log_summary(settings: &DrainSettings, report: &DrainReport) {
     info!(
         "Drain finished: {} evicted, {} skipped (DaemonSet, mirror or completed), \
          {} refused, {} blocked by PodDisruptionBudget, {} failed, {} not terminated",
