@@ -355,6 +355,11 @@ fn bad_values_are_refused_at_install_time() {
             "lint passed bad values:\n{values}"
         );
     }
+    // NTH starts its rebalance monitor for the draining flag alone, and so does the agent.
+    let draining_alone = "spotGuard: {enabled: true, spotAsgName: spot, onDemandAsgName: od}\nenableRebalanceDraining: true";
+    if let Err(refusal) = helm::template(draining_alone) {
+        panic!("Spot Guard with enableRebalanceDraining alone refused: {refusal}");
+    }
 }
 
 #[test]

@@ -111,20 +111,45 @@ fn new_names_win_over_the_fork_s() {
 }
 
 #[test]
-fn the_fork_s_pre_scale_is_refused_with_what_to_do() {
-    let mut env = FORK_ENV.to_vec();
-    env.extend([
+fn the_fork_s_pre_scale_becomes_spot_guard_pre_scale_under_scale_back() {
+    let pre_scale = [
         ("ENABLE_PRE_SCALE", "true"),
-        ("PRE_SCALE_TIMEOUT_SECONDS", "300"),
-        ("PRE_SCALE_TARGET_UTILIZATION", "65"),
-        ("PRE_SCALE_SAFETY_BUFFER_PERCENT", "10"),
+        ("PRE_SCALE_TIMEOUT_SECONDS", "240"),
+        ("PRE_SCALE_TARGET_UTILIZATION", "60"),
+        ("PRE_SCALE_SAFETY_BUFFER_PERCENT", "20"),
         ("PRE_SCALE_FAILURE_FALLBACK", "increase_threshold"),
-        ("PRE_SCALE_FALLBACK_THRESHOLD", "95"),
+        ("PRE_SCALE_FALLBACK_THRESHOLD", "90"),
         ("PRE_SCALE_RETRY_BACKOFF_SECONDS", "600"),
-    ]);
-    let refused = config(&env).expect_err("pre-scale cannot be honoured");
-    assert!(refused.contains("ENABLE_PRE_SCALE is true"), "{refused}");
-    assert!(refused.contains("unset ENABLE_PRE_SCALE"), "{refused}");
+    ];
+    let mut env = FORK_ENV.to_vec();
+    env.push(("SPOT_GUARD_SCALE_BACK", "true"));
+    env.extend(pre_scale);
+    let config = config(&env).expect("the fork's pre-scale is accepted");
+    let scale_back = config.spot_guard.unwrap().scale_back.unwrap();
+    let pre_scale_settings = scale_back.pre_scale.expect("pre-scale is on");
+    assert_eq!(pre_scale_settings.target_utilization, 60);
+    assert_eq!(pre_scale_settings.safety_buffer, 20);
+    assert_eq!(pre_scale_settings.timeout, Duration::from_secs(240));
+    let notes = config.fork_notes.join("\n");
+    for expected in [
+        "ENABLE_PRE_SCALE is the Go fork's name of SPOT_GUARD_PRE_SCALE",
+        "PRE_SCALE_FALLBACK_THRESHOLD is the Go fork's name of SPOT_GUARD_PRE_SCALE_FALLBACK_THRESHOLD",
+        "PRE_SCALE_RETRY_BACKOFF_SECONDS (Go fork) has no effect",
+    ] {
+        assert!(
+            notes.contains(expected),
+            "missing {expected:?} in:\n{notes}"
+        );
+    }
+
+    // Without scale-back there is nothing to pre-scale for: said, not refused.
+    let mut without = FORK_ENV.to_vec();
+    without.extend(pre_scale);
+    let config = config(&without).expect("accepted");
+    assert!(config.spot_guard.unwrap().scale_back.is_none());
+    assert!(config.fork_notes.iter().any(|note| {
+        note.contains("ENABLE_PRE_SCALE (Go fork) has no effect while SPOT_GUARD_SCALE_BACK is off")
+    }));
 
     let mut off = FORK_ENV.to_vec();
     off.extend([

@@ -60,7 +60,14 @@ pub(super) struct ForkOutcome {
 pub(super) fn apply(args: &mut Args) -> ForkOutcome {
     let fork = args.fork.clone();
     let mut outcome = ForkOutcome::default();
-    let mut alias = |old: &str, new: &str, value: Option<u64>, target: &mut u64, default: u64| {
+    fn alias(
+        outcome: &mut ForkOutcome,
+        old: &str,
+        new: &str,
+        value: Option<u64>,
+        target: &mut u64,
+        default: u64,
+    ) {
         let Some(value) = value else { return };
         if *target == default {
             *target = value;
@@ -72,8 +79,9 @@ pub(super) fn apply(args: &mut Args) -> ForkOutcome {
                 "{old}={value} is ignored: {new}={target} is set too and wins"
             ));
         }
-    };
+    }
     alias(
+        &mut outcome,
         "SPOT_GUARD_MINIMUM_WAIT_DURATION",
         "SPOT_GUARD_SCALE_BACK_MIN_WAIT",
         fork.spot_guard_minimum_wait_duration,
@@ -81,6 +89,7 @@ pub(super) fn apply(args: &mut Args) -> ForkOutcome {
         600,
     );
     alias(
+        &mut outcome,
         "SPOT_GUARD_SPOT_STABILITY_DURATION",
         "SPOT_GUARD_SCALE_BACK_STABILITY_PERIOD",
         fork.spot_guard_spot_stability_duration,
@@ -89,6 +98,7 @@ pub(super) fn apply(args: &mut Args) -> ForkOutcome {
     );
     let mut ceiling = u64::from(args.spot_guard_scale_back_utilization_ceiling);
     alias(
+        &mut outcome,
         "SPOT_GUARD_MAX_CLUSTER_UTILIZATION",
         "SPOT_GUARD_SCALE_BACK_UTILIZATION_CEILING",
         fork.spot_guard_max_cluster_utilization.map(u64::from),
@@ -158,10 +168,97 @@ pub(super) fn apply(args: &mut Args) -> ForkOutcome {
     .filter(|(_, value)| value.as_deref().is_some_and(|v| !v.trim().is_empty()))
     .map(|(name, _)| name)
     .collect();
-    if fork.enable_pre_scale == Some(true) {
-        outcome.problems.push(
-            "ENABLE_PRE_SCALE is true: the Go fork's pre-scale (buying spot capacity before giving an on-demand node back) has no setting in this build of spot-guard yet; unset ENABLE_PRE_SCALE and the PRE_SCALE_* settings, or keep the fork where you need it".to_owned(),
+    if fork.enable_pre_scale == Some(true) && !args.spot_guard_scale_back {
+        outcome.notes.push(
+            "ENABLE_PRE_SCALE (Go fork) has no effect while SPOT_GUARD_SCALE_BACK is off: pre-scale is a step of giving an on-demand node back; with SPOT_GUARD_SCALE_BACK=true it is SPOT_GUARD_PRE_SCALE".to_owned(),
         );
+    } else if fork.enable_pre_scale == Some(true) {
+        if !args.spot_guard_pre_scale {
+            args.spot_guard_pre_scale = true;
+            outcome.notes.push(
+                "ENABLE_PRE_SCALE is the Go fork's name of SPOT_GUARD_PRE_SCALE: using SPOT_GUARD_PRE_SCALE=true; rename it, the old name is deprecated".to_owned(),
+            );
+        }
+        let mut problems = Vec::new();
+        let mut number = |old: &str, raw: &Option<String>| -> Option<u64> {
+            let raw = raw.as_deref().map(str::trim).filter(|v| !v.is_empty())?;
+            match raw.parse::<u64>() {
+                Ok(value) => Some(value),
+                Err(_) => {
+                    problems.push(format!(
+                        "{old} (Go fork) is '{raw}': it must be a whole number"
+                    ));
+                    None
+                }
+            }
+        };
+        let timeout = number("PRE_SCALE_TIMEOUT_SECONDS", &fork.pre_scale_timeout_seconds);
+        let target = number(
+            "PRE_SCALE_TARGET_UTILIZATION",
+            &fork.pre_scale_target_utilization,
+        );
+        let buffer = number(
+            "PRE_SCALE_SAFETY_BUFFER_PERCENT",
+            &fork.pre_scale_safety_buffer_percent,
+        );
+        let fallback = number(
+            "PRE_SCALE_FALLBACK_THRESHOLD",
+            &fork.pre_scale_fallback_threshold,
+        );
+        outcome.problems.extend(problems);
+        alias(
+            "PRE_SCALE_TIMEOUT_SECONDS",
+            "SPOT_GUARD_PRE_SCALE_TIMEOUT",
+            timeout,
+            &mut args.spot_guard_pre_scale_timeout,
+            300,
+        );
+        for (old, new, value, target, default) in [
+            (
+                "PRE_SCALE_TARGET_UTILIZATION",
+                "SPOT_GUARD_PRE_SCALE_TARGET_UTILIZATION",
+                target,
+                &mut args.spot_guard_pre_scale_target_utilization,
+                65,
+            ),
+            (
+                "PRE_SCALE_SAFETY_BUFFER_PERCENT",
+                "SPOT_GUARD_PRE_SCALE_SAFETY_BUFFER",
+                buffer,
+                &mut args.spot_guard_pre_scale_safety_buffer,
+                10,
+            ),
+            (
+                "PRE_SCALE_FALLBACK_THRESHOLD",
+                "SPOT_GUARD_PRE_SCALE_FALLBACK_THRESHOLD",
+                fallback,
+                &mut args.spot_guard_pre_scale_fallback_threshold,
+                95,
+            ),
+        ] {
+            let mut wide = u64::from(*target);
+            alias(&mut outcome, old, new, value, &mut wide, default);
+            // Percentages: anything past 255 is refused by validation as out of range.
+            *target = u8::try_from(wide).unwrap_or(u8::MAX);
+        }
+        for (old, raw, why) in [
+            (
+                "PRE_SCALE_FAILURE_FALLBACK",
+                &fork.pre_scale_failure_fallback,
+                "after SPOT_GUARD_PRE_SCALE_TIMEOUT the ceiling becomes SPOT_GUARD_PRE_SCALE_FALLBACK_THRESHOLD, as the fork's increase_threshold does",
+            ),
+            (
+                "PRE_SCALE_RETRY_BACKOFF_SECONDS",
+                &fork.pre_scale_retry_backoff_seconds,
+                "pre-scale buys once per fallback, recorded on the Node",
+            ),
+        ] {
+            if raw.as_deref().is_some_and(|v| !v.trim().is_empty()) {
+                outcome
+                    .notes
+                    .push(format!("{old} (Go fork) has no effect: {why}"));
+            }
+        }
     } else if !pre_scale_set.is_empty() {
         outcome.notes.push(format!(
             "{} (Go fork) have no effect: ENABLE_PRE_SCALE is not true",

@@ -66,6 +66,11 @@ onDemandAsgName: onDemandASGName
 scaleBack.minWait: minimumWaitDuration
 scaleBack.stabilityPeriod: spotStabilityDuration
 scaleBack.utilizationCeiling: maxClusterUtilization
+scaleBack.preScale.enabled: enablePreScale
+scaleBack.preScale.timeout: preScaleTimeout
+scaleBack.preScale.targetUtilization: preScaleTargetUtilization
+scaleBack.preScale.safetyBuffer: preScaleSafetyBuffer
+scaleBack.preScale.fallbackThreshold: preScaleFallbackThreshold
 {{- end -}}
 
 {{/* The fork's keys with no equivalent here, with the reason each has no effect. */}}
@@ -74,13 +79,8 @@ podEvictionTimeout: every drain here, scale-back's too, is bounded by nodeTermin
 cleanupInterval: the fork's chart never passed it to its agent; nothing here needs cleaning up
 maxEventAge: the fork's chart never passed it to its agent; nothing here needs cleaning up
 podMigrationBuffer: Cluster Autoscaler protection of a bought node lasts spotGuard.newNodeProtection here
-enablePreScale: pre-scale is not in this chart yet
-preScaleTimeout: pre-scale is not in this chart yet
-preScaleTargetUtilization: pre-scale is not in this chart yet
-preScaleSafetyBuffer: pre-scale is not in this chart yet
-preScaleFailureFallback: pre-scale is not in this chart yet
-preScaleFallbackThreshold: pre-scale is not in this chart yet
-preScaleRetryBackoff: pre-scale is not in this chart yet
+preScaleFailureFallback: after spotGuard.scaleBack.preScale.timeout the ceiling becomes preScale.fallbackThreshold, as the fork's increase_threshold does
+preScaleRetryBackoff: pre-scale buys once per fallback, recorded on the Node
 {{- end -}}
 
 {{/* (list .Values.spotGuard "key.path"): the fork's alias of the key when given (it is
