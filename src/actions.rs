@@ -171,7 +171,7 @@ impl NodeActions {
         if outcome != ActionOutcome::Drained {
             return outcome;
         }
-        info!("Node {name} drained for the {reason}");
+        info!("Drained for the {reason}");
         if plan.out_of_service_after_drain
             && let Err(error) = self
                 .node

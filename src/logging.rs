@@ -74,13 +74,16 @@ pub fn init(level: &str, json: bool) -> Result<(), LoggingError> {
 
 /// Hex digits of an event id's hash kept in text logs: enough to tell events apart.
 const SHORT_HASH: usize = 8;
+/// NTH's hashes are 64 digits (cut to 38 in a 63-character taint value); EC2's scheduled
+/// event ids end in 17, and stay whole.
+const LONG_HASH: usize = 32;
 
 /// `rebalance-recommendation-<64 hex digits>` → `rebalance-recommendation-1a2b3c4d`; ids
 /// without a long hash (scheduled events' `instance-event-…`) stay whole.
 pub fn short_event_id(event_id: &str) -> &str {
     match event_id.rsplit_once('-') {
         Some((kind, hash))
-            if hash.len() > SHORT_HASH && hash.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            if hash.len() >= LONG_HASH && hash.bytes().all(|b| b.is_ascii_hexdigit()) =>
         {
             &event_id[..kind.len() + 1 + SHORT_HASH]
         }

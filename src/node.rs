@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
 use crate::config::TaintEffect;
+use crate::logging::short_event_id;
 use crate::names::taint_value;
 
 /// Attempts per write, the first included; NTH retries conflicts for about 5 s.
@@ -194,7 +195,10 @@ impl NodeClient {
         effect: TaintEffect,
     ) -> Result<bool, NodeError> {
         let value = taint_value(value);
-        let what = format!("taint node {} with {key}={value}:{effect}", self.name);
+        let what = format!(
+            "taint the node with {key}={}:{effect}",
+            short_event_id(value)
+        );
         self.write(&what, |node| {
             with_taint(taints_of(node), key, value, effect)
                 .map(|taints| taints_patch(node, &taints))
@@ -203,7 +207,7 @@ impl NodeClient {
     }
 
     pub async fn remove_taint(&self, key: &str) -> Result<bool, NodeError> {
-        let what = format!("remove taint {key} from node {}", self.name);
+        let what = format!("remove taint {key} from the node");
         self.write(&what, |node| {
             without_taint(taints_of(node), key).map(|taints| taints_patch(node, &taints))
         })
@@ -211,7 +215,7 @@ impl NodeClient {
     }
 
     pub async fn cordon(&self) -> Result<bool, NodeError> {
-        let what = format!("cordon node {}", self.name);
+        let what = "cordon the node".to_owned();
         self.write(&what, |node| {
             (!is_unschedulable(node)).then(|| json!({"spec": {"unschedulable": true}}))
         })
@@ -219,7 +223,7 @@ impl NodeClient {
     }
 
     pub async fn uncordon(&self) -> Result<bool, NodeError> {
-        let what = format!("uncordon node {}", self.name);
+        let what = "uncordon the node".to_owned();
         self.write(&what, |node| {
             is_unschedulable(node).then(|| json!({"spec": {"unschedulable": null}}))
         })
@@ -231,7 +235,8 @@ impl NodeClient {
             .iter()
             .map(|(key, value)| (*key, Some(*value)))
             .collect();
-        let what = format!("annotate node {} with {}", self.name, describe(&wanted));
+        // The values are Spot Guard's records (kubectl get node -o yaml, spot-guard status).
+        let what = format!("annotate the node with {}", keys_of(annotations));
         self.write(&what, |node| {
             metadata_map_patch("annotations", node.metadata.annotations.as_ref(), &wanted)
         })
@@ -240,11 +245,7 @@ impl NodeClient {
 
     pub async fn remove_annotations(&self, keys: &[&str]) -> Result<bool, NodeError> {
         let wanted: Vec<(&str, Option<&str>)> = keys.iter().map(|key| (*key, None)).collect();
-        let what = format!(
-            "remove annotations {} from node {}",
-            keys.join(", "),
-            self.name
-        );
+        let what = format!("remove annotations {} from the node", keys.join(", "));
         self.write(&what, |node| {
             metadata_map_patch("annotations", node.metadata.annotations.as_ref(), &wanted)
         })
@@ -253,7 +254,7 @@ impl NodeClient {
 
     pub async fn add_label(&self, key: &str, value: &str) -> Result<bool, NodeError> {
         let wanted = [(key, Some(value))];
-        let what = format!("label node {} with {key}={value}", self.name);
+        let what = format!("label the node with {key}={value}");
         self.write(&what, |node| {
             metadata_map_patch("labels", node.metadata.labels.as_ref(), &wanted)
         })
@@ -262,7 +263,7 @@ impl NodeClient {
 
     pub async fn remove_label(&self, key: &str) -> Result<bool, NodeError> {
         let wanted = [(key, None)];
-        let what = format!("remove label {key} from node {}", self.name);
+        let what = format!("remove label {key} from the node");
         self.write(&what, |node| {
             metadata_map_patch("labels", node.metadata.labels.as_ref(), &wanted)
         })
@@ -327,10 +328,10 @@ impl NodeClient {
     }
 }
 
-fn describe(entries: &[(&str, Option<&str>)]) -> String {
+fn keys_of(entries: &[(&str, &str)]) -> String {
     entries
         .iter()
-        .map(|(key, value)| format!("{key}={}", value.unwrap_or_default()))
+        .map(|(key, _)| *key)
         .collect::<Vec<_>>()
         .join(", ")
 }

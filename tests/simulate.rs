@@ -95,9 +95,9 @@ fn the_fallback_log_tells_the_story_in_order() {
             "New instance reached InService in ASG on-demand-asg",
             "Spot Guard complete",
             "aws-node-termination-handler/rebalance-recommendation",
-            "cordon node",
+            "cordon the node",
             "Evicted pod default/",
-            "drained for the rebalance recommendation",
+            "Drained for the rebalance recommendation",
             "as expected",
         ],
     );

@@ -484,9 +484,8 @@ impl<A: AutoScaling> SpotGuard<A> {
             Ok(claimed) => {
                 if !claimed.is_empty() {
                     info!(
-                        "Recorded on lease {lease}: {} bought in ASG {name} for node {}",
-                        claimed.join(", "),
-                        self.node.name()
+                        "Recorded on lease {lease}: {} bought in ASG {name} for this node",
+                        claimed.join(", ")
                     );
                 }
                 claimed
