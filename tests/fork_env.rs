@@ -124,13 +124,14 @@ fn the_fork_s_pre_scale_becomes_spot_guard_pre_scale_under_scale_back() {
     let mut env = FORK_ENV.to_vec();
     env.push(("SPOT_GUARD_SCALE_BACK", "true"));
     env.extend(pre_scale);
-    let config = config(&env).expect("the fork's pre-scale is accepted");
-    let scale_back = config.spot_guard.unwrap().scale_back.unwrap();
-    let pre_scale_settings = scale_back.pre_scale.expect("pre-scale is on");
+    let accepted = config(&env).expect("the fork's pre-scale is accepted");
+    let spot_guard = accepted.spot_guard.as_ref().expect("Spot Guard is on");
+    assert!(spot_guard.scale_back.is_some());
+    let pre_scale_settings = spot_guard.pre_scale.as_ref().expect("pre-scale is on");
     assert_eq!(pre_scale_settings.target_utilization, 60);
     assert_eq!(pre_scale_settings.safety_buffer, 20);
     assert_eq!(pre_scale_settings.timeout, Duration::from_secs(240));
-    let notes = config.fork_notes.join("\n");
+    let notes = accepted.fork_notes.join("\n");
     for expected in [
         "ENABLE_PRE_SCALE is the Go fork's name of SPOT_GUARD_PRE_SCALE",
         "PRE_SCALE_FALLBACK_THRESHOLD is the Go fork's name of SPOT_GUARD_PRE_SCALE_FALLBACK_THRESHOLD",
@@ -145,9 +146,9 @@ fn the_fork_s_pre_scale_becomes_spot_guard_pre_scale_under_scale_back() {
     // Without scale-back there is nothing to pre-scale for: said, not refused.
     let mut without = FORK_ENV.to_vec();
     without.extend(pre_scale);
-    let config = config(&without).expect("accepted");
-    assert!(config.spot_guard.unwrap().scale_back.is_none());
-    assert!(config.fork_notes.iter().any(|note| {
+    let accepted = config(&without).expect("accepted");
+    assert!(accepted.spot_guard.as_ref().unwrap().scale_back.is_none());
+    assert!(accepted.fork_notes.iter().any(|note| {
         note.contains("ENABLE_PRE_SCALE (Go fork) has no effect while SPOT_GUARD_SCALE_BACK is off")
     }));
 

@@ -207,6 +207,7 @@ pub(super) fn apply(args: &mut Args) -> ForkOutcome {
         );
         outcome.problems.extend(problems);
         alias(
+            &mut outcome,
             "PRE_SCALE_TIMEOUT_SECONDS",
             "SPOT_GUARD_PRE_SCALE_TIMEOUT",
             timeout,
