@@ -123,6 +123,18 @@ impl TextVisitor<'_> {
 }
 
 impl Visit for TextVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "event_id" {
+            if self.result.is_ok() {
+                self.result = self
+                    .separate()
+                    .and_then(|()| write!(self.writer, "event_id={}", short_event_id(value)));
+            }
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
         if self.result.is_err() || field.name() == "node" {
             return;

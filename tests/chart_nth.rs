@@ -358,7 +358,8 @@ fn the_forks_spot_guard_block_installs_with_this_charts_meanings() {
         "that is spotGuard.scaleBack.checkInterval (30 s)",
         "does not give on-demand nodes back: that is spotGuard.scaleBack.enabled (off)",
         "spotGuard.spotASGName is the fork's name of spotGuard.spotAsgName",
-        "spotGuard.enablePreScale has no effect",
+        "spotGuard.enablePreScale is the fork's name of spotGuard.scaleBack.preScale.enabled",
+        "spotGuard.preScaleRetryBackoff has no effect",
     ] {
         assert!(text.contains(said), "{said:?} not in:\n{text}");
     }
@@ -601,6 +602,11 @@ fn context(row: &Row) -> Value {
         "spotGuard.minimumWaitDuration",
         "spotGuard.spotStabilityDuration",
         "spotGuard.maxClusterUtilization",
+        "spotGuard.enablePreScale",
+        "spotGuard.preScaleTimeout",
+        "spotGuard.preScaleTargetUtilization",
+        "spotGuard.preScaleSafetyBuffer",
+        "spotGuard.preScaleFallbackThreshold",
     ];
     match row.source {
         Source::Fork if scale_back_alias.contains(&key) => {
