@@ -12,7 +12,10 @@ impl<A: AutoScaling> SpotGuard<A> {
     /// Before a scale-up: the activities already listed, whose failures belong to someone
     /// else. A settled group (as many live instances as desired) has no launch in flight,
     /// so there is nothing to read: a failure older than that was followed by a launch
-    /// that worked.
+    /// that worked. The price of skipping the read: a launch of someone else's that
+    /// failed just before ours (within the 30 s the activities look back) and was then
+    /// replaced is not known as theirs, and can read as our failure, sending us to
+    /// on-demand one check early.
     pub(super) async fn activities_before(
         &self,
         name: &str,
