@@ -383,7 +383,8 @@ pub struct Args {
     #[arg(long, env = "COMPLETE_LIFECYCLE_ACTION_DELAY_SECONDS", hide = true)]
     pub complete_lifecycle_action_delay_seconds: Option<String>,
 
-    /// NTH queue-processor setting, ignored in IMDS mode as NTH does (a warning says so).
+    /// NTH's pod listing from the API server's cache; pods are listed with a quorum read
+    /// here, NTH's default (a warning says so).
     #[arg(long, env = "USE_APISERVER_CACHE", hide = true)]
     pub use_apiserver_cache: Option<String>,
 
@@ -419,7 +420,6 @@ impl Args {
                 "COMPLETE_LIFECYCLE_ACTION_DELAY_SECONDS",
                 &self.complete_lifecycle_action_delay_seconds,
             ),
-            ("USE_APISERVER_CACHE", &self.use_apiserver_cache),
         ]
         .into_iter()
         .filter(|(_, value)| value.as_deref().is_some_and(|v| !v.trim().is_empty()))

@@ -233,6 +233,12 @@ impl TryFrom<Args> for Config {
             .into_iter()
             .map(|name| format!("{name} (queue-processor mode only)"))
             .collect();
+        if non_empty(args.use_apiserver_cache.as_ref()).is_some() {
+            ignored_settings.push(
+                "USE_APISERVER_CACHE (pods are listed with a quorum read, NTH's default)"
+                    .to_string(),
+            );
+        }
         if args.workers != 10 {
             ignored_settings.push("WORKERS (one node's events are handled in order)".to_string());
         }
