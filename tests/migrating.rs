@@ -586,32 +586,43 @@ fn the_image_is_distroless_and_runs_as_uid_65532() {
 // --- Behaviour the guide states that no other test covers ---------------------------------
 
 /// The binary's output when it is started with `env` and no kubeconfig: it builds its
-/// Kubernetes client first, so a client it cannot build ends it at once.
-fn agent_without_kubeconfig(env: &[(&str, &str)]) -> String {
-    let home = tempfile::tempdir().expect("temp dir");
+/// Kubernetes client first, so a client it cannot build ends it at once. `None` when it
+/// built one and kept running (inside a pod, where the service account files exist).
+fn agent_without_kubeconfig(env: &[(&str, &str)]) -> Option<String> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).expect("log");
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_spot-guard"));
     command
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", home.path())
+        .env("HOME", dir.path())
         .env("NODE_NAME", NODE)
-        .env("INSTANCE_METADATA_URL", "http://127.0.0.1:1");
+        .env("INSTANCE_METADATA_URL", "http://127.0.0.1:1")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
     for (name, value) in env {
         command.env(name, value);
     }
-    let output = command.output().expect("the binary runs");
-    assert!(!output.status.success(), "no cluster, no agent");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    let mut agent = command.spawn().expect("the binary runs");
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(20) {
+        if let Some(status) = agent.try_wait().expect("wait") {
+            assert!(!status.success(), "no cluster, no agent");
+            return Some(std::fs::read_to_string(&log_path).expect("log"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    None
 }
 
 #[test]
 fn the_kubernetes_client_finds_the_api_server_from_the_pods_env() {
     // Without the two variables Kubernetes sets in every pod there is no in-cluster API.
-    let unset = agent_without_kubeconfig(&[]);
+    let unset = agent_without_kubeconfig(&[]).expect("no client without them");
     assert!(
         unset.contains("failed to read an incluster environment variable"),
         "{unset}"
@@ -620,22 +631,25 @@ fn the_kubernetes_client_finds_the_api_server_from_the_pods_env() {
     let bad_port = agent_without_kubeconfig(&[
         ("KUBERNETES_SERVICE_HOST", "10.100.0.1"),
         ("KUBERNETES_SERVICE_PORT", "https"),
-    ]);
+    ])
+    .expect("no client with a bad port");
     assert!(
         bad_port.contains("failed to parse cluster port"),
         "{bad_port}"
     );
-    // ... and with both the client goes on to the pod's service account files, which
-    // only a pod has.
+    // ... and with both the client goes on to the pod's service account files: off a
+    // pod it stops there, in one it is built.
     let both = agent_without_kubeconfig(&[
         ("KUBERNETES_SERVICE_HOST", "10.100.0.1"),
         ("KUBERNETES_SERVICE_PORT", "443"),
     ]);
-    assert!(
-        !both.contains("incluster environment variable") && !both.contains("cluster port"),
-        "{both}"
-    );
-    assert!(both.contains("Cannot build a Kubernetes client"), "{both}");
+    if let Some(both) = both {
+        assert!(both.contains("Cannot build a Kubernetes client"), "{both}");
+        assert!(
+            !both.contains("incluster environment variable") && !both.contains("cluster port"),
+            "{both}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
