@@ -268,8 +268,8 @@ pub async fn start<A: AutoScaling + Clone + 'static>(
             config.node_name
         ),
     }
-    let instance_id =
-        (!node_metadata.instance_id.is_empty()).then(|| node_metadata.instance_id.clone());
+    let instance_id = (!node_metadata.instance.instance_id.is_empty())
+        .then(|| node_metadata.instance.instance_id.clone());
     let reporter = Reporter::start(&config.report, node_metadata, Some(kube.clone()))?;
 
     let shutdown = CancellationToken::new();

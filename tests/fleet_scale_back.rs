@@ -35,18 +35,64 @@ fn scale_back_settings(ceiling: u8) -> ScaleBackSettings {
     }
 }
 
-/// Three spot nodes; spot capacity runs out, so node 0's recommendation buys an
-/// on-demand fallback. Returns the world, the fallback's node name and instance id.
-async fn world_with_fallback(ceiling: u8) -> (FleetWorld, String, String) {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+/// Three spot nodes whose fallbacks scale back under `ceiling`, reporting.
+fn scale_back_spec(ceiling: u8) -> FleetSpec {
     let mut spec = FleetSpec::new(3);
     spec.scale_back = Some(scale_back_settings(ceiling));
     spec.new_node_protection = Duration::from_secs(120);
     spec.reports = true;
+    spec
+}
+
+/// [`scale_back_spec`] with its defaults.
+async fn world_with_fallback(ceiling: u8) -> (FleetWorld, String, String) {
+    with_fallback(scale_back_spec(ceiling)).await
+}
+
+/// Spot capacity runs out, so node 0's recommendation buys an on-demand fallback.
+/// Returns the world, the fallback's node name and instance id.
+async fn with_fallback(spec: FleetSpec) -> (FleetWorld, String, String) {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let world = FleetWorld::start(spec).await.expect("simulators start");
     let (node, instance) = world.buy_fallback().await.expect("a fallback is bought");
     assert_eq!(desired(&world, ON_DEMAND_ASG), 1, "one fallback bought");
     (world, node, instance)
+}
+
+/// A workload pod on `node` that requests `cpu` and 1 GiB.
+fn workload(name: &str, node: &str, cpu: &str) -> FakePod {
+    FakePod::new(WORKLOAD_NAMESPACE, name, node).with_requests(cpu, "1Gi")
+}
+
+/// Load on the two spot nodes that take pods (1 and 2): a pod `hog-N` requesting `cpu`
+/// on each, in `namespace`.
+fn load_spot_nodes(world: &FleetWorld, namespace: &str, cpu: &str) {
+    for index in [1, 2] {
+        world.kube.add_pod(
+            FakePod::new(namespace, &format!("hog-{index}"), &fleet::node_name(index))
+                .with_requests(cpu, "1Gi"),
+        );
+    }
+}
+
+/// Spot capacity returns and its new node registers, the fallback kept meanwhile.
+async fn spot_returns(world: &FleetWorld, node: &str, instance: &str) {
+    world.asg.restore_capacity(SPOT_ASG).expect("group exists");
+    keep_watching(world, node, instance, "spot returning", || {
+        world.kube.nodes().len() == 5
+    })
+    .await;
+}
+
+/// Every successful change of the spot ASG's desired capacity, (before, after).
+fn spot_raises(world: &FleetWorld) -> Vec<(Option<i32>, Option<i32>)> {
+    world
+        .asg
+        .calls_of("SetDesiredCapacity")
+        .iter()
+        .filter(|c| c.group.as_deref() == Some(SPOT_ASG) && c.error_code.is_none())
+        .map(|c| (c.desired_before, c.desired_after))
+        .collect()
 }
 
 fn desired(world: &FleetWorld, asg: &str) -> i32 {
@@ -208,17 +254,10 @@ async fn keep_watching(
     }
 }
 
-/// The fallback stays in service for at least `window` and at least `checks` scale-back
-/// checks: evidence that its agent looked again and again and decided to keep it.
-async fn assert_kept_for(
-    world: &FleetWorld,
-    node: &str,
-    instance: &str,
-    window: Duration,
-    checks: usize,
-    why: &str,
-) {
-    let until = tokio::time::Instant::now() + window;
+/// The fallback stays in service for at least two seconds and at least `checks`
+/// scale-back checks: evidence that its agent looked again and again and decided to keep it.
+async fn assert_kept_for(world: &FleetWorld, node: &str, instance: &str, checks: usize, why: &str) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
     let from = scale_back_checks(world);
     keep_watching(world, node, instance, why, || {
         tokio::time::Instant::now() >= until && scale_back_checks(world) >= from + checks
@@ -255,29 +294,14 @@ async fn a_fallback_gives_itself_back_once_spot_is_back_and_the_cluster_has_room
         .get(&ledger_key)
         .cloned()
         .expect("the ledger lists the fallback");
-    world
-        .kube
-        .add_pod(FakePod::new(WORKLOAD_NAMESPACE, "moved-app", &node).with_requests("500m", "1Gi"));
-    // Load on the two spot nodes that take pods: 7 of 8 CPUs with the fallback's pod.
-    for (index, name) in [(1, "hog-1"), (2, "hog-2")] {
-        world.kube.add_pod(
-            FakePod::new(WORKLOAD_NAMESPACE, name, &fleet::node_name(index))
-                .with_requests("3", "1Gi"),
-        );
-    }
+    world.kube.add_pod(workload("moved-app", &node, "500m"));
+    // 7 of the spot nodes' 8 CPUs with the fallback's pod.
+    load_spot_nodes(&world, WORKLOAD_NAMESPACE, "3");
     let agent = start_on(&world, &node, &instance).await;
 
     // Spot is still short (desired 4, 3 InService): kept well past the minimum wait,
     // over many checks.
-    assert_kept_for(
-        &world,
-        &node,
-        &instance,
-        Duration::from_secs(2),
-        10,
-        "spot short",
-    )
-    .await;
+    assert_kept_for(&world, &node, &instance, 10, "spot short").await;
     assert_eq!(
         annotation(&world, &node, CA_SCALE_DOWN_DISABLED).as_deref(),
         Some("true"),
@@ -287,20 +311,8 @@ async fn a_fallback_gives_itself_back_once_spot_is_back_and_the_cluster_has_room
     // Spot capacity returns; its new node takes pods, but without the fallback the
     // cluster would have 7.5 of 12 CPUs (62%) requested, over the 50% ceiling. Kept for
     // well past the stability period after the new node registered, over many checks.
-    world.asg.restore_capacity(SPOT_ASG).expect("group exists");
-    keep_watching(&world, &node, &instance, "spot returning", || {
-        world.kube.nodes().len() == 5
-    })
-    .await;
-    assert_kept_for(
-        &world,
-        &node,
-        &instance,
-        Duration::from_secs(2),
-        15,
-        "over the ceiling",
-    )
-    .await;
+    spot_returns(&world, &node, &instance).await;
+    assert_kept_for(&world, &node, &instance, 15, "over the ceiling").await;
     assert_eq!(world.kube.nodes().len(), 5, "the new spot node registered");
 
     // Load drops to 4.5 of 12 CPUs: the fallback goes, once.
@@ -440,27 +452,12 @@ async fn pods_that_would_not_fit_get_one_more_spot_instance_first() {
     let (world, node, instance) = world_with_fallback(90).await;
     // Each spot node taking pods keeps 1.5 of 4 CPUs free; the fallback's pod needs 2:
     // 9.5 of 12 CPUs (79%) is under the ceiling, but no single node has room.
-    world
-        .kube
-        .add_pod(FakePod::new(WORKLOAD_NAMESPACE, "big-app", &node).with_requests("2", "1Gi"));
-    for index in [1, 2] {
-        world.kube.add_pod(
-            FakePod::new(
-                WORKLOAD_NAMESPACE,
-                &format!("hog-{index}"),
-                &fleet::node_name(index),
-            )
-            .with_requests("2500m", "1Gi"),
-        );
-    }
+    world.kube.add_pod(workload("big-app", &node, "2"));
+    load_spot_nodes(&world, WORKLOAD_NAMESPACE, "2500m");
     let _agent = start_on(&world, &node, &instance).await;
     world.asg.restore_capacity(SPOT_ASG).expect("group exists");
     // The returned spot instance gets a pod of its own, so only one more makes room.
-    let until = tokio::time::Instant::now() + LIMIT;
-    while world.kube.nodes().len() < 5 {
-        assert!(tokio::time::Instant::now() < until, "spot node registers");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("spot node registers", || world.kube.nodes().len() >= 5).await;
     let returned = world
         .kube
         .nodes()
@@ -468,19 +465,10 @@ async fn pods_that_would_not_fit_get_one_more_spot_instance_first() {
         .filter_map(|n| n.metadata.name.clone())
         .find(|n| n.starts_with("spot-new"))
         .expect("returned spot node");
-    world.kube.add_pod(
-        FakePod::new(WORKLOAD_NAMESPACE, "hog-new", &returned).with_requests("2500m", "1Gi"),
-    );
+    world.kube.add_pod(workload("hog-new", &returned, "2500m"));
     wait_terminated(&world, &node, &instance).await;
-    let spot_scale_ups: Vec<(Option<i32>, Option<i32>)> = world
-        .asg
-        .calls_of("SetDesiredCapacity")
-        .iter()
-        .filter(|c| c.group.as_deref() == Some(SPOT_ASG) && c.error_code.is_none())
-        .map(|c| (c.desired_before, c.desired_after))
-        .collect();
     assert_eq!(
-        spot_scale_ups,
+        spot_raises(&world),
         [(Some(3), Some(4)), (Some(4), Some(5))],
         "the recommendation's attempt, then exactly one more for the fallback's pods"
     );
@@ -598,26 +586,22 @@ async fn an_agent_killed_during_the_scale_back_drain_finishes_it_after_a_restart
     let (world, node, instance) = world_with_fallback(75).await;
     // The fallback's pod never finishes terminating by itself, so the drain is still
     // going when the agent dies.
-    world.kube.add_pod(
-        FakePod::new(WORKLOAD_NAMESPACE, "slow-app", &node)
-            .with_requests("500m", "1Gi")
-            .terminating(Termination::Never),
-    );
+    world
+        .kube
+        .add_pod(workload("slow-app", &node, "500m").terminating(Termination::Never));
     let runtime = spot_guard::sim::harness::killable_runtime().expect("runtime");
     let victim = world
         .start_agent_on(&node, Some(instance.clone()), world.aws(), runtime.handle())
         .await
         .expect("agent starts");
     world.asg.restore_capacity(SPOT_ASG).expect("group exists");
-    let until = tokio::time::Instant::now() + LIMIT;
-    while !matches!(
-        record(&world, &node, &instance).phase,
-        Phase::Draining { .. }
-    ) || !cordoned(&world, &node)
-    {
-        assert!(tokio::time::Instant::now() < until, "the drain starts");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the drain starts", || {
+        matches!(
+            record(&world, &node, &instance).phase,
+            Phase::Draining { .. }
+        ) && cordoned(&world, &node)
+    })
+    .await;
     runtime.shutdown_background();
     drop(victim);
     assert_eq!(terminations_of(&world, &instance), 0, "killed mid-drain");
@@ -659,14 +643,12 @@ async fn fallback_nodes_go_one_at_a_time_and_stop_at_the_ceiling() {
     let fallbacks = bought_nodes(&world, ON_DEMAND_ASG, 2).await;
     // Node 2 carries 3 of its 4 CPUs; each fallback runs a 1-CPU pod that, once evicted,
     // comes back on node 2 (as a controller would reschedule it).
-    world.kube.add_pod(
-        FakePod::new(WORKLOAD_NAMESPACE, "hog", &fleet::node_name(2)).with_requests("3", "1Gi"),
-    );
+    world
+        .kube
+        .add_pod(workload("hog", &fleet::node_name(2), "3"));
     for (node, _) in &fallbacks {
         world.kube.add_pod(
-            FakePod::new(WORKLOAD_NAMESPACE, &format!("app-on-{node}"), node)
-                .with_requests("1", "1Gi")
-                .recreated_on(&fleet::node_name(2)),
+            workload(&format!("app-on-{node}"), node, "1").recreated_on(&fleet::node_name(2)),
         );
     }
     let mut fallback_agents = Vec::new();
@@ -683,11 +665,7 @@ async fn fallback_nodes_go_one_at_a_time_and_stop_at_the_ceiling() {
             .filter(|(_, instance)| terminations_of(world, instance) > 0)
             .count()
     };
-    let until = tokio::time::Instant::now() + LIMIT;
-    while gone(&world) == 0 {
-        assert!(tokio::time::Instant::now() < until, "one fallback goes");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("one fallback goes", || gone(&world) > 0).await;
     let (kept_node, kept_instance) = fallbacks
         .iter()
         .find(|(_, instance)| terminations_of(&world, instance) == 0)
@@ -698,7 +676,6 @@ async fn fallback_nodes_go_one_at_a_time_and_stop_at_the_ceiling() {
         &world,
         &kept_node,
         &kept_instance,
-        Duration::from_secs(2),
         15,
         "the second would breach the ceiling",
     )
@@ -716,9 +693,7 @@ async fn fallback_nodes_go_one_at_a_time_and_stop_at_the_ceiling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_larger_than_a_page_is_read_in_pages_and_counted_whole() {
     let (world, node, instance) = world_with_fallback(50).await;
-    world
-        .kube
-        .add_pod(FakePod::new(WORKLOAD_NAMESPACE, "moved-app", &node).with_requests("500m", "1Gi"));
+    world.kube.add_pod(workload("moved-app", &node, "500m"));
     // 600 small pods, then two big ones in a namespace that sorts last.
     for index in 0..600 {
         world.kube.add_pod(
@@ -730,30 +705,16 @@ async fn a_cluster_larger_than_a_page_is_read_in_pages_and_counted_whole() {
             .with_requests("1m", "1Mi"),
         );
     }
-    for index in [1, 2] {
-        world.kube.add_pod(
-            FakePod::new(
-                "zz-batch",
-                &format!("hog-{index}"),
-                &fleet::node_name(index),
-            )
-            .with_requests("3", "1Gi"),
-        );
-    }
+    load_spot_nodes(&world, "zz-batch", "3");
     let from = world.kube.requests().len();
     let _agent = start_on(&world, &node, &instance).await;
-    world.asg.restore_capacity(SPOT_ASG).expect("group exists");
-    keep_watching(&world, &node, &instance, "spot returning", || {
-        world.kube.nodes().len() == 5
-    })
-    .await;
+    spot_returns(&world, &node, &instance).await;
     // Without the fallback: 7.5 of 12 CPUs requested (62%), over the 50% ceiling, but only
     // with the last page's pods counted.
     assert_kept_for(
         &world,
         &node,
         &instance,
-        Duration::from_secs(2),
         15,
         "over the ceiling, counted across pages",
     )
@@ -795,26 +756,19 @@ async fn a_cluster_larger_than_a_page_is_read_in_pages_and_counted_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_budget_that_allows_no_disruption_keeps_the_fallback_until_it_has_room() {
     let (world, node, instance) = world_with_fallback(75).await;
-    world.kube.add_pod(
-        FakePod::new(WORKLOAD_NAMESPACE, "guarded-app", &node)
-            .with_label("app", "guarded")
-            .with_requests("500m", "1Gi"),
-    );
+    world
+        .kube
+        .add_pod(workload("guarded-app", &node, "500m").with_label("app", "guarded"));
     world
         .kube
         .add_pdb(WORKLOAD_NAMESPACE, "guarded", &[("app", "guarded")], 0);
     let _agent = start_on(&world, &node, &instance).await;
-    world.asg.restore_capacity(SPOT_ASG).expect("group exists");
-    keep_watching(&world, &node, &instance, "spot returning", || {
-        world.kube.nodes().len() == 5
-    })
-    .await;
+    spot_returns(&world, &node, &instance).await;
     // Spot is back and the cluster has room: only the budget holds the node.
     assert_kept_for(
         &world,
         &node,
         &instance,
-        Duration::from_secs(2),
         15,
         "the budget allows no disruption",
     )
@@ -850,50 +804,26 @@ async fn a_budget_that_allows_no_disruption_keeps_the_fallback_until_it_has_room
 /// target first, and is drained only once they are in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_pre_scale_the_spot_asg_grows_before_the_fallback_is_drained() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let mut spec = FleetSpec::new(3);
-    spec.scale_back = Some(scale_back_settings(50));
+    let mut spec = scale_back_spec(50);
     spec.pre_scale = Some(PreScaleSettings {
         target_utilization: 40,
         safety_buffer: 0,
         timeout: Duration::from_secs(60),
         fallback_threshold: 95,
     });
-    spec.new_node_protection = Duration::from_secs(120);
-    let world = FleetWorld::start(spec).await.expect("simulators start");
-    let (node, instance) = world.buy_fallback().await.expect("a fallback is bought");
-    world
-        .kube
-        .add_pod(FakePod::new(WORKLOAD_NAMESPACE, "moved-app", &node).with_requests("500m", "1Gi"));
-    for index in [1, 2] {
-        world.kube.add_pod(
-            FakePod::new(
-                WORKLOAD_NAMESPACE,
-                &format!("hog-{index}"),
-                &fleet::node_name(index),
-            )
-            .with_requests("3", "1Gi"),
-        );
-    }
+    let (world, node, instance) = with_fallback(spec).await;
+    world.kube.add_pod(workload("moved-app", &node, "500m"));
+    load_spot_nodes(&world, WORKLOAD_NAMESPACE, "3");
     let _agent = start_on(&world, &node, &instance).await;
     // Spot returns: without the fallback, 6.5 of 12 CPUs (54%) would be requested, over
     // the 50% ceiling. To reach 40% the cluster needs 16.25 CPUs: two more 4-CPU nodes.
     world.asg.restore_capacity(SPOT_ASG).expect("group exists");
-    let spot_raises = || -> Vec<(Option<i32>, Option<i32>)> {
-        world
-            .asg
-            .calls_of("SetDesiredCapacity")
-            .iter()
-            .filter(|c| c.group.as_deref() == Some(SPOT_ASG) && c.error_code.is_none())
-            .map(|c| (c.desired_before, c.desired_after))
-            .collect()
-    };
     wait_for("the fallback is cordoned for its drain", || {
         cordoned(&world, &node)
     })
     .await;
     assert_eq!(
-        spot_raises(),
+        spot_raises(&world),
         [(Some(3), Some(4)), (Some(4), Some(6))],
         "the recommendation's attempt, then the pre-scale's two nodes, before the drain"
     );

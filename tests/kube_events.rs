@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Event;
+use spot_guard::instance_metadata::InstanceMetadata;
 use spot_guard::node::client_for_url;
 use spot_guard::report::{
     InterruptionEvent, KubeEventError, KubeEvents, Metrics, NodeAction, NodeMetadata,
@@ -24,11 +25,11 @@ async fn fake_kube() -> (FakeKube, kube::Client) {
 }
 
 fn node() -> NodeMetadata {
-    NodeMetadata {
+    NodeMetadata::new(NODE).with_instance(&InstanceMetadata {
         instance_id: "i-0123456789abcdef0".into(),
         region: "eu-west-1".into(),
-        ..NodeMetadata::new(NODE)
-    }
+        ..InstanceMetadata::default()
+    })
 }
 
 fn settings(extra_annotations: &str) -> ReportSettings {

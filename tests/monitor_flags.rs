@@ -11,7 +11,6 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
 use spot_guard::aws::AwsAutoScaling;
 use spot_guard::imds::{
     ASG_TARGET_LIFECYCLE_STATE_PATH, REBALANCE_RECOMMENDATION_PATH, SCHEDULED_EVENTS_PATH,
@@ -55,13 +54,9 @@ async fn stop(running: RunningAgent) {
         .expect("the agent stops in time");
 }
 
-fn node(world: &World) -> Node {
-    world.kube.node(NODE).expect("node exists")
-}
-
 fn cordoned(world: &World) -> bool {
-    node(world)
-        .spec
+    let node = world.kube.node(NODE).expect("node exists");
+    node.spec
         .and_then(|spec| spec.unschedulable)
         .unwrap_or(false)
 }
@@ -74,172 +69,162 @@ fn workload_on_node(world: &World) -> bool {
         .any(|pod| pod.metadata.name.as_deref() == Some("web-1"))
 }
 
-async fn wait_handled(running: &mut RunningAgent) {
-    assert!(
-        running.wait_handled(1, BOUND).await,
-        "the agent finished acting on the notice in time"
-    );
+/// A notice IMDS serves, at the path its monitor polls.
+#[derive(Clone, Copy)]
+enum Notice {
+    Rebalance,
+    SpotInterruption,
+    ScheduledReboot,
+    LifecycleTerminated,
 }
 
-/// Waits until the monitor has read `path` `polls` times: the proof that it is running,
-/// and that every other running monitor has been polled as often.
-async fn wait_polls(world: &World, path: &str, polls: u64) {
-    harness::eventually(
-        &format!("the monitor polled {path} {polls} times"),
-        BOUND,
-        || world.imds.gets(path) >= polls,
-    )
-    .await;
+impl Notice {
+    fn serve(self, world: &World) {
+        let imds = &world.imds;
+        match self {
+            Notice::Rebalance => imds.set_rebalance(Some("2030-01-01T00:00:00Z")),
+            Notice::SpotInterruption => {
+                imds.set_spot_action(Some(("terminate", "2030-01-01T00:02:00Z")));
+            }
+            Notice::ScheduledReboot => imds.set_scheduled_events(serde_json::json!([{
+                "Code": "system-reboot",
+                "Description": "scheduled reboot",
+                "EventId": "instance-event-0d59937288b749b32",
+                "NotBefore": "21 Jan 2030 09:00:43 GMT",
+                "NotAfter": "21 Jan 2030 09:17:23 GMT",
+                "NotBeforeDeadline": "",
+                "State": "active"
+            }])),
+            Notice::LifecycleTerminated => imds.set_lifecycle_state(Some("Terminated")),
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Notice::Rebalance => REBALANCE_RECOMMENDATION_PATH,
+            Notice::SpotInterruption => SPOT_INSTANCE_ACTION_PATH,
+            Notice::ScheduledReboot => SCHEDULED_EVENTS_PATH,
+            Notice::LifecycleTerminated => ASG_TARGET_LIFECYCLE_STATE_PATH,
+        }
+    }
 }
 
-fn serve_rebalance(world: &World) {
-    world.imds.set_rebalance(Some("2030-01-01T00:00:00Z"));
+/// What the node ends as.
+enum Outcome {
+    Drained,
+    CordonedOnly,
+    /// The notice's monitor is off: its path is never read while the monitor polling
+    /// `running` (another monitor that is on) polls four times, and the node is untouched.
+    Unread {
+        running: &'static str,
+    },
+}
+use Outcome::{CordonedOnly, Drained, Unread};
+
+/// Given IMDS serving `notice`, an agent started with `flags` leaves the node as `outcome`.
+async fn check(notice: Notice, flags: &[&str], outcome: Outcome) {
+    let world = world().await;
+    notice.serve(&world);
+    check_agent(&world, notice, flags, outcome).await;
 }
 
-fn serve_spot_itn(world: &World) {
-    world
-        .imds
-        .set_spot_action(Some(("terminate", "2030-01-01T00:02:00Z")));
-}
-
-fn serve_scheduled_reboot(world: &World) {
-    world.imds.set_scheduled_events(serde_json::json!([{
-        "Code": "system-reboot",
-        "Description": "scheduled reboot",
-        "EventId": "instance-event-0d59937288b749b32",
-        "NotBefore": "21 Jan 2030 09:00:43 GMT",
-        "NotAfter": "21 Jan 2030 09:17:23 GMT",
-        "NotBeforeDeadline": "",
-        "State": "active"
-    }]));
+async fn check_agent(world: &World, notice: Notice, flags: &[&str], outcome: Outcome) {
+    let mut agent = start(world, flags).await;
+    match outcome {
+        Drained | CordonedOnly => {
+            assert!(
+                agent.wait_handled(1, BOUND).await,
+                "the agent finished acting on the notice in time"
+            );
+            assert!(cordoned(world), "the node is cordoned");
+            if matches!(outcome, Drained) {
+                assert!(!workload_on_node(world), "the node is drained");
+            } else {
+                assert!(workload_on_node(world), "the node is not drained");
+            }
+        }
+        Unread { running } => {
+            harness::eventually(
+                &format!("the monitor polled {running} 4 times"),
+                BOUND,
+                || world.imds.gets(running) >= 4,
+            )
+            .await;
+            assert_eq!(world.imds.gets(notice.path()), 0);
+            assert!(!cordoned(world), "the notice is ignored");
+        }
+    }
+    stop(agent).await;
 }
 
 #[tokio::test]
 async fn rebalance_draining_alone_starts_the_rebalance_monitor_and_drains() {
-    let world = world().await;
-    serve_rebalance(&world);
-    let mut agent = start(
-        &world,
-        &[
-            "--enable-rebalance-draining=true",
-            "--enable-spot-interruption-draining=false",
-            "--enable-scheduled-event-draining=false",
-        ],
-    )
-    .await;
-    wait_handled(&mut agent).await;
-    assert!(cordoned(&world), "the node is cordoned");
-    assert!(!workload_on_node(&world), "the node is drained");
-    stop(agent).await;
+    let flags = [
+        "--enable-rebalance-draining=true",
+        "--enable-spot-interruption-draining=false",
+        "--enable-scheduled-event-draining=false",
+    ];
+    check(Notice::Rebalance, &flags, Drained).await;
 }
 
 #[tokio::test]
 async fn rebalance_monitoring_alone_cordons_without_draining() {
-    let world = world().await;
-    serve_rebalance(&world);
-    let mut agent = start(&world, &["--enable-rebalance-monitoring=true"]).await;
-    wait_handled(&mut agent).await;
-    assert!(cordoned(&world), "the node is cordoned");
-    assert!(workload_on_node(&world), "the node is not drained");
-    stop(agent).await;
+    let flags = ["--enable-rebalance-monitoring=true"];
+    check(Notice::Rebalance, &flags, CordonedOnly).await;
 }
 
 #[tokio::test]
 async fn rebalance_monitoring_and_draining_drain() {
-    let world = world().await;
-    serve_rebalance(&world);
-    let mut agent = start(
-        &world,
-        &[
-            "--enable-rebalance-monitoring=true",
-            "--enable-rebalance-draining=true",
-        ],
-    )
-    .await;
-    wait_handled(&mut agent).await;
-    assert!(cordoned(&world), "the node is cordoned");
-    assert!(!workload_on_node(&world), "the node is drained");
-    stop(agent).await;
+    let flags = [
+        "--enable-rebalance-monitoring=true",
+        "--enable-rebalance-draining=true",
+    ];
+    check(Notice::Rebalance, &flags, Drained).await;
 }
 
 #[tokio::test]
 async fn neither_rebalance_flag_leaves_recommendations_unread() {
-    let world = world().await;
-    serve_rebalance(&world);
     // NTH's defaults: spot ITN and scheduled events on, rebalance off.
-    let agent = start(&world, &[]).await;
-    wait_polls(&world, SPOT_INSTANCE_ACTION_PATH, 4).await;
-    assert_eq!(world.imds.gets(REBALANCE_RECOMMENDATION_PATH), 0);
-    assert!(!cordoned(&world), "the recommendation is ignored");
-    stop(agent).await;
+    let running = SPOT_INSTANCE_ACTION_PATH;
+    check(Notice::Rebalance, &[], Unread { running }).await;
 }
 
 #[tokio::test]
 async fn spot_interruption_draining_is_on_by_default_and_drains() {
-    let world = world().await;
-    serve_spot_itn(&world);
-    let mut agent = start(&world, &[]).await;
-    wait_handled(&mut agent).await;
-    assert!(cordoned(&world), "the node is cordoned");
-    assert!(!workload_on_node(&world), "the node is drained");
-    stop(agent).await;
+    check(Notice::SpotInterruption, &[], Drained).await;
 }
 
 #[tokio::test]
 async fn spot_interruption_draining_off_leaves_notices_unread() {
-    let world = world().await;
-    serve_spot_itn(&world);
-    let agent = start(
-        &world,
-        &[
-            "--enable-spot-interruption-draining=false",
-            "--enable-rebalance-monitoring=true",
-        ],
-    )
-    .await;
-    wait_polls(&world, REBALANCE_RECOMMENDATION_PATH, 4).await;
-    assert_eq!(world.imds.gets(SPOT_INSTANCE_ACTION_PATH), 0);
-    assert!(!cordoned(&world), "the interruption notice is ignored");
-    stop(agent).await;
+    let flags = [
+        "--enable-spot-interruption-draining=false",
+        "--enable-rebalance-monitoring=true",
+    ];
+    let running = REBALANCE_RECOMMENDATION_PATH;
+    check(Notice::SpotInterruption, &flags, Unread { running }).await;
 }
 
 #[tokio::test]
 async fn scheduled_event_draining_is_on_by_default_and_drains() {
-    let world = world().await;
-    serve_scheduled_reboot(&world);
-    let mut agent = start(&world, &[]).await;
-    wait_handled(&mut agent).await;
-    assert!(cordoned(&world), "the node is cordoned");
-    assert!(!workload_on_node(&world), "the node is drained");
-    stop(agent).await;
+    check(Notice::ScheduledReboot, &[], Drained).await;
 }
 
 #[tokio::test]
 async fn scheduled_event_draining_off_leaves_events_unread() {
-    let world = world().await;
-    serve_scheduled_reboot(&world);
-    let agent = start(&world, &["--enable-scheduled-event-draining=false"]).await;
-    wait_polls(&world, SPOT_INSTANCE_ACTION_PATH, 4).await;
-    assert_eq!(world.imds.gets(SCHEDULED_EVENTS_PATH), 0);
-    assert!(!cordoned(&world), "the scheduled event is ignored");
-    stop(agent).await;
+    let flags = ["--enable-scheduled-event-draining=false"];
+    let running = SPOT_INSTANCE_ACTION_PATH;
+    check(Notice::ScheduledReboot, &flags, Unread { running }).await;
 }
 
 #[tokio::test]
 async fn asg_lifecycle_draining_is_off_by_default_and_on_when_asked() {
     let world = world().await;
-    world.imds.set_lifecycle_state(Some("Terminated"));
-    let agent = start(&world, &[]).await;
-    wait_polls(&world, SPOT_INSTANCE_ACTION_PATH, 4).await;
-    assert_eq!(world.imds.gets(ASG_TARGET_LIFECYCLE_STATE_PATH), 0);
-    assert!(!cordoned(&world), "the lifecycle state is ignored");
-    stop(agent).await;
-
-    let mut agent = start(&world, &["--enable-asg-lifecycle-draining=true"]).await;
-    wait_handled(&mut agent).await;
-    assert!(cordoned(&world), "the node is cordoned");
-    assert!(!workload_on_node(&world), "the node is drained");
-    stop(agent).await;
+    let notice = Notice::LifecycleTerminated;
+    notice.serve(&world);
+    let running = SPOT_INSTANCE_ACTION_PATH;
+    check_agent(&world, notice, &[], Unread { running }).await;
+    let flags = ["--enable-asg-lifecycle-draining=true"];
+    check_agent(&world, notice, &flags, Drained).await;
 }
 
 #[tokio::test]

@@ -38,6 +38,22 @@ Account={{ .AccountId }} LifeCycle={{ .InstanceLifeCycle }} Public={{ .PublicHos
 Pods={{ .Pods }} Joined={{ join "," .Pods }} Labels={{ .NodeLabels }} Zone={{ index .NodeLabels "topology.kubernetes.io/zone" }}
 "#;
 
+const PUBLIC_HOSTNAME: &str = "ec2-54-12-34-56.eu-west-1.compute.amazonaws.com";
+const PUBLIC_IP: &str = "54.12.34.56";
+
+/// The instance IMDS describes; `public` is its public host name and address, if any.
+fn instance(public: Option<(&str, &str)>) -> SimInstance {
+    SimInstance {
+        account_id: "210987654321".to_owned(),
+        instance_type: "c6i.2xlarge".to_owned(),
+        life_cycle: "spot".to_owned(),
+        availability_zone: "eu-west-1b".to_owned(),
+        local_ipv4: "10.0.7.7".to_owned(),
+        local_hostname: NODE.to_owned(),
+        public: public.map(|(hostname, ip)| (hostname.to_owned(), ip.to_owned())),
+    }
+}
+
 struct World {
     imds: ImdsSim,
     kube: FakeKube,
@@ -50,18 +66,7 @@ async fn world() -> World {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let imds = ImdsSim::start().await.expect("IMDS simulator");
     imds.set_instance_id("i-0a1b2c3d4e5f60718");
-    imds.set_instance(SimInstance {
-        account_id: "210987654321".to_owned(),
-        instance_type: "c6i.2xlarge".to_owned(),
-        life_cycle: "spot".to_owned(),
-        availability_zone: "eu-west-1b".to_owned(),
-        local_ipv4: "10.0.7.7".to_owned(),
-        local_hostname: NODE.to_owned(),
-        public: Some((
-            "ec2-54-12-34-56.eu-west-1.compute.amazonaws.com".to_owned(),
-            "54.12.34.56".to_owned(),
-        )),
-    });
+    imds.set_instance(instance(Some((PUBLIC_HOSTNAME, PUBLIC_IP))));
     let kube = FakeKube::start().await.expect("fake Kubernetes API");
     kube.add_node(NODE);
     kube.update_node(NODE, |node| {
@@ -163,13 +168,7 @@ async fn nth_templates_print_what_nth_prints_for_a_rebalance_recommendation() {
     let world = world().await;
     let agent = start(&world, &[]).await;
     let body = first_post(&world, agent).await;
-    assert_eq!(
-        lines(&body),
-        expected((
-            "ec2-54-12-34-56.eu-west-1.compute.amazonaws.com",
-            "54.12.34.56"
-        ))
-    );
+    assert_eq!(lines(&body), expected((PUBLIC_HOSTNAME, PUBLIC_IP)));
     let first_line: serde_json::Value =
         serde_json::from_str(body.lines().next().unwrap()).expect("NTH's default body is JSON");
     assert!(first_line["text"].is_string());
@@ -187,11 +186,8 @@ async fn nth_templates_print_what_nth_prints_for_a_rebalance_recommendation() {
         assert_eq!(annotations["region"], "eu-west-1");
         assert_eq!(annotations["local-ipv4"], "10.0.7.7");
         assert_eq!(annotations["local-hostname"], NODE);
-        assert_eq!(annotations["public-ipv4"], "54.12.34.56");
-        assert_eq!(
-            annotations["public-hostname"],
-            "ec2-54-12-34-56.eu-west-1.compute.amazonaws.com"
-        );
+        assert_eq!(annotations["public-ipv4"], PUBLIC_IP);
+        assert_eq!(annotations["public-hostname"], PUBLIC_HOSTNAME);
     }
 }
 
@@ -199,15 +195,7 @@ async fn nth_templates_print_what_nth_prints_for_a_rebalance_recommendation() {
 async fn metadata_is_read_again_until_imds_answers() {
     let world = world().await;
     // An instance without a public address: IMDS answers 404 there, NTH prints nothing.
-    world.imds.set_instance(SimInstance {
-        public: None,
-        account_id: "210987654321".to_owned(),
-        instance_type: "c6i.2xlarge".to_owned(),
-        availability_zone: "eu-west-1b".to_owned(),
-        local_ipv4: "10.0.7.7".to_owned(),
-        local_hostname: NODE.to_owned(),
-        life_cycle: "spot".to_owned(),
-    });
+    world.imds.set_instance(instance(None));
     world.imds.set_down(true);
     let agent = start(&world, &["--metadata-tries=1"]).await;
     world.imds.set_down(false);

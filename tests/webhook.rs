@@ -9,6 +9,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use spot_guard::instance_metadata::InstanceMetadata;
 use spot_guard::report::{
     InterruptionEvent, Metrics, NodeAction, NodeMetadata, ReportError, ReportSettings, Reporter,
     SpotGuardStep, Webhook, WebhookError, WebhookSettings,
@@ -80,11 +81,11 @@ fn install_crypto() {
 }
 
 fn node() -> NodeMetadata {
-    NodeMetadata {
+    NodeMetadata::new("ip-10-0-1-23.eu-west-1.compute.internal").with_instance(&InstanceMetadata {
         instance_id: "i-0123456789abcdef0".into(),
         availability_zone: "eu-west-1a".into(),
-        ..NodeMetadata::new("ip-10-0-1-23.eu-west-1.compute.internal")
-    }
+        ..InstanceMetadata::default()
+    })
 }
 
 fn spot_itn() -> InterruptionEvent {

@@ -30,16 +30,8 @@ pub struct NodeMetadata {
     /// The Node's uid; when unknown, events use the node name, as the kubelet does, so that
     /// `kubectl describe node` still lists them.
     pub node_uid: Option<String>,
-    pub account_id: String,
-    pub instance_id: String,
-    pub instance_life_cycle: String,
-    pub instance_type: String,
-    pub public_hostname: String,
-    pub public_ipv4: String,
-    pub local_hostname: String,
-    pub local_ipv4: String,
-    pub availability_zone: String,
-    pub region: String,
+    /// Empty until IMDS answers.
+    pub instance: InstanceMetadata,
 }
 
 impl NodeMetadata {
@@ -52,29 +44,8 @@ impl NodeMetadata {
 
     /// This node on the instance IMDS described.
     pub fn with_instance(self, instance: &InstanceMetadata) -> Self {
-        let InstanceMetadata {
-            account_id,
-            instance_id,
-            instance_life_cycle,
-            instance_type,
-            public_hostname,
-            public_ipv4,
-            local_hostname,
-            local_ipv4,
-            availability_zone,
-            region,
-        } = instance.clone();
         NodeMetadata {
-            account_id,
-            instance_id,
-            instance_life_cycle,
-            instance_type,
-            public_hostname,
-            public_ipv4,
-            local_hostname,
-            local_ipv4,
-            availability_zone,
-            region,
+            instance: instance.clone(),
             ..self
         }
     }
@@ -82,23 +53,35 @@ impl NodeMetadata {
     /// The annotations NTH puts on every Kubernetes event in IMDS mode: all ten, empty
     /// where IMDS had nothing, as NTH writes them.
     pub fn event_annotations(&self) -> BTreeMap<String, String> {
-        [
-            ("account-id", &self.account_id),
-            ("availability-zone", &self.availability_zone),
-            ("instance-id", &self.instance_id),
-            ("instance-life-cycle", &self.instance_life_cycle),
-            ("instance-type", &self.instance_type),
-            ("local-hostname", &self.local_hostname),
-            ("local-ipv4", &self.local_ipv4),
-            ("public-hostname", &self.public_hostname),
-            ("public-ipv4", &self.public_ipv4),
-            ("region", &self.region),
-        ]
-        .into_iter()
-        .map(|(key, value)| (key.to_owned(), value.clone()))
-        .collect()
+        INSTANCE_FIELDS
+            .iter()
+            .map(|(_, annotation, value)| {
+                ((*annotation).to_owned(), value(&self.instance).to_owned())
+            })
+            .collect()
     }
 }
+
+type ReadField = fn(&InstanceMetadata) -> &str;
+
+/// The instance's fields under the two names NTH gives each: (webhook template field,
+/// Kubernetes event annotation, value). One table, so templates and events cannot drift.
+pub(super) const INSTANCE_FIELDS: [(&str, &str, ReadField); 10] = [
+    ("AccountId", "account-id", |i| &i.account_id),
+    ("InstanceID", "instance-id", |i| &i.instance_id),
+    ("InstanceLifeCycle", "instance-life-cycle", |i| {
+        &i.instance_life_cycle
+    }),
+    ("InstanceType", "instance-type", |i| &i.instance_type),
+    ("PublicHostname", "public-hostname", |i| &i.public_hostname),
+    ("PublicIP", "public-ipv4", |i| &i.public_ipv4),
+    ("LocalHostname", "local-hostname", |i| &i.local_hostname),
+    ("LocalIP", "local-ipv4", |i| &i.local_ipv4),
+    ("AvailabilityZone", "availability-zone", |i| {
+        &i.availability_zone
+    }),
+    ("Region", "region", |i| &i.region),
+];
 
 /// One notice being handled, as NTH describes it to templates and events.
 ///
@@ -212,11 +195,11 @@ mod tests {
 
     #[test]
     fn annotations_are_nth_s_ten_even_when_unknown() {
-        let node = NodeMetadata {
+        let node = NodeMetadata::new("node-a").with_instance(&InstanceMetadata {
             instance_id: "i-0abc".into(),
             region: "eu-west-1".into(),
-            ..NodeMetadata::new("node-a")
-        };
+            ..InstanceMetadata::default()
+        });
         let annotations = node.event_annotations();
         assert_eq!(annotations.len(), 10);
         assert_eq!(annotations["instance-id"], "i-0abc");

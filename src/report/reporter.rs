@@ -260,7 +260,7 @@ impl Reporter {
     pub fn set_instance(&self, instance: &InstanceMetadata) {
         if let Some(inner) = &self.inner {
             let mut node = inner.node.write().unwrap_or_else(PoisonError::into_inner);
-            *node = node.clone().with_instance(instance);
+            node.instance = instance.clone();
         }
     }
 

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 
 use gtmpl::{Context, Func, FuncError, Template, Value};
 
-use super::interruption::{GO_ZERO_TIME, InterruptionEvent, NodeMetadata, go_time};
+use super::interruption::{
+    GO_ZERO_TIME, INSTANCE_FIELDS, InterruptionEvent, NodeMetadata, go_time,
+};
 
 /// A parsed webhook template; parsed once at start-up, rendered for every post.
 pub struct WebhookTemplate {
@@ -184,17 +186,10 @@ fn template_data(node: &NodeMetadata, event: &InterruptionEvent, reason: &str) -
     let text = |value: &str| Value::String(value.to_owned());
     let time =
         |value: Option<_>| Value::String(value.map_or_else(|| GO_ZERO_TIME.to_owned(), go_time));
-    let fields: Vec<(&str, Value)> = vec![
-        ("AccountId", text(&node.account_id)),
-        ("InstanceID", text(&node.instance_id)),
-        ("InstanceLifeCycle", text(&node.instance_life_cycle)),
-        ("InstanceType", text(&node.instance_type)),
-        ("PublicHostname", text(&node.public_hostname)),
-        ("PublicIP", text(&node.public_ipv4)),
-        ("LocalHostname", text(&node.local_hostname)),
-        ("LocalIP", text(&node.local_ipv4)),
-        ("AvailabilityZone", text(&node.availability_zone)),
-        ("Region", text(&node.region)),
+    let instance = INSTANCE_FIELDS
+        .iter()
+        .map(|(name, _, value)| (*name, text(value(&node.instance))));
+    let fields = [
         ("EventID", text(&event.event_id)),
         ("Kind", text(&event.kind)),
         ("Monitor", text(&event.monitor)),
@@ -227,16 +222,21 @@ fn template_data(node: &NodeMetadata, event: &InterruptionEvent, reason: &str) -
     Value::Object(
         fields
             .into_iter()
+            .chain(instance)
             .map(|(key, value)| (key.to_owned(), value))
             .collect::<HashMap<_, _>>(),
     )
 }
 
 fn provider_id(node: &NodeMetadata) -> String {
-    if node.instance_id.is_empty() {
+    let instance = &node.instance;
+    if instance.instance_id.is_empty() {
         return String::new();
     }
-    format!("aws:///{}/{}", node.availability_zone, node.instance_id)
+    format!(
+        "aws:///{}/{}",
+        instance.availability_zone, instance.instance_id
+    )
 }
 
 static SPRIG_SUBSET: &[(&str, Func)] = &[
@@ -344,12 +344,13 @@ fn default(args: &[Value]) -> Result<Value, FuncError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::instance_metadata::InstanceMetadata;
 
     fn render(text: &str) -> Result<String, TemplateError> {
-        let node = NodeMetadata {
+        let node = NodeMetadata::new("node-a").with_instance(&InstanceMetadata {
             instance_id: "i-0abc".into(),
-            ..NodeMetadata::new("node-a")
-        };
+            ..InstanceMetadata::default()
+        });
         let mut event =
             InterruptionEvent::spot_interruption("spot-itn-1234", "2020-10-27T08:22:00Z");
         event.pods = vec!["default/web-1".into(), "default/web-2".into()];
