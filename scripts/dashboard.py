@@ -9,8 +9,11 @@ tests/dashboard.rs checks that the committed file is this script's output and ru
 panel's query against a Prometheus that scraped agents during a simulated fleet run.
 
 Each agent's counters start at its first event (the label set is new then), which rate()
-and increase() cannot see: panels that count events over the dashboard's range use
-`(x - x offset $__range) or x`, which counts that first event too.
+and increase() cannot see; and an agent often goes away with its node soon after it acted
+(a drained spot node, a fallback given back), when Prometheus marks its series stale and
+an instant selector no longer returns them. Panels that count events over the dashboard's
+range therefore take each series' last sample in the range, less its last one before the
+range, or all of it for a series that began in the range.
 """
 
 import json
@@ -27,8 +30,11 @@ TERMINATED = 'outcome="terminated"'
 
 
 def windowed(selector: str) -> str:
-    """Events of `selector` in the dashboard's time range, first events included."""
-    return f"(({selector} - {selector} offset $__range) or {selector})"
+    """Events of `selector` in the dashboard's time range, first events and those of agents
+    gone since included."""
+    last = f"last_over_time({selector}[$__range])"
+    before = f"last_over_time({selector}[$__range] offset $__range)"
+    return f"(({last} - {before}) or {last})"
 
 
 def with_node(metric: str, matchers: str = "") -> str:
@@ -113,12 +119,13 @@ def build():
             stat.Panel()
             .title("Capacity bought and given back")
             .description("Instances bought per ASG, on-demand fallbacks given back by scale-back, and replacements whose Node never became Ready.")
+            .no_value("0")
             .targets([
                 query(f"sum by (asg) ({windowed(with_node('spot_guard_scale_attempts_total', IN_SERVICE))})",
                       "bought in {{asg}}", "A", instant=True),
-                query(f"sum({windowed(with_node('spot_guard_scale_backs_total', TERMINATED))}) or vector(0)",
+                query(f"sum({windowed(with_node('spot_guard_scale_backs_total', TERMINATED))})",
                       "given back", "B", instant=True),
-                query(f"sum({windowed(with_node('spot_guard_replacement_node_not_ready_total'))}) or vector(0)",
+                query(f"sum({windowed(with_node('spot_guard_replacement_node_not_ready_total'))})",
                       "never Ready", "C", instant=True),
             ]),
             12, 24),

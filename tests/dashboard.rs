@@ -10,15 +10,13 @@ mod observed_fleet;
 #[path = "support/prom.rs"]
 mod prom;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use observed_fleet::{ObservedFleet, free_port};
+use observed_fleet::{GIVEN_BACK, ObservedFleet, free_port};
 use serde_json::Value;
-use spot_guard::report::metric;
-use spot_guard::sim::fleet::node_name;
 
 const DASHBOARD: &str = "charts/spot-guard/dashboards/spot-guard.json";
 const VENV_SCRIPT: &str = "scripts/dashboard-venv.sh";
@@ -33,8 +31,8 @@ fn dashboard() -> Value {
     serde_json::from_str(&text).expect("the dashboard is JSON")
 }
 
-/// Every panel's title and query expressions.
-fn queries(dashboard: &Value) -> Vec<(String, String)> {
+/// Every panel's title, and its queries' legends and expressions.
+fn queries(dashboard: &Value) -> Vec<(String, String, String)> {
     dashboard["panels"]
         .as_array()
         .expect("panels")
@@ -49,6 +47,10 @@ fn queries(dashboard: &Value) -> Vec<(String, String)> {
                 .map(move |target| {
                     (
                         title.clone(),
+                        target["legendFormat"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
                         target["expr"].as_str().unwrap_or_default().to_owned(),
                     )
                 })
@@ -211,15 +213,23 @@ fn family(name: &str) -> &str {
         .unwrap_or(name)
 }
 
+/// The value of an instant query's only sample.
+fn only_value(result: &[Value]) -> Option<f64> {
+    match result {
+        [sample] => sample["value"][1].as_str()?.parse().ok(),
+        _ => None,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_panel_query_returns_data_from_a_prometheus_that_scraped_the_agents() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let fleet = ObservedFleet::run().await;
+    let mut fleet = ObservedFleet::run().await;
     let targets: Vec<(String, String)> = fleet
         .metrics_urls
         .iter()
-        .enumerate()
-        .map(|(index, url)| (url.clone(), node_name(index)))
+        .cloned()
+        .zip(fleet.nodes.iter().cloned())
         .collect();
     let prometheus = Prometheus::start(&targets).await;
     // Enough scrapes of every agent for rate() over four of them.
@@ -228,16 +238,43 @@ async fn every_panel_query_returns_data_from_a_prometheus_that_scraped_the_agent
         let scraped = prometheus
             .query(r#"count(count_over_time(up{job="spot-guard"}[1m]) >= 5 and up == 1)"#)
             .await;
-        if scraped
-            .first()
-            .and_then(|sample| sample["value"][1].as_str())
-            == Some("3")
-        {
+        if only_value(&scraped) == Some(targets.len() as f64) {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "prometheus did not scrape all three agents: {}",
+            "prometheus did not scrape all {} agents: {}",
+            targets.len(),
+            prometheus.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Every metric a panel names must be one the agents expose.
+    let mut families = BTreeSet::new();
+    for url in &fleet.metrics_urls {
+        let scrape = observed_fleet::scrape(url, None).await;
+        families.extend(
+            scrape
+                .lines()
+                .filter_map(|line| line.strip_prefix("# TYPE "))
+                .filter_map(|rest| rest.split(' ').next())
+                .map(str::to_owned),
+        );
+    }
+    // The fallback given back goes away with its agent, as a terminated instance does:
+    // its counters go stale in Prometheus, and the dashboard must still count them.
+    let given_back_node = fleet.nodes[GIVEN_BACK].clone();
+    fleet.stop_given_back().await;
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while only_value(
+        &prometheus
+            .query(&format!(r#"up{{node="{given_back_node}"}}"#))
+            .await,
+    ) != Some(0.0)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "prometheus did not see {given_back_node}'s agent go: {}",
             prometheus.log()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -246,14 +283,29 @@ async fn every_panel_query_returns_data_from_a_prometheus_that_scraped_the_agent
     let dashboard = dashboard();
     let panel_queries = queries(&dashboard);
     assert!(panel_queries.len() >= 8, "{panel_queries:?}");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(
+        panels
+            .iter()
+            .all(|panel| panel["targets"].as_array().is_some_and(|t| !t.is_empty())),
+        "every panel has a query: {panels:?}"
+    );
     let mut empty = Vec::new();
+    let mut lenient = Vec::new();
     let mut names = BTreeSet::new();
-    for (title, expr) in &panel_queries {
+    let mut values = BTreeMap::new();
+    for (title, legend, expr) in &panel_queries {
         names.extend(metric_names(expr));
+        // A constant (`or vector(0)`) would answer with no agent data at all.
+        if expr.contains("vector(") {
+            lenient.push(format!("{title}: {expr}"));
+        }
         let result = prometheus.query(&as_grafana_sends(expr)).await;
-        if result.is_empty() {
+        // NaN (a quantile of empty buckets) is drawn as no value.
+        if result.iter().all(|sample| sample["value"][1] == "NaN") {
             empty.push(format!("{title}: {expr}"));
         }
+        values.insert(legend.clone(), only_value(&result));
     }
     let variable = dashboard["templating"]["list"]
         .as_array()
@@ -275,26 +327,21 @@ async fn every_panel_query_returns_data_from_a_prometheus_that_scraped_the_agent
             )],
         )
         .await;
-    // Every metric a panel names is one the agents expose; a family with no sample yet is
-    // not in a scrape, so the one this run never records (scale-backs: no spot capacity
-    // returns here) must at least be a name the agent documents.
-    let mut families = BTreeSet::new();
-    for url in &fleet.metrics_urls {
-        let scrape = observed_fleet::scrape(url, None).await;
-        families.extend(
-            scrape
-                .lines()
-                .filter_map(|line| line.strip_prefix("# TYPE "))
-                .filter_map(|rest| rest.split(' ').next())
-                .map(str::to_owned),
-        );
-    }
-    families.insert(metric::SCALE_BACKS.to_owned());
     fleet.stop().await;
+    assert!(lenient.is_empty(), "queries with a constant: {lenient:#?}");
     assert!(empty.is_empty(), "queries without data: {empty:#?}");
+    // What the run did, as the capacity panel shows it: node 2's fallback given back
+    // (though its agent is gone), nodes 1 and 2's fallbacks never Ready.
+    assert_eq!(values["given back"], Some(1.0), "{values:#?}");
+    assert_eq!(values["never Ready"], Some(2.0), "{values:#?}");
+    let mut expected_nodes = targets
+        .iter()
+        .map(|(_, node)| node.clone())
+        .collect::<Vec<_>>();
+    expected_nodes.sort();
     assert_eq!(
         nodes,
-        serde_json::json!([node_name(0), node_name(1), node_name(2)]),
+        serde_json::json!(expected_nodes),
         "the node variable lists every agent's node"
     );
     let unknown: Vec<&String> = names
@@ -380,7 +427,7 @@ fn grafana_variables_are_replaced_as_grafana_does() {
     );
     assert_eq!(
         metric_names(
-            "sum((a_total{n=\"1\"} - a_total{n=\"1\"} offset 1h) or b_bucket{}) or vector(0)"
+            "sum((last_over_time(a_total{n=\"1\"}[1h]) - last_over_time(a_total{n=\"1\"}[1h] offset 1h)) or b_bucket{})"
         ),
         BTreeSet::from(["a_total".to_owned(), "b_bucket".to_owned()])
     );

@@ -10,7 +10,7 @@ mod process;
 use std::path::Path;
 use std::process::Command;
 
-use observed_fleet::ObservedFleet;
+use observed_fleet::{GIVEN_BACK, ObservedFleet};
 use serde_json::Value;
 use spot_guard::sim::fleet::{NAMESPACE, ON_DEMAND_ASG, SPOT_ASG, node_name};
 
@@ -73,7 +73,15 @@ async fn status_prints_what_the_fleet_run_did() {
         .group(ON_DEMAND_ASG)
         .map(|group| group.in_service_ids)
         .unwrap_or_default();
-    assert_eq!(on_demand.len(), 2, "nodes 1 and 2 fell back: {on_demand:?}");
+    // Nodes 1 and 2 fell back; node 2's fallback was given back since.
+    let given_back = fleet.given_back_instance.clone();
+    let given_back_node = fleet.nodes[GIVEN_BACK].clone();
+    assert_eq!(
+        on_demand.len(),
+        1,
+        "node 1's fallback is left: {on_demand:?}"
+    );
+    assert!(!on_demand.contains(&given_back), "{on_demand:?}");
     let instance = |i: usize| fleet.world.instance_id(i).unwrap_or_default().to_owned();
 
     let printed = status(&kubeconfig, &["--namespace", NAMESPACE]).await;
@@ -119,9 +127,24 @@ async fn status_prints_what_the_fleet_run_did() {
         ],
         "spot in cool-off: on-demand, drain left a pod behind its PDB:\n{printed}"
     );
-    // Replacement Nodes and nodes no agent touched carry no state.
+    assert_eq!(
+        without(row(&printed, &given_back_node), 5),
+        [
+            given_back_node.clone(),
+            given_back.clone(),
+            "given back".into(),
+            "-".into(),
+            "-".into(),
+            "-".into()
+        ],
+        "node 2's fallback, given back once spot capacity returned:\n{printed}"
+    );
+    // Other replacement Nodes and nodes no agent touched carry no state.
     let node_rows = printed.lines().take_while(|line| !line.is_empty()).count();
-    assert_eq!(node_rows, 4, "header and three nodes:\n{printed}");
+    assert_eq!(
+        node_rows, 5,
+        "header, three nodes, the fallback:\n{printed}"
+    );
 
     let spot_lease = row(&printed, &format!("spot-guard-{SPOT_ASG}"));
     assert!(
@@ -134,8 +157,8 @@ async fn status_prints_what_the_fleet_run_did() {
     assert!(
         on_demand_lease
             .iter()
-            .any(|cell| cell.starts_with(&format!("2 by {},", node_name(2)))),
-        "node 2 set the on-demand ASG's last target, 0 → 1 → 2:\n{printed}"
+            .any(|cell| cell.starts_with(&format!("1 by {given_back_node},"))),
+        "the scale-back set the on-demand ASG's last target, 0 → 1 → 2 → 1:\n{printed}"
     );
     let mut give_back: Vec<(String, String)> = printed
         .lines()
@@ -159,8 +182,8 @@ async fn status_prints_what_the_fleet_run_did() {
             .iter()
             .map(|(node, _)| node.clone())
             .collect::<Vec<_>>(),
-        [node_name(1), node_name(2)],
-        "the ledger gives back one on-demand instance bought for each fallback:\n{printed}\n{ledger:#?}"
+        [node_name(1)],
+        "the ledger still holds node 1's fallback, not the one given back:\n{printed}\n{ledger:#?}"
     );
 
     let json: Value =
@@ -172,7 +195,12 @@ async fn status_prints_what_the_fleet_run_did() {
         .iter()
         .filter_map(|node| node["step"].as_str())
         .collect();
-    assert_eq!(steps, ["drained"; 3], "{json}");
-    assert_eq!(json["giveBack"].as_array().map(Vec::len), Some(2), "{json}");
+    // Sorted by node name: the fallback's node (on-demand-…) first.
+    assert_eq!(
+        steps,
+        ["given-back", "drained", "drained", "drained"],
+        "{json}"
+    );
+    assert_eq!(json["giveBack"].as_array().map(Vec::len), Some(1), "{json}");
     fleet.stop().await;
 }

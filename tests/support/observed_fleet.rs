@@ -10,6 +10,12 @@
 //! - node 2: the spot ASG is in its capacity cool-off, so it goes straight to on-demand
 //!   (Node never Ready either), and a PodDisruptionBudget blocks its drain.
 //!
+//! Then node 2's on-demand fallback registers its Node late, with a pod on it, and the
+//! agent on it (scale-back is on fleet-wide, as the chart sets it) gives it back once spot
+//! capacity returns: it drains, terminates the instance and leaves the ledger. Its agent
+//! ([`GIVEN_BACK`]) still serves its metrics, as between the termination and the instance
+//! going away.
+//!
 //! Use from a test file with `#[path = "support/observed_fleet.rs"] mod observed_fleet;`.
 
 #![allow(dead_code)] // each test file uses its own subset
@@ -17,25 +23,35 @@
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
-use spot_guard::config::WebhookSettings;
+use spot_guard::config::{ScaleBackSettings, WebhookSettings};
+use spot_guard::names::asg_lease;
 use spot_guard::sim::asg::Behaviour;
 use spot_guard::sim::fleet::{
-    FleetAgent, FleetSpec, FleetWorld, NODE_CPU, NODE_MEMORY, SPOT_ASG, WORKLOAD_NAMESPACE,
-    node_name,
+    FleetAgent, FleetSpec, FleetWorld, NAMESPACE, NODE_CPU, NODE_MEMORY, ON_DEMAND_ASG, SPOT_ASG,
+    WORKLOAD_NAMESPACE, node_name,
 };
 use spot_guard::sim::harness::eventually;
 use spot_guard::sim::kube::FakePod;
 use spot_guard::sim::kubelet::{self, KubeletSpec, NodeShape};
+use spot_guard::spot_guard::ledger;
 use tokio::runtime::Handle;
 
+/// The spot nodes that get a recommendation.
 pub const NODES: usize = 3;
+/// The index (in `agents`) of the agent on the on-demand fallback it gave back.
+pub const GIVEN_BACK: usize = NODES;
 const BOUND: Duration = Duration::from_secs(60);
 
 pub struct ObservedFleet {
     pub world: FleetWorld,
+    /// The spot nodes' agents, then the given-back fallback's.
     pub agents: Vec<FleetAgent>,
-    /// `http://127.0.0.1:PORT/metrics` of each agent, in node order.
+    /// `http://127.0.0.1:PORT/metrics` of each agent, in the order of `agents`.
     pub metrics_urls: Vec<String>,
+    /// The node of each agent, in the order of `agents`.
+    pub nodes: Vec<String>,
+    /// The on-demand instance bought for node 2 and given back.
+    pub given_back_instance: String,
 }
 
 /// A port nobody listens on right now (the agent binds it a moment later).
@@ -60,6 +76,51 @@ pub async fn scrape(url: &str, accept: Option<&str>) -> String {
     response.text().await.expect("scrape body")
 }
 
+/// The late Node of on-demand `instance`, with a pod on it, and its agent, which gives it
+/// back once spot capacity returns; returns once it has (the agent still serves its
+/// metrics at the URL returned).
+async fn give_back(world: &FleetWorld, instance: &str) -> (FleetAgent, String) {
+    let node = format!("on-demand-{instance}");
+    world
+        .kube
+        .add_instance_node(&node, instance, NODE_CPU, NODE_MEMORY);
+    world.kube.add_pod(
+        FakePod::new(WORKLOAD_NAMESPACE, "landed-002", &node).with_requests("500m", "1Gi"),
+    );
+    let port = free_port();
+    let agent = world
+        .start_configured(
+            &node,
+            Some(instance.to_owned()),
+            world.aws(),
+            &Handle::current(),
+            |config| config.prometheus_port = Some(port),
+        )
+        .await
+        .expect("the fallback's agent starts");
+    world
+        .asg
+        .restore_capacity(SPOT_ASG)
+        .expect("spot capacity returns");
+    let metrics = agent.agent.reporter.metrics().expect("metrics on");
+    eventually("the fallback is given back", BOUND, || {
+        metrics.encode().is_ok_and(|text| {
+            text.contains("spot_guard_scale_backs_total{outcome=\"terminated\"} 1")
+        })
+    })
+    .await;
+    let key = ledger::key(instance);
+    eventually("the fallback leaves the ledger", BOUND, || {
+        world
+            .kube
+            .lease(NAMESPACE, &asg_lease(ON_DEMAND_ASG))
+            .and_then(|lease| lease.metadata.annotations)
+            .is_some_and(|ledger| !ledger.contains_key(&key))
+    })
+    .await;
+    (agent, format!("http://127.0.0.1:{port}/metrics"))
+}
+
 /// Prometheus 2.42's Accept header.
 pub const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
@@ -70,8 +131,15 @@ impl ObservedFleet {
         spec.reports = true;
         spec.kubelet = None;
         spec.node_ready_timeout = Duration::from_secs(1);
+        spec.scale_back = Some(ScaleBackSettings {
+            min_wait: Duration::from_millis(300),
+            stability_period: Duration::from_millis(300),
+            utilization_ceiling: 75,
+            check_interval: Duration::from_millis(100),
+        });
         let world = FleetWorld::start(spec).await.expect("fleet world");
-        // Only spot instances get a kubelet: on-demand fallbacks never become Ready.
+        // Only spot instances get a kubelet: on-demand fallbacks never become Ready (node
+        // 2's registers late, in `give_back`).
         kubelet::spawn(
             &world.asg,
             &world.kube,
@@ -138,6 +206,14 @@ impl ObservedFleet {
             );
         }
         agents[0].imds.set_down(true);
+        let on_demand = || {
+            world
+                .asg
+                .group(ON_DEMAND_ASG)
+                .map(|group| group.in_service_ids)
+                .unwrap_or_default()
+        };
+        let bought_before = on_demand();
         agents[2].recommend();
         let metrics = agents[2].agent.reporter.metrics().expect("metrics on");
         eventually("node 2's drain ends incomplete", BOUND, || {
@@ -160,10 +236,20 @@ impl ObservedFleet {
                 .is_ok_and(|text| text.contains("events_error_total{"))
         })
         .await;
+        let given_back_instance = on_demand()
+            .into_iter()
+            .find(|instance| !bought_before.contains(instance))
+            .expect("node 2's on-demand fallback");
+        let (agent, url) = give_back(&world, &given_back_instance).await;
+        agents.push(agent);
+        metrics_urls.push(url);
+        let nodes = agents.iter().map(|agent| agent.node.clone()).collect();
         ObservedFleet {
             world,
             agents,
             metrics_urls,
+            nodes,
+            given_back_instance,
         }
     }
 
@@ -174,6 +260,11 @@ impl ObservedFleet {
             scrapes.push(scrape(url, Some(PROMETHEUS_ACCEPT)).await);
         }
         scrapes
+    }
+
+    /// The given-back fallback's agent stops, as its instance goes away.
+    pub async fn stop_given_back(&mut self) {
+        self.agents.remove(GIVEN_BACK).stop().await;
     }
 
     pub async fn stop(self) {
