@@ -609,10 +609,14 @@ async fn a_node_with_more_pods_than_a_page_is_read_a_page_at_a_time() -> TestRes
         .filter(|request| request.method == "GET" && request.path == "/api/v1/pods")
         .map(|request| request.query.unwrap_or_default())
         .collect();
+    assert!(
+        lists.iter().all(|query| query.contains("limit=")),
+        "every list is cut into pages: {lists:?}"
+    );
     let limit = format!("limit={PAGE_SIZE}");
     assert!(
-        lists.iter().all(|query| query.contains(&limit)),
-        "every list is cut into pages: {lists:?}"
+        lists.iter().any(|query| query.contains(&limit)),
+        "the pods to classify come {PAGE_SIZE} at a time: {lists:?}"
     );
     assert!(
         lists

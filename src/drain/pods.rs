@@ -18,6 +18,10 @@ use super::{ATTEMPT_TIMEOUT, PodRef, attempt_deadline};
 /// copied twice by kube, and its objects were most of such a drain's peak memory).
 pub const PAGE_SIZE: u32 = 100;
 
+/// Pods per metadata-only list request: a pod's metadata is a small part of it, and the
+/// wait for evicted pods to go lists them every poll, where each round trip counts.
+pub const METADATA_PAGE_SIZE: u32 = 500;
+
 /// Why a paged list did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum ListFailure {
@@ -27,10 +31,10 @@ pub enum ListFailure {
     TimedOut,
 }
 
-fn on_node(node_name: &str) -> ListParams {
+fn on_node(node_name: &str, page_size: u32) -> ListParams {
     ListParams::default()
         .fields(&format!("spec.nodeName={node_name}"))
-        .limit(PAGE_SIZE)
+        .limit(page_size)
 }
 
 /// Every page of a list, each item handed to `keep` as it arrives and the page dropped
@@ -83,7 +87,7 @@ pub(super) async fn each_pod<T>(
         let api = api.clone();
         async move { api.list(&params).await }
     };
-    each_page(fetch, on_node(node_name), deadline, keep).await
+    each_page(fetch, on_node(node_name, PAGE_SIZE), deadline, keep).await
 }
 
 /// The node's pods by name and uid, from metadata-only pages.
@@ -99,7 +103,7 @@ pub(super) async fn present(
     };
     each_page(
         fetch,
-        on_node(node_name),
+        on_node(node_name, METADATA_PAGE_SIZE),
         deadline,
         |pod: PartialObjectMeta<Pod>| {
             let metadata = pod.metadata;

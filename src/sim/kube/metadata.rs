@@ -25,8 +25,18 @@ pub(super) enum ListAs {
     MetadataList,
 }
 
-/// The representation asked for, or the server's 406 for one it cannot give a list in.
-pub(super) fn list_as(headers: &HeaderMap, list_kind: &str) -> Result<ListAs, Response> {
+/// A representation the server cannot give a list in: its 406.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct NotAcceptable(String);
+
+impl NotAcceptable {
+    pub(super) fn response(self) -> Response {
+        status_body(StatusCode::NOT_ACCEPTABLE, "NotAcceptable", &self.0, None)
+    }
+}
+
+/// The representation asked for, or why the server cannot give a list in it.
+pub(super) fn list_as(headers: &HeaderMap, list_kind: &str) -> Result<ListAs, NotAcceptable> {
     let Some(first) = headers
         .get(header::ACCEPT)
         .and_then(|value| value.to_str().ok())
@@ -47,22 +57,18 @@ pub(super) fn list_as(headers: &HeaderMap, list_kind: &str) -> Result<ListAs, Re
             if parameter("g") == Some("meta.k8s.io") && parameter("v") == Some("v1") {
                 Ok(ListAs::MetadataList)
             } else {
-                Err(not_acceptable(&format!(
+                Err(NotAcceptable(format!(
                     "no PartialObjectMetadataList exists in group version {}/{}",
                     parameter("g").unwrap_or_default(),
                     parameter("v").unwrap_or_default()
                 )))
             }
         }
-        Some("PartialObjectMetadata") => Err(not_acceptable(&format!(
+        Some("PartialObjectMetadata") => Err(NotAcceptable(format!(
             "you requested PartialObjectMetadata, but the requested object is a list (*core.{list_kind})"
         ))),
         _ => Ok(ListAs::Objects),
     }
-}
-
-fn not_acceptable(message: &str) -> Response {
-    status_body(StatusCode::NOT_ACCEPTABLE, "NotAcceptable", message, None)
 }
 
 /// The `PartialObjectMetadataList` of one page: `metadata` is the list's (version, token).
@@ -107,7 +113,7 @@ mod tests {
     fn reads_the_first_media_type_of_accept() {
         let status = |value: &str| match list_as(&accepting(value), "PodList") {
             Ok(list_as) => Ok(list_as),
-            Err(response) => Err(response.status().as_u16()),
+            Err(refusal) => Err(refusal.response().status().as_u16()),
         };
         assert_eq!(
             status("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"),

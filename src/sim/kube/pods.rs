@@ -59,7 +59,7 @@ fn pod_list(
 ) -> Response {
     let list_as = match metadata::list_as(headers, "PodList") {
         Ok(list_as) => list_as,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.response(),
     };
     let node = match node_filter(query) {
         Ok(node) => node,
