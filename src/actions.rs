@@ -7,9 +7,6 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
-
 use tracing::{error, info, warn};
 
 use crate::config::TaintEffect;
@@ -191,11 +188,13 @@ impl NodeActions {
     /// before the drain) for its reports; what cannot be read stays empty, with a warning.
     async fn with_node_context(&self, event: &InterruptionEvent) -> InterruptionEvent {
         let mut event = event.clone();
-        let pods: Api<Pod> = Api::all(self.kube.clone());
-        let on_node = ListParams::default().fields(&format!("spec.nodeName={}", self.name()));
+        let read_by = tokio::time::Instant::now() + CONTEXT_READ_TIMEOUT;
         let (node, pods) = tokio::join!(
             tokio::time::timeout(CONTEXT_READ_TIMEOUT, self.node.get()),
-            tokio::time::timeout(CONTEXT_READ_TIMEOUT, pods.list(&on_node)),
+            tokio::time::timeout(
+                CONTEXT_READ_TIMEOUT,
+                drain::pod_names_on_node(&self.kube, self.name(), read_by)
+            ),
         );
         match node {
             Ok(Ok(node)) => event.node_labels = node.metadata.labels.unwrap_or_default(),
@@ -203,12 +202,8 @@ impl NodeActions {
             Err(_) => warn!("Reports go without the node's labels: no answer in time"),
         }
         match pods {
-            Ok(Ok(list)) => {
-                event.pods = list
-                    .items
-                    .into_iter()
-                    .filter_map(|pod| pod.metadata.name)
-                    .collect();
+            Ok(Ok(names)) => {
+                event.pods = names;
                 info!("Pods on the node: {}", event.pods.join(", "));
             }
             Ok(Err(error)) => warn!("Reports go without the node's pod names: {error}"),

@@ -1,4 +1,5 @@
-//! The eviction loop: list the node's pods, decide per pod ([`classify`], pure), evict through
+//! The eviction loop: list the node's pods a page at a time ([`pods`]), decide per pod
+//! ([`classify`], pure) keeping only what the drain needs of each, evict through
 //! the Eviction API with bounded concurrency, retry PDB refusals (429) and transient errors
 //! until one deadline, then wait until the evicted pods are gone or replaced.
 //!
@@ -14,7 +15,7 @@ use futures::stream::{self, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::Eviction;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
@@ -31,9 +32,21 @@ fn attempt_deadline(deadline: Instant) -> Instant {
 
 mod budgets;
 mod classify;
+mod pods;
 
 use budgets::{Budgets, Wake};
 pub use classify::{PodDisposition, RefuseReason, SkipReason, classify};
+use pods::ListFailure;
+pub use pods::{PAGE_SIZE, pod_names_on_node};
+
+/// What the drain keeps of each pod on the node: a few fields, not the whole Pod.
+struct Listed {
+    pod_ref: PodRef,
+    uid: Option<String>,
+    disposition: PodDisposition,
+    /// To tell which PodDisruptionBudget covers the pod.
+    labels: BTreeMap<String, String>,
+}
 
 /// How long the one check for gone pods may run past the deadline.
 const FINAL_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -160,11 +173,11 @@ pub async fn drain(
     let mut to_evict = Vec::new();
     let mut labels = BTreeMap::new();
     for pod in pods {
-        let pod_ref = PodRef::of(&pod);
-        match classify(&pod, settings) {
+        let pod_ref = pod.pod_ref;
+        match pod.disposition {
             PodDisposition::Evict => {
-                to_evict.push((pod_ref.clone(), pod.metadata.uid.clone()));
-                labels.insert(pod_ref, pod.metadata.labels.unwrap_or_default());
+                to_evict.push((pod_ref.clone(), pod.uid));
+                labels.insert(pod_ref, pod.labels);
             }
             PodDisposition::Skip { reason } => report.skipped.push((pod_ref, reason)),
             PodDisposition::Refuse { reason } => {
@@ -204,43 +217,45 @@ fn refusal_text(reason: RefuseReason) -> &'static str {
     }
 }
 
-fn pods_on_node(node_name: &str) -> ListParams {
-    ListParams::default().fields(&format!("spec.nodeName={node_name}"))
-}
-
-/// Lists the node's pods, retrying transient errors until the deadline.
+/// Lists the node's pods, retrying transient errors until the deadline; keeps of each pod
+/// what the drain needs.
 async fn list_pods_until(
     client: &kube::Client,
     node_name: &str,
     settings: &DrainSettings,
     deadline: Instant,
-) -> Result<Vec<Pod>, DrainError> {
-    let api: Api<Pod> = Api::all(client.clone());
+) -> Result<Vec<Listed>, DrainError> {
     loop {
-        let result = tokio::time::timeout_at(
-            attempt_deadline(deadline),
-            api.list(&pods_on_node(node_name)),
-        )
+        let listed = pods::each_pod(client, node_name, deadline, |pod| {
+            Some(Listed {
+                pod_ref: PodRef::of(&pod),
+                disposition: classify(&pod, settings),
+                uid: pod.metadata.uid,
+                labels: pod.metadata.labels.unwrap_or_default(),
+            })
+        })
         .await;
-        match result {
-            Ok(Ok(list)) => return Ok(list.items),
-            Ok(Err(source)) if !is_transient(&source) || Instant::now() >= deadline => {
+        match listed {
+            Ok(listed) => return Ok(listed),
+            Err(ListFailure::Api(source))
+                if !is_transient(&source) || Instant::now() >= deadline =>
+            {
                 return Err(DrainError::ListPods {
                     node: node_name.to_owned(),
                     timeout: settings.timeout,
                     source,
                 });
             }
-            Ok(Err(error)) => {
+            Err(ListFailure::Api(error)) => {
                 warn!("Listing the pods on the node failed, retrying: {error}");
                 sleep_until_before(deadline, settings.eviction_retry_interval).await;
             }
-            Err(_) if Instant::now() < deadline => {
+            Err(ListFailure::TimedOut) if Instant::now() < deadline => {
                 warn!(
                     "Listing the pods on the node got no answer within {ATTEMPT_TIMEOUT:?}, retrying"
                 );
             }
-            Err(_) => {
+            Err(ListFailure::TimedOut) => {
                 return Err(DrainError::ListTimedOut {
                     node: node_name.to_owned(),
                     timeout: settings.timeout,
@@ -426,35 +441,25 @@ async fn wait_until_gone(
     deadline: Instant,
     mut remaining: Vec<(PodRef, Option<String>)>,
 ) -> Vec<PodRef> {
-    let api: Api<Pod> = Api::all(client.clone());
     // PDB waits may have used up the deadline: one check is still owed to the pods evicted last.
     let mut request_deadline = deadline.max(Instant::now() + FINAL_CHECK_TIMEOUT);
     while !remaining.is_empty() {
-        let params = pods_on_node(node_name);
-        let answer = tokio::time::timeout_at(
-            request_deadline.min(Instant::now() + ATTEMPT_TIMEOUT),
-            api.list(&params),
-        )
-        .await;
+        let answer = pods::present(client, node_name, request_deadline).await;
         request_deadline = deadline;
         match answer {
-            Ok(Ok(list)) => {
-                let present: BTreeSet<(PodRef, Option<String>)> = list
-                    .items
-                    .iter()
-                    .map(|pod| (PodRef::of(pod), pod.metadata.uid.clone()))
-                    .collect();
+            Ok(present) => {
+                let present: BTreeSet<(PodRef, Option<String>)> = present.into_iter().collect();
                 remaining.retain(|entry| present.contains(entry));
             }
-            Ok(Err(error)) => {
+            Err(ListFailure::Api(error)) => {
                 warn!("Checking which evicted pods are gone failed, retrying: {error}");
             }
-            Err(_) if Instant::now() < deadline => {
+            Err(ListFailure::TimedOut) if Instant::now() < deadline => {
                 warn!(
                     "Checking which evicted pods are gone got no answer within {ATTEMPT_TIMEOUT:?}, retrying"
                 );
             }
-            Err(_) => break,
+            Err(ListFailure::TimedOut) => break,
         }
         if remaining.is_empty() || Instant::now() >= deadline {
             break;

@@ -6,7 +6,9 @@ use std::error::Error;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use spot_guard::drain::{DrainReport, DrainSettings, PodRef, RefuseReason, drain};
+use spot_guard::drain::{
+    DrainReport, DrainSettings, PAGE_SIZE, PodRef, RefuseReason, SkipReason, drain,
+};
 use spot_guard::node::client_for_url;
 use spot_guard::sim::harness::fast_drain;
 use spot_guard::sim::kube::{EvictionOutcome, FakeKube, FakePod, PdbBudget, Termination};
@@ -564,5 +566,65 @@ async fn without_a_budget_watch_refused_pods_are_retried_on_the_timer() -> TestR
 
     assert!(report.is_complete(), "{report:?}");
     assert_eq!(evicted_names(&fake), ["db-0", "db-1"]);
+    Ok(())
+}
+
+/// A node with more pods than a page: the drain reads them a page at a time (memory holds
+/// one page, not the node's every pod twice over) and still skips, refuses and evicts each
+/// as before, and sees every evicted pod go.
+#[tokio::test]
+async fn a_node_with_more_pods_than_a_page_is_read_a_page_at_a_time() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    let workloads = usize::try_from(PAGE_SIZE)? * 2 + 5;
+    fake.add_pods((0..workloads).map(|i| {
+        FakePod::new("default", &format!("web-{i:03}"), NODE).with_termination_grace_period(0)
+    }));
+    // Later namespaces, so on the last page.
+    fake.add_pod(FakePod::new("kube-system", "aws-node-x7k2p", NODE).daemon_set());
+    fake.add_pod(FakePod::new("work", "cache", NODE).with_empty_dir());
+    let settings = DrainSettings {
+        delete_local_data: false,
+        ..fast_drain(Duration::from_secs(20))
+    };
+
+    let report = run_drain(&client, &settings, false).await?;
+
+    assert_eq!(report.evicted.len(), workloads, "{report:?}");
+    assert_eq!(
+        report.skipped,
+        [(
+            pod_ref("kube-system", "aws-node-x7k2p"),
+            SkipReason::DaemonSet
+        )]
+    );
+    assert_eq!(
+        report.refused,
+        [(pod_ref("work", "cache"), RefuseReason::LocalStorage)]
+    );
+    assert!(report.not_terminated.is_empty(), "{report:?}");
+    assert_eq!(names_on_node(&fake, NODE), ["aws-node-x7k2p", "cache"]);
+    let lists: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|request| request.method == "GET" && request.path == "/api/v1/pods")
+        .map(|request| request.query.unwrap_or_default())
+        .collect();
+    assert!(
+        lists.iter().all(|query| query.contains("limit=")),
+        "every list is cut into pages: {lists:?}"
+    );
+    let limit = format!("limit={PAGE_SIZE}");
+    assert!(
+        lists.iter().any(|query| query.contains(&limit)),
+        "the pods to classify come {PAGE_SIZE} at a time: {lists:?}"
+    );
+    assert!(
+        lists
+            .iter()
+            .filter(|query| query.contains("continue="))
+            .count()
+            >= 2,
+        "the pages are followed: {lists:?}"
+    );
     Ok(())
 }

@@ -2,7 +2,10 @@
 //! at most `limit` items, a token while more remain, `remainingItemCount` on unfiltered
 //! lists, every item exactly once across the pages; and it refuses what the real one
 //! refuses (a `resourceVersion` beside a token, a token that does not decode: 400; a token
-//! from before a compaction: 410 `Expired`). Raw HTTP, as any client sends it.
+//! from before a compaction: 410 `Expired`). Raw HTTP, as any client sends it. Metadata-only
+//! lists (`Accept: application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1`) come as
+//! the apiserver's `asPartialObjectMetadataList` builds them, paged the same way, and decode
+//! with kube's `Api::list_metadata`.
 
 use serde_json::Value;
 use spot_guard::sim::kube::{FakeKube, FakePod};
@@ -37,6 +40,19 @@ async fn get(fake: &FakeKube, path_and_query: &str, table: bool) -> (u16, Value)
         );
     }
     let response = request.send().await.expect("the fake answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+const METADATA_LIST: &str = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
+
+async fn get_accepting(fake: &FakeKube, path_and_query: &str, accept: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{}{path_and_query}", fake.url()))
+        .header("Accept", accept)
+        .send()
+        .await
+        .expect("the fake answers");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -204,4 +220,90 @@ async fn bad_and_expired_tokens_are_refused_as_the_api_server_refuses_them() {
     // A new list works after a compaction.
     let (status, _) = get(&fake, "/api/v1/pods?limit=2", false).await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn metadata_only_lists_carry_each_pods_metadata_and_nothing_else() {
+    let fake = fake().await;
+    let filtered = format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{NODE}");
+    let (_, whole) = get(&fake, &filtered, false).await;
+
+    let (status, first) = get_accepting(&fake, &format!("{filtered}&limit=3"), METADATA_LIST).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["kind"], "PartialObjectMetadataList");
+    assert_eq!(first["apiVersion"], "meta.k8s.io/v1");
+    let items = first["items"].as_array().expect("items");
+    assert_eq!(items.len(), 3);
+    for (item, full) in items.iter().zip(whole["items"].as_array().expect("items")) {
+        assert_eq!(item["kind"], "PartialObjectMetadata");
+        assert_eq!(item["apiVersion"], "meta.k8s.io/v1");
+        let mut keys: Vec<&str> = item
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["apiVersion", "kind", "metadata"],
+            "no spec, no status"
+        );
+        assert_eq!(item["metadata"], full["metadata"], "the whole metadata");
+    }
+    assert_eq!(
+        first["metadata"].get("remainingItemCount"),
+        None,
+        "filtered"
+    );
+    let token = first["metadata"]["continue"].as_str().expect("token");
+    let (status, rest) = get_accepting(
+        &fake,
+        &format!("{filtered}&limit=3&continue={token}"),
+        METADATA_LIST,
+    )
+    .await;
+    assert_eq!(status, 200, "{rest}");
+    let mut paged = names(&first);
+    paged.extend(names(&rest));
+    assert_eq!(paged, names(&whole), "the same pods, each once");
+    assert_eq!(rest["metadata"].get("continue"), None);
+
+    // One object's representation asked of a list is the server's 406.
+    let (status, body) = get_accepting(
+        &fake,
+        "/api/v1/pods",
+        "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+    )
+    .await;
+    assert_eq!(status, 406, "{body}");
+    assert_eq!(body["reason"], "NotAcceptable");
+}
+
+#[tokio::test]
+async fn kube_reads_metadata_only_pages_of_the_fake() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let fake = fake().await;
+    let client = spot_guard::node::client_for_url(&fake.url()).expect("client");
+    let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(client);
+    let params = kube::api::ListParams::default().limit(4);
+    let first = api.list_metadata(&params).await.expect("first page");
+    assert_eq!(first.items.len(), 4);
+    let token = first.metadata.continue_.clone().expect("a token");
+    let rest = api
+        .list_metadata(&params.continue_token(&token))
+        .await
+        .expect("second page");
+    let listed: Vec<String> = first
+        .items
+        .iter()
+        .chain(&rest.items)
+        .map(|pod| pod.metadata.name.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(listed.len(), 7);
+    assert!(first.items.iter().all(|pod| pod.metadata.uid.is_some()));
+    assert_eq!(
+        first.items[0].types.as_ref().map(|t| t.kind.as_str()),
+        Some("PartialObjectMetadata")
+    );
 }

@@ -465,3 +465,75 @@ async fn kubectl_drain_leaves_daemon_set_and_mirror_pods_and_waits_out_the_budge
         ["Ready,SchedulingDisabled", "Ready"]
     );
 }
+
+/// kubectl pages its lists (`--chunk-size`, 500 by default) and follows the fake's continue
+/// tokens as it follows the API server's: a node's pods read two at a time come out as
+/// the whole list does, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_follows_the_fakes_continue_tokens_page_by_page() {
+    let Some(binary) = kubectl() else { return };
+    let fake = fake().await;
+    for (namespace, name, node) in [
+        ("default", "web-1", NODE_A),
+        ("default", "web-2", NODE_B),
+        ("default", "web-3", NODE_A),
+        ("jobs", "batch-1", NODE_A),
+        ("kube-system", "dns-1", NODE_A),
+        ("kube-system", "dns-2", NODE_B),
+        ("monitoring", "agent-1", NODE_A),
+    ] {
+        fake.add_pod(FakePod::new(namespace, name, node));
+    }
+    let kubectl = Kubectl::for_fake(binary, &fake);
+    let on_a = format!("spec.nodeName={NODE_A}");
+    let listed = |printed: &str| {
+        let table = rows(printed);
+        column(&table, "NAMESPACE")
+            .into_iter()
+            .zip(column(&table, "NAME"))
+            .map(|(namespace, name)| format!("{namespace}/{name}"))
+            .collect::<Vec<_>>()
+    };
+
+    let whole = listed(
+        &kubectl
+            .ok(&["get", "pods", "-A", "--field-selector", &on_a])
+            .await,
+    );
+    let paged = listed(
+        &kubectl
+            .ok(&[
+                "get",
+                "pods",
+                "-A",
+                "--field-selector",
+                &on_a,
+                "--chunk-size=2",
+            ])
+            .await,
+    );
+
+    assert_eq!(
+        whole,
+        [
+            "default/web-1",
+            "default/web-3",
+            "jobs/batch-1",
+            "kube-system/dns-1",
+            "monitoring/agent-1"
+        ]
+    );
+    assert_eq!(paged, whole);
+    let continued = fake
+        .requests()
+        .iter()
+        .filter(|request| request.path == "/api/v1/pods")
+        .filter(|request| {
+            request
+                .query
+                .as_deref()
+                .is_some_and(|query| query.contains("limit=2") && query.contains("continue="))
+        })
+        .count();
+    assert_eq!(continued, 2, "three pages of two, two of them by token");
+}

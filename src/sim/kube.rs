@@ -116,6 +116,7 @@ mod disruption;
 mod events;
 mod http;
 mod leases;
+mod metadata;
 mod nodes;
 mod paging;
 mod pod;

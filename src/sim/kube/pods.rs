@@ -1,6 +1,6 @@
-//! Pod lists (paged), one pod, and the Eviction API (`pkg/registry/core/pod/storage/eviction.go`):
-//! the identity checks, the cases that skip the budget, the budget check, and the graceful
-//! deletion that follows.
+//! Pod lists (paged; whole, as a Table or metadata-only), one pod, and the Eviction API
+//! (`pkg/registry/core/pod/storage/eviction.go`): the identity checks, the cases that skip
+//! the budget, the budget check, and the graceful deletion that follows.
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
+use super::metadata::{self, ListAs};
 use super::paging::Paging;
 use super::pod;
 use super::status::{bad_request, json_response, not_found, status_body};
@@ -56,6 +57,10 @@ fn pod_list(
     query: &HashMap<String, String>,
     headers: &HeaderMap,
 ) -> Response {
+    let list_as = match metadata::list_as(headers, "PodList") {
+        Ok(list_as) => list_as,
+        Err(refusal) => return refusal.response(),
+    };
     let node = match node_filter(query) {
         Ok(node) => node,
         Err(selector) => {
@@ -96,6 +101,9 @@ fn pod_list(
         )
     };
     let (items, metadata) = paging.cut(matching, key, node.is_some());
+    if list_as == ListAs::MetadataList {
+        return metadata::list_response(items.iter().map(|pod| &pod.metadata), metadata);
+    }
     if table::wants_table(headers) {
         let rows = items.iter().map(|pod| table::pod_row(pod)).collect();
         return table::paged_response(&POD_COLUMNS, rows, metadata);
