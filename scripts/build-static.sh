@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the static (musl) binary with the `ship` profile (Cargo.toml: fat LTO, one
-# codegen unit, opt-level "z", stripped) and puts it where the Dockerfile copies it from:
-# target/image/spot-guard
+# codegen unit, opt-level "z", panic = "abort", stripped) and puts it where the
+# Dockerfile copies it from: target/image/spot-guard
 # Needs the rustup target and musl-gcc (aws-lc-sys compiles C); installs both when
 # missing and when it can (rustup, and apt-get as root). Idempotent: cargo rebuilds
 # only what changed.
@@ -30,10 +30,11 @@ fi
 export CC_x86_64_unknown_linux_musl=musl-gcc
 cargo build --profile ship --locked --target "${TARGET}" --bin spot-guard
 
-# The profile strips symbols already; the copy keeps cargo's output where cargo expects it.
+# The profile strips symbols already; the copy keeps cargo's output where cargo expects it
+# (CARGO_TARGET_DIR when set, as with a target dir of one's own).
 image_binary="target/image/spot-guard"
 mkdir -p "$(dirname "${image_binary}")"
-cp "target/${TARGET}/ship/spot-guard" "${image_binary}"
+cp "${CARGO_TARGET_DIR:-target}/${TARGET}/ship/spot-guard" "${image_binary}"
 if command -v file >/dev/null 2>&1; then
     file "${image_binary}" >&2
 fi

@@ -27,6 +27,8 @@ use crate::report::{
 };
 use crate::spot_guard::SpotGuard;
 
+mod panic_exit;
+
 /// What the agent talks through: the real clients in production, clients pointed at
 /// the simulators elsewhere.
 pub struct Clients<A> {
@@ -68,6 +70,31 @@ struct CoreTask {
     /// finish their job (the protection window passes, the node is given back).
     may_finish: bool,
     handle: JoinHandle<Result<(), String>>,
+    /// The task the panic hook names as `name` (the spawned one, not the wrapper).
+    named: tokio::task::Id,
+}
+
+impl CoreTask {
+    fn new(
+        name: &'static str,
+        may_finish: bool,
+        named: tokio::task::Id,
+        handle: JoinHandle<Result<(), String>>,
+    ) -> CoreTask {
+        panic_exit::name_task(named, name);
+        CoreTask {
+            name,
+            may_finish,
+            handle,
+            named,
+        }
+    }
+}
+
+impl Drop for CoreTask {
+    fn drop(&mut self) {
+        panic_exit::forget_task(self.named);
+    }
 }
 
 fn core_task<E: std::fmt::Display + Send + 'static>(
@@ -75,11 +102,8 @@ fn core_task<E: std::fmt::Display + Send + 'static>(
     may_finish: bool,
     task: impl Future<Output = Result<(), E>> + Send + 'static,
 ) -> CoreTask {
-    CoreTask {
-        name,
-        may_finish,
-        handle: tokio::spawn(async move { task.await.map_err(|error| error.to_string()) }),
-    }
+    let handle = tokio::spawn(async move { task.await.map_err(|error| error.to_string()) });
+    CoreTask::new(name, may_finish, handle.id(), handle)
 }
 
 /// A core task ended while the agent should be running: nothing may poll IMDS or drain
@@ -95,16 +119,8 @@ fn how_it_ended(outcome: Result<Result<(), String>, tokio::task::JoinError>) -> 
     match outcome {
         Ok(Ok(())) => "returned".to_owned(),
         Ok(Err(error)) => format!("failed: {error}"),
-        Err(error) if error.is_panic() => {
-            let payload = error.into_panic();
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".to_owned());
-            format!("panicked: {message}")
-        }
-        Err(error) => format!("was cancelled: {error}"),
+        // A panic reaches here only without the hook (library use, e.g. the simulator).
+        Err(error) => format!("ended: {error}"),
     }
 }
 
@@ -155,8 +171,8 @@ impl RunningAgent {
     /// Stops every task and waits for them; queued reports get a few seconds to go.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        for task in self.tasks {
-            match task.handle.await {
+        for mut task in self.tasks {
+            match (&mut task.handle).await {
                 Ok(Ok(())) => {}
                 outcome => error!("The {} {}", task.name, how_it_ended(outcome)),
             }
@@ -365,10 +381,10 @@ pub async fn start<A: AutoScaling + Clone + 'static>(
     });
     let mut tasks = vec![agent];
     // Cluster Autoscaler protection and scale-back end by design once their job is done.
-    tasks.extend(own_node_tasks.into_iter().map(|task| CoreTask {
-        name: "Spot Guard own-node task",
-        may_finish: true,
-        handle: tokio::spawn(async move { task.await.map_err(|error| error.to_string()) }),
+    tasks.extend(own_node_tasks.into_iter().map(|task| {
+        let named = task.id();
+        let handle = tokio::spawn(async move { task.await.map_err(|error| error.to_string()) });
+        CoreTask::new("Spot Guard own-node task", true, named, handle)
     }));
     tasks.push(monitor);
     tasks.extend(servers);
@@ -387,6 +403,7 @@ pub async fn run(config: Config) -> ExitCode {
         eprintln!("spot-guard: {error}");
         return ExitCode::from(2);
     }
+    panic_exit::exit_on_panic();
     let kube = match node::connect().await {
         Ok(client) => client,
         Err(error) => {
@@ -477,18 +494,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_panicked_task_is_named_with_its_panic_message() {
-        let outcome = tokio::spawn(async {
-            let items: Vec<u32> = Vec::new();
-            // A real panic, as a bad index in a task would raise.
-            items.get(3).copied().expect("the fourth item")
-        })
-        .await
-        .map(|_| Ok(()));
-        let how = how_it_ended(outcome);
-        assert!(how.starts_with("panicked: "), "{how}");
-        assert!(how.contains("the fourth item"), "{how}");
+    #[test]
+    fn how_a_task_ended_is_named() {
         assert_eq!(how_it_ended(Ok(Ok(()))), "returned");
         assert_eq!(how_it_ended(Ok(Err("boom".to_owned()))), "failed: boom");
     }
