@@ -395,4 +395,54 @@ async fn a_slow_path_delays_only_its_own_answers() {
     assert!(spot.is_err(), "the slow path timed out: {spot:?}");
     let rebalance = within(imds.rebalance_recommendation()).await;
     assert!(rebalance.expect("rebalance read").is_some());
+    // The timed-out answer may still come on the first connection: never read it as the
+    // answer to another path.
+    assert_eq!(sim.connections(), 2, "a new connection after the timeout");
+}
+
+#[tokio::test]
+async fn polls_reuse_one_connection_and_one_token() {
+    let sim = start_sim().await;
+    sim.set_token_mode(TokenMode::V2Required);
+    let imds = client(&sim, 3);
+
+    within(async {
+        for _ in 0..20 {
+            assert_eq!(imds.spot_instance_action().await.expect("spot"), None);
+            assert!(imds.scheduled_events().await.expect("events").is_empty());
+            assert_eq!(
+                imds.rebalance_recommendation().await.expect("rebalance"),
+                None
+            );
+        }
+    })
+    .await;
+
+    assert_eq!(sim.gets_with_token(), 60);
+    assert_eq!(sim.token_puts(), 1, "one token for every poll");
+    assert_eq!(
+        sim.connections(),
+        1,
+        "one kept-alive connection for every poll"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_broken_mid_answer_is_replaced_by_a_new_one() {
+    let sim = start_sim().await;
+    sim.set_rebalance(Some("2020-10-27T08:22:00Z"));
+    // One attempt each: no retry hides a read that went to the broken connection.
+    let imds = client(&sim, 1);
+    within(imds.rebalance_recommendation())
+        .await
+        .expect("first read");
+    // A body cut mid-answer: the server closes this connection.
+    sim.set_down(true);
+    assert!(within(imds.rebalance_recommendation()).await.is_err());
+    sim.set_down(false);
+
+    let recommendation = within(imds.rebalance_recommendation()).await;
+
+    assert!(recommendation.expect("read on a new connection").is_some());
+    assert_eq!(sim.connections(), 2);
 }

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::alloc;
-use crate::procfs::{children_cpu, cpu_ticks, rss_split_kib, status_kib, thread_cpu, tick};
+use crate::procfs::{children_cpu, process_cpu, rss_split_kib, status_kib, thread_cpu};
 use crate::table::{Table, mib, ms};
 use crate::world::{agent_binary, spawn_binary, stop_child, wait_until, world};
 use crate::{Mode, Result};
@@ -40,22 +40,22 @@ pub async fn idle_process(mode: &Mode) -> Result<Table> {
     let pid = child.id();
     let polls = || world.imds.gets(REBALANCE_RECOMMENDATION_PATH);
     wait_until("the agent polls IMDS", || polls() >= 2).await?;
-    let (rss_start, ticks_start, polls_start) =
-        (status_kib(pid, "VmRSS")?, cpu_ticks(pid)?, polls());
+    let (rss_start, cpu_start, polls_start) =
+        (status_kib(pid, "VmRSS")?, process_cpu(pid)?, polls());
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let elapsed = started.elapsed();
-    let (split_end, rss_end, hwm, ticks_end, polls_end) = (
+    let (split_end, rss_end, hwm, cpu_end, polls_end) = (
         rss_split_kib(pid)?,
         status_kib(pid, "VmRSS")?,
         status_kib(pid, "VmHWM")?,
-        cpu_ticks(pid)?,
+        process_cpu(pid)?,
         polls(),
     );
     stop_child(&mut child).await?;
     let total_cpu = children_cpu().saturating_sub(cpu_before_child);
     let polls = (polls_end - polls_start).max(1);
-    let cpu = tick() * u32::try_from(ticks_end - ticks_start)?;
+    let cpu = cpu_end.saturating_sub(cpu_start);
     let growth_per_10_min = (rss_end as f64 - rss_start as f64) * 600.0 / elapsed.as_secs_f64();
     let gets_per_poll = world.imds.gets(SPOT_INSTANCE_ACTION_PATH) as f64 > 0.0;
     let mut table = Table::new(
@@ -103,7 +103,7 @@ pub async fn idle_process(mode: &Mode) -> Result<Table> {
         String::new(),
     ]);
     table.row(vec![
-        "CPU per poll, whole process (/proc ticks over the window)".into(),
+        "CPU per poll, whole process (process CPU clock over the window)".into(),
         format!("{:.3} ms", cpu.as_secs_f64() * 1000.0 / polls as f64),
         "≤ 0.25 ms".into(),
     ]);

@@ -36,25 +36,27 @@ pub fn rss_split_kib(pid: u32) -> Result<(u64, u64)> {
     Ok((field("Rss")?, field("Anonymous")?))
 }
 
-/// utime + stime of a process from /proc/<pid>/stat, in clock ticks.
-pub fn cpu_ticks(pid: u32) -> Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let after = text
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or("malformed /proc stat")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // `after` starts at field 3 (state); utime and stime are fields 14 and 15.
-    let utime: u64 = fields.get(11).ok_or("no utime")?.parse()?;
-    let stime: u64 = fields.get(12).ok_or("no stime")?.parse()?;
-    Ok(utime + stime)
-}
-
-pub fn tick() -> Duration {
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Duration::from_secs_f64(1.0 / per_second.max(1) as f64)
+/// CPU time of a child process, every thread, at nanosecond resolution. /proc's 10 ms
+/// ticks were ±0.17 ms per poll over a two-minute window of 60 polls.
+pub fn process_cpu(pid: u32) -> Result<Duration> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: plain out-parameter; the child is alive until stop_child.
+    let found = unsafe { libc::clock_getcpuclockid(i32::try_from(pid)?, &mut clock) };
+    if found != 0 {
+        return Err(format!("clock_getcpuclockid({pid}) failed: {found}").into());
+    }
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `time` is ours to write.
+    if unsafe { libc::clock_gettime(clock, &mut time) } != 0 {
+        return Err(format!("clock_gettime for process {pid} failed").into());
+    }
+    Ok(Duration::new(
+        u64::try_from(time.tv_sec)?,
+        u32::try_from(time.tv_nsec)?,
+    ))
 }
 
 /// CPU time of every waited-for child process, at microsecond resolution.

@@ -13,6 +13,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -140,6 +141,8 @@ struct SimState {
     gets_with_token: u64,
     gets_without_token: u64,
     tokens_issued: u64,
+    /// TCP connections accepted.
+    connections: u64,
 }
 
 /// A running IMDS simulator; dropping it stops the server.
@@ -165,6 +168,8 @@ impl ImdsSim {
         let stop = CancellationToken::new();
         let app = Router::new().fallback(handle).with_state(state.clone());
         let shutdown = stop.clone().cancelled_owned();
+        let counted = state.clone();
+        let listener = listener.tap_io(move |_| lock(&counted).connections += 1);
         let server = tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
@@ -284,6 +289,11 @@ impl ImdsSim {
     }
 
     /// GETs that carried an `X-aws-ec2-metadata-token` header, valid or not.
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state().connections
+    }
+
     pub fn gets_with_token(&self) -> u64 {
         self.state().gets_with_token
     }
