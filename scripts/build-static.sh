@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the static (musl) binary with the `ship` profile (Cargo.toml: fat LTO, one
-# codegen unit, opt-level "z", panic = "abort", stripped) and puts it where the
+# codegen unit, opt-level "z", panic = "abort", stripped; relative relocations packed,
+# unwind tables dropped) and puts it where the
 # Dockerfile copies it from: target/image/spot-guard
-# Needs the rustup target and musl-gcc (aws-lc-sys compiles C); installs both when
+# Needs the rustup target and musl-gcc (ring compiles C); installs both when
 # missing and when it can (rustup, and apt-get as root). Idempotent: cargo rebuilds
 # only what changed.
 set -euo pipefail
@@ -26,9 +27,16 @@ if ! command -v musl-gcc >/dev/null 2>&1; then
     fi
 fi
 
-# aws-lc-sys and ring build C code; point their cc at the musl wrapper.
+# ring builds C code; point its cc at the musl wrapper.
 export CC_x86_64_unknown_linux_musl=musl-gcc
-cargo build --profile ship --locked --target "${TARGET}" --bin spot-guard
+# Two link-time flags for the binary only (`cargo rustc` passes them to the final link, so
+# no dependency is rebuilt for them; docs/PERFORMANCE.md has what each saves):
+# - RELR packs the static-pie's relative relocations (GNU ld >= 2.38; musl >= 1.2.4, which
+#   Rust's musl target ships, applies them at start-up);
+# - the linker script discards the unwind tables, which panic = "abort" never reads.
+cargo rustc --profile ship --locked --target "${TARGET}" --bin spot-guard -- \
+    -C link-arg=-Wl,-z,pack-relative-relocs \
+    -C link-arg=-Wl,-T,"${repo_root}/scripts/ship-discard-unwind-tables.ld"
 
 # The profile strips symbols already; the copy keeps cargo's output where cargo expects it
 # (CARGO_TARGET_DIR when set, as with a target dir of one's own).

@@ -9,11 +9,11 @@ use spot_guard::sim::imds::ImdsSim;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::alloc;
 use crate::procfs::{children_cpu, process_cpu, rss_split_kib, status_kib, thread_cpu};
 use crate::table::{Table, mib, ms};
 use crate::world::{agent_binary, spawn_binary, stop_child, wait_until, world};
 use crate::{Mode, Result};
+use crate::{alloc, floor};
 
 /// The real binary polling IMDS at its real 2 s interval with Spot Guard on.
 pub async fn idle_process(mode: &Mode) -> Result<Table> {
@@ -42,6 +42,12 @@ pub async fn idle_process(mode: &Mode) -> Result<Table> {
     wait_until("the agent polls IMDS", || polls() >= 2).await?;
     let (rss_start, cpu_start, polls_start) =
         (status_kib(pid, "VmRSS")?, process_cpu(pid)?, polls());
+    let floor_imds = ImdsSim::start().await?;
+    let floor = std::thread::spawn({
+        let url = floor_imds.url();
+        let polls = u32::try_from(seconds / 2).unwrap_or(u32::MAX).max(1);
+        move || floor::cpu_per_poll(&url, Duration::from_secs(2), polls).map_err(|e| e.to_string())
+    });
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let elapsed = started.elapsed();
@@ -53,6 +59,9 @@ pub async fn idle_process(mode: &Mode) -> Result<Table> {
         polls(),
     );
     stop_child(&mut child).await?;
+    let floor = tokio::task::spawn_blocking(move || floor.join())
+        .await?
+        .map_err(|_| "the floor thread panicked")??;
     let total_cpu = children_cpu().saturating_sub(cpu_before_child);
     let polls = (polls_end - polls_start).max(1);
     let cpu = cpu_end.saturating_sub(cpu_start);
@@ -106,6 +115,11 @@ pub async fn idle_process(mode: &Mode) -> Result<Table> {
         "CPU per poll, whole process (process CPU clock over the window)".into(),
         format!("{:.3} ms", cpu.as_secs_f64() * 1000.0 / polls as f64),
         "≤ 0.25 ms".into(),
+    ]);
+    table.row(vec![
+        "this machine's floor: the same 3 GETs every 2 s on a blocking socket, no runtime (thread CPU clock, same window)".into(),
+        format!("{:.3} ms", floor.as_secs_f64() * 1000.0),
+        String::new(),
     ]);
     table.row(vec![
         "CPU for the whole run, start-up and shutdown included (getrusage)".into(),
@@ -172,6 +186,14 @@ pub async fn idle_poll(mode: &Mode) -> Result<Table> {
         .map_err(|_| "monitor thread panicked")?
         .map_err(|e| format!("monitor: {e}"))?;
     let n = (p1 - p0).max(1) as f64;
+    let floor = tokio::task::spawn_blocking({
+        let url = imds.url();
+        let polls = u32::try_from(polls_wanted).unwrap_or(u32::MAX);
+        move || {
+            floor::cpu_per_poll(&url, Duration::from_millis(10), polls).map_err(|e| e.to_string())
+        }
+    })
+    .await??;
     let mut table = Table::new(
         &format!(
             "One poll of the monitor (IMDSv2, 3 paths), {} polls on a thread of its own",
@@ -193,6 +215,12 @@ pub async fn idle_poll(mode: &Mode) -> Result<Table> {
         "CPU per poll (thread CPU clock)".into(),
         format!("{:.3} ms", (c1 - c0).as_secs_f64() * 1000.0 / n),
         "≤ 0.25 ms".into(),
+    ]);
+    table.row(vec![
+        "this machine's floor: the same 3 GETs on a blocking socket, no runtime (thread CPU clock)"
+            .into(),
+        format!("{:.3} ms", floor.as_secs_f64() * 1000.0),
+        String::new(),
     ]);
     Ok(table)
 }

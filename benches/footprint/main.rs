@@ -23,6 +23,7 @@
 mod alloc;
 mod api_calls;
 mod drain_rss;
+mod floor;
 mod idle;
 mod inflight;
 mod pdb_pace;

@@ -86,3 +86,9 @@ pub fn thread_cpu(thread: libc::pthread_t) -> Result<Duration> {
     }
     Ok(Duration::new(time.tv_sec as u64, time.tv_nsec as u32))
 }
+
+/// CPU time the calling thread has used, at nanosecond resolution.
+pub fn this_thread_cpu() -> Result<Duration> {
+    // SAFETY: pthread_self is always the live calling thread.
+    thread_cpu(unsafe { libc::pthread_self() })
+}
