@@ -8,15 +8,16 @@ use std::time::{Duration, SystemTime};
 
 use aws_config::BehaviorVersion;
 use aws_sdk_autoscaling::Client;
-use aws_sdk_autoscaling::config::SharedHttpClient;
 use aws_sdk_autoscaling::config::retry::RetryConfig;
 use aws_sdk_autoscaling::config::timeout::TimeoutConfig;
 use aws_sdk_autoscaling::config::{Credentials, Region};
 use aws_sdk_autoscaling::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_autoscaling::types::{Activity, AutoScalingGroup};
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 
 use crate::asg::{AsgError, AsgInstance, AsgState, AutoScaling, ScalingActivity};
+
+mod http_client;
+use http_client::https_client;
 
 const LOCAL_BACKOFF: Duration = Duration::from_millis(50);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,14 +51,6 @@ impl AwsSettings {
 #[derive(Debug, Clone)]
 pub struct AwsAutoScaling {
     client: Client,
-}
-
-/// The SDK's own HTTPS client (hyper, rustls, the system's roots) on the process's one
-/// crypto provider, ring.
-fn https_client() -> SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https()
 }
 
 impl AwsAutoScaling {
