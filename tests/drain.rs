@@ -242,10 +242,11 @@ async fn an_evicted_pod_is_terminating_for_its_grace_period_then_gone() -> TestR
     Ok(())
 }
 
-#[tokio::test]
-async fn pdb_with_max_unavailable_one_releases_pods_one_by_one() -> TestResult {
-    let (fake, client) = fake_with_node().await?;
-    for name in ["db-0", "db-1", "db-2"] {
+/// StatefulSet `db` pods of namespace `data` on the node behind a PodDisruptionBudget that
+/// lets one be away at a time; each stops 150 ms after its eviction, so the budget refuses
+/// the next until the evicted one is back on the other node.
+fn db_pods_behind_a_budget_of_one(fake: &FakeKube, names: &[&str]) {
+    for name in names {
         fake.add_pod(
             FakePod::new("data", name, NODE)
                 .with_label("app", "db")
@@ -254,6 +255,12 @@ async fn pdb_with_max_unavailable_one_releases_pods_one_by_one() -> TestResult {
     }
     fake.add_pdb("data", "db-pdb", &[("app", "db")], 1);
     fake.set_termination(Termination::After(Duration::from_millis(150)));
+}
+
+#[tokio::test]
+async fn pdb_with_max_unavailable_one_releases_pods_one_by_one() -> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    db_pods_behind_a_budget_of_one(&fake, &["db-0", "db-1", "db-2"]);
 
     let report = run_drain(&client, &fast_drain(Duration::from_secs(10)), false).await?;
 
@@ -518,18 +525,10 @@ fn slow_timer_drain(timeout: Duration) -> DrainSettings {
 async fn a_budget_that_frees_lets_the_next_pod_go_without_waiting_for_the_retry_timer() -> TestResult
 {
     let (fake, client) = fake_with_node().await?;
-    for name in ["db-0", "db-1", "db-2"] {
-        fake.add_pod(
-            FakePod::new("data", name, NODE)
-                .with_label("app", "db")
-                .stateful_set("db"),
-        );
-    }
+    db_pods_behind_a_budget_of_one(&fake, &["db-0", "db-1", "db-2"]);
     // Another budget in the namespace, always free, must not wake the drain for db's pods.
     fake.add_pod(FakePod::new("data", "cache-0", OTHER_NODE).with_label("app", "cache"));
     fake.add_pdb("data", "cache-pdb", &[("app", "cache")], 1);
-    fake.add_pdb("data", "db-pdb", &[("app", "db")], 1);
-    fake.set_termination(Termination::After(Duration::from_millis(150)));
 
     // A 60 s retry interval and a 20 s deadline: only the budget's own news can finish it.
     let report = run_drain(&client, &slow_timer_drain(Duration::from_secs(20)), false).await?;
@@ -552,15 +551,7 @@ async fn without_a_budget_watch_refused_pods_are_retried_on_the_timer() -> TestR
     let (fake, client) = fake_with_node().await?;
     // As with a chart whose ClusterRole lacks `watch` on poddisruptionbudgets.
     fake.fail_next("GET", "/apis/policy/v1/poddisruptionbudgets", 100, 403);
-    for name in ["db-0", "db-1"] {
-        fake.add_pod(
-            FakePod::new("data", name, NODE)
-                .with_label("app", "db")
-                .stateful_set("db"),
-        );
-    }
-    fake.add_pdb("data", "db-pdb", &[("app", "db")], 1);
-    fake.set_termination(Termination::After(Duration::from_millis(150)));
+    db_pods_behind_a_budget_of_one(&fake, &["db-0", "db-1"]);
 
     let report = run_drain(&client, &fast_drain(Duration::from_secs(10)), false).await?;
 
