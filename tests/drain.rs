@@ -619,3 +619,66 @@ async fn a_node_with_more_pods_than_a_page_is_read_a_page_at_a_time() -> TestRes
     );
     Ok(())
 }
+
+/// A pod list whose continue token expires between two pages (etcd compacted its history,
+/// as it does every few minutes) is read again from its first page while the drain has
+/// time: every pod is evicted exactly once, none missed and none twice.
+#[tokio::test]
+async fn a_continue_token_that_expires_mid_list_restarts_the_list_and_evicts_each_pod_once()
+-> TestResult {
+    let (fake, client) = fake_with_node().await?;
+    let workloads = usize::try_from(PAGE_SIZE)? + 5;
+    fake.add_pods((0..workloads).map(|i| {
+        FakePod::new("default", &format!("web-{i:03}"), NODE).with_termination_grace_period(0)
+    }));
+    // Every answer comes late, so the compaction below lands after the first page is
+    // answered and before the request for the second is read.
+    fake.set_latency(Duration::from_millis(500));
+    let settings = fast_drain(Duration::from_secs(20));
+    let drain_task = tokio::spawn({
+        let client = client.clone();
+        async move { drain(&client, NODE, &settings, false).await }
+    });
+    let pod_lists = |fake: &FakeKube| -> Vec<(bool, u16)> {
+        fake.requests()
+            .into_iter()
+            .filter(|request| request.method == "GET" && request.path == "/api/v1/pods")
+            .map(|request| {
+                let query = request.query.unwrap_or_default();
+                (query.contains("continue="), request.status)
+            })
+            .collect()
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while pod_lists(&fake).is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await?;
+    fake.compact();
+    fake.set_latency(Duration::ZERO);
+    let report = tokio::time::timeout(Duration::from_secs(30), drain_task).await???;
+
+    assert!(report.is_complete(), "{report:?}");
+    let lists = pod_lists(&fake);
+    let expired = lists
+        .iter()
+        .position(|list| *list == (true, 410))
+        .ok_or(format!(
+            "the second page's token should have expired: {lists:?}"
+        ))?;
+    assert_eq!(
+        lists.get(expired + 1),
+        Some(&(false, 200)),
+        "the list starts again from its first page: {lists:?}"
+    );
+    let eviction_requests = fake
+        .requests()
+        .iter()
+        .filter(|request| request.method == "POST" && request.path.ends_with("/eviction"))
+        .count();
+    assert_eq!(eviction_requests, workloads, "each pod evicted once");
+    assert_eq!(report.evicted.len(), workloads, "{report:?}");
+    assert!(names_on_node(&fake, NODE).is_empty());
+    Ok(())
+}
