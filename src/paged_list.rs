@@ -126,19 +126,32 @@ mod tests {
         kube::Error::Api(Box::new(Status::failure("", "").with_code(code)))
     }
 
-    /// A list of three pages (`a b`, `c d`, `e`) whose second token expires once, as after an
-    /// etcd compaction; records every request.
+    /// A list of three pages (`a b`, `c d`, `e`) whose second token expires once when
+    /// `expire_once` (as after an etcd compaction); records every request.
     struct Server {
         requests: RefCell<Vec<ListParams>>,
         expire_once: RefCell<bool>,
     }
 
     impl Server {
-        fn new() -> Server {
+        fn new(expire_once: bool) -> Server {
             Server {
                 requests: RefCell::new(Vec::new()),
-                expire_once: RefCell::new(true),
+                expire_once: RefCell::new(expire_once),
             }
+        }
+
+        /// [`for_each`] over the whole list in pages of two: its result and what it visited.
+        async fn visit_all(&self) -> (Result<(), kube::Error>, Vec<String>) {
+            let mut seen = Vec::new();
+            let listed = for_each(
+                |params| std::future::ready(self.list(&params)),
+                ListParams::default(),
+                2,
+                |item| seen.push(item),
+            )
+            .await;
+            (listed, seen)
         }
 
         fn list(&self, params: &ListParams) -> Result<ObjectList<String>, kube::Error> {
@@ -202,16 +215,8 @@ mod tests {
 
     #[tokio::test]
     async fn every_page_is_visited_in_order_with_the_page_size_on_every_request() {
-        let server = Server::new();
-        *server.expire_once.borrow_mut() = false;
-        let mut seen = Vec::new();
-        let listed = for_each(
-            |params| std::future::ready(server.list(&params)),
-            ListParams::default(),
-            2,
-            |item| seen.push(item),
-        )
-        .await;
+        let server = Server::new(false);
+        let (listed, seen) = server.visit_all().await;
         assert!(listed.is_ok(), "{listed:?}");
         assert_eq!(seen, ["a", "b", "c", "d", "e"]);
         assert_eq!(
@@ -223,7 +228,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_expired_token_restarts_from_the_first_page_and_returns_each_object_once() {
-        let server = Server::new();
+        let server = Server::new(true);
         let mut offered = 0;
         let kept = collect(
             |params| std::future::ready(server.list(&params)),
@@ -263,7 +268,7 @@ mod tests {
     #[tokio::test]
     async fn an_expired_token_fails_the_list_when_restarts_are_not_wanted_or_too_late() {
         for on_expired in [OnExpired::Fail, OnExpired::RestartUntil(Instant::now())] {
-            let server = Server::new();
+            let server = Server::new(true);
             let kept = collect(
                 |params| std::future::ready(server.list(&params)),
                 ListParams::default(),
@@ -282,15 +287,8 @@ mod tests {
 
     #[tokio::test]
     async fn for_each_fails_on_an_expired_token_after_handing_out_the_pages_before_it() {
-        let server = Server::new();
-        let mut seen = Vec::new();
-        let listed = for_each(
-            |params| std::future::ready(server.list(&params)),
-            ListParams::default(),
-            2,
-            |item| seen.push(item),
-        )
-        .await;
+        let server = Server::new(true);
+        let (listed, seen) = server.visit_all().await;
         assert!(listed.as_ref().is_err_and(ListError::is_expired));
         assert_eq!(seen, ["a", "b", "c", "d"]);
     }
