@@ -20,6 +20,7 @@ pub mod logging;
 pub mod monitor;
 pub mod names;
 pub mod node;
+pub mod paged_list;
 pub mod plan;
 pub mod record;
 pub mod report;

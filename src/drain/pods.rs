@@ -1,7 +1,5 @@
-//! Reading the node's pods in pages (`limit`/`continue`, as kubectl and client-go's pager do),
-//! keeping of each only what the drain needs, so memory holds one page at a time rather
-//! than every pod of a full node at once, twice over (kube reads each answer into one
-//! buffer, then into objects). Where only names and uids matter (seeing evicted pods go,
+//! Reading the node's pods in pages ([`crate::paged_list`]), keeping of each only what the
+//! drain needs, so memory holds one page at a time rather than every pod of a full node. Where only names and uids matter (seeing evicted pods go,
 //! the names for reports) the list is metadata-only (`PartialObjectMetadataList`): no
 //! specs and statuses on the wire or in memory.
 
@@ -12,6 +10,7 @@ use kube::api::{Api, ListParams, ObjectList, PartialObjectMeta};
 use tokio::time::Instant;
 
 use super::{ATTEMPT_TIMEOUT, PodRef, attempt_deadline};
+use crate::paged_list::{self, ListError, OnExpired};
 
 /// Pods per list request: a full node (~110 pods) in one or two requests; a node of 1000
 /// pods in ten, each holding a tenth of what the whole list held at once (its answer,
@@ -31,80 +30,61 @@ pub enum ListFailure {
     TimedOut,
 }
 
-fn on_node(node_name: &str, page_size: u32) -> ListParams {
-    ListParams::default()
-        .fields(&format!("spec.nodeName={node_name}"))
-        .limit(page_size)
-}
-
-/// Every page of a list, each item handed to `keep` as it arrives and the page dropped
-/// before the next is read; each request is cut at [`attempt_deadline`] of `deadline`.
-/// A continue token the server no longer honours (410 `Expired`: the list took longer
-/// than etcd keeps history) starts the list again from its first page.
-async fn each_page<K, T, Fut>(
-    fetch: impl Fn(ListParams) -> Fut,
-    first: ListParams,
-    deadline: Instant,
-    mut keep: impl FnMut(K) -> Option<T>,
-) -> Result<Vec<T>, ListFailure>
-where
-    Fut: Future<Output = Result<ObjectList<K>, kube::Error>>,
-    K: Clone,
-{
-    let mut kept = Vec::new();
-    let mut params = first.clone();
-    loop {
-        let page = match tokio::time::timeout_at(attempt_deadline(deadline), fetch(params)).await {
-            Ok(Ok(page)) => page,
-            Ok(Err(kube::Error::Api(status)))
-                if status.code == 410 && Instant::now() < deadline =>
-            {
-                kept.clear();
-                params = first.clone();
-                continue;
-            }
-            Ok(Err(error)) => return Err(error.into()),
-            Err(_) => return Err(ListFailure::TimedOut),
-        };
-        let next = page.metadata.continue_.filter(|token| !token.is_empty());
-        kept.extend(page.items.into_iter().filter_map(&mut keep));
-        match next {
-            Some(token) => params = first.clone().continue_token(&token),
-            None => return Ok(kept),
-        }
+impl ListError for ListFailure {
+    fn is_expired(&self) -> bool {
+        matches!(self, ListFailure::Api(error) if error.is_expired())
     }
 }
 
-/// The node's pods, each turned by `keep` into what the drain holds of it.
+fn on_node(node_name: &str) -> ListParams {
+    ListParams::default().fields(&format!("spec.nodeName={node_name}"))
+}
+
+/// One page's request, cut at [`attempt_deadline`] of `deadline`: a connection that died
+/// silently costs one attempt, not the drain's whole window.
+async fn within<K: Clone>(
+    deadline: Instant,
+    request: impl Future<Output = Result<ObjectList<K>, kube::Error>>,
+) -> Result<ObjectList<K>, ListFailure> {
+    match tokio::time::timeout_at(attempt_deadline(deadline), request).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => Err(ListFailure::TimedOut),
+    }
+}
+
+/// The node's pods, each turned by `keep` into what the drain holds of it. A continue
+/// token that expired mid-list starts the list again while the drain has time: the drain
+/// needs the node's pods now, and there is no next check.
 pub(super) async fn each_pod<T>(
     client: &kube::Client,
     node_name: &str,
     deadline: Instant,
     keep: impl FnMut(Pod) -> Option<T>,
 ) -> Result<Vec<T>, ListFailure> {
-    let api: Api<Pod> = Api::all(client.clone());
-    let fetch = |params: ListParams| {
-        let api = api.clone();
-        async move { api.list(&params).await }
-    };
-    each_page(fetch, on_node(node_name, PAGE_SIZE), deadline, keep).await
+    let api = &Api::<Pod>::all(client.clone());
+    paged_list::collect(
+        move |params| async move { within(deadline, api.list(&params)).await },
+        on_node(node_name),
+        PAGE_SIZE,
+        OnExpired::RestartUntil(deadline),
+        keep,
+    )
+    .await
 }
 
-/// The node's pods by name and uid, from metadata-only pages.
+/// The node's pods by name and uid, from metadata-only pages; restarted on an expired
+/// continue token as [`each_pod`] is.
 pub(super) async fn present(
     client: &kube::Client,
     node_name: &str,
     deadline: Instant,
 ) -> Result<Vec<(PodRef, Option<String>)>, ListFailure> {
-    let api: Api<Pod> = Api::all(client.clone());
-    let fetch = |params: ListParams| {
-        let api = api.clone();
-        async move { api.list_metadata(&params).await }
-    };
-    each_page(
-        fetch,
-        on_node(node_name, METADATA_PAGE_SIZE),
-        deadline,
+    let api = &Api::<Pod>::all(client.clone());
+    paged_list::collect(
+        move |params| async move { within(deadline, api.list_metadata(&params)).await },
+        on_node(node_name),
+        METADATA_PAGE_SIZE,
+        OnExpired::RestartUntil(deadline),
         |pod: PartialObjectMeta<Pod>| {
             let metadata = pod.metadata;
             let pod_ref = PodRef {

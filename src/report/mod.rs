@@ -13,6 +13,7 @@ mod metrics;
 mod probes;
 mod reporter;
 mod server;
+mod spot_guard_steps;
 mod template;
 mod text_format;
 mod webhook;
@@ -24,8 +25,9 @@ pub use kube_events::{
 };
 pub use metrics::{Metrics, metric};
 pub use probes::{Liveness, ProbeSettings, serve_probes};
-pub use reporter::{NodeAction, Reporter, SpotGuardStep, webhook_kind};
+pub use reporter::{NodeAction, Reporter};
 pub use server::{ServeError, bind, serve_metrics};
+pub use spot_guard_steps::{SpotGuardStep, webhook_kind};
 pub use template::{TemplateError, WebhookTemplate};
 pub use webhook::{Webhook, WebhookError};
 

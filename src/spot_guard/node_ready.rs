@@ -17,6 +17,7 @@ use super::decide::{
 };
 use super::replace::Preempted;
 use crate::asg::AutoScaling;
+use crate::paged_list::{self, OnExpired};
 use crate::report::{InterruptionEvent, SpotGuardStep};
 
 /// Nodes per page of the list, so one answer stays small on a large cluster.
@@ -149,24 +150,25 @@ impl<A: AutoScaling> SpotGuard<A> {
         }
     }
 
-    /// Every Node, a page at a time, keeping only those that name an instance.
+    /// Every Node, a page at a time, keeping only those that name an instance. Any
+    /// failure, an expired continue token too, is this check's: the wait lists again on
+    /// the next.
     async fn list_nodes(&self) -> Result<Vec<Node>, kube::Error> {
-        let api: Api<Node> = Api::all(self.kube.clone());
-        let mut found = Vec::new();
-        let mut params = ListParams::default().limit(PAGE);
-        loop {
-            let page = api.list(&params).await?;
-            found.extend(page.items.into_iter().filter(|node| {
+        let api = &Api::<Node>::all(self.kube.clone());
+        paged_list::collect(
+            |params| async move { api.list(&params).await },
+            ListParams::default(),
+            PAGE,
+            OnExpired::Fail,
+            |node: Node| {
                 node.spec
                     .as_ref()
                     .and_then(|spec| spec.provider_id.as_deref())
                     .and_then(decide::instance_id_of_provider_id)
                     .is_some()
-            }));
-            match page.metadata.continue_ {
-                Some(token) if !token.is_empty() => params = params.continue_token(&token),
-                _ => return Ok(found),
-            }
-        }
+                    .then_some(node)
+            },
+        )
+        .await
     }
 }

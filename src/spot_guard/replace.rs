@@ -1,7 +1,10 @@
 //! The one replacement workflow. Each ASG's read-modify-write happens under its Lease,
 //! each step is recorded on the Node before it is taken (so a restarted agent resumes
 //! and never scales twice), and capacity failures are remembered on the spot ASG's
-//! Lease for every agent. The decisions are [`super::decide`]'s.
+//! Lease for every agent. The decisions are [`super::decide`]'s; the scale-up under the
+//! ASG's Lease is [`scale_up`]'s.
+
+mod scale_up;
 
 use std::time::{Duration, SystemTime};
 
@@ -11,15 +14,12 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use super::SpotGuard;
 use super::decide::{
-    self, AttemptRecord, AttemptResult, CapacityFailure, CapacityFailureNote, LastTarget, NextStep,
-    NodeWait, NodeWaitResult, ReplacementOutcome, ReplacementRecord, Role, Scaled, WatchVerdict,
+    self, AttemptRecord, AttemptResult, CapacityFailure, NextStep, NodeWait, NodeWaitResult,
+    ReplacementOutcome, ReplacementRecord, Role, Scaled, WatchVerdict,
 };
 use super::ledger;
-use crate::asg::{AsgState, AutoScaling};
-use crate::lease::HeldLease;
-use crate::names::{
-    self, CAPACITY_FAILURE_ANNOTATION, LAST_TARGET_ANNOTATION, REPLACEMENT_ANNOTATION,
-};
+use crate::asg::AutoScaling;
+use crate::names::{self, REPLACEMENT_ANNOTATION};
 use crate::node::NodeError;
 use crate::record;
 use crate::report::{InterruptionEvent, SpotGuardStep};
@@ -191,153 +191,6 @@ impl<A: AutoScaling> SpotGuard<A> {
         Ok(outcome)
     }
 
-    async fn request_under_lease(
-        &self,
-        role: Role,
-        name: &str,
-        record: &mut ReplacementRecord,
-        event: &InterruptionEvent,
-    ) -> Result<Scaled, CapacityFailure> {
-        let limit = self.settings.scale_timeout;
-        // Queueing behind other nodes' agents has its own bound, not the request's.
-        let held = tokio::time::timeout(limit, self.acquire(name))
-            .await
-            .map_err(|_| CapacityFailure::Api {
-                error: format!(
-                    "waited SPOT_GUARD_SCALE_TIMEOUT ({}s) for lease {} of ASG {name}, which other nodes' agents kept",
-                    limit.as_secs(),
-                    names::asg_lease(name)
-                ),
-            })??;
-        let result = tokio::time::timeout(
-            limit,
-            self.request_while_held(&held, role, name, record, event),
-        )
-        .await;
-        held.release().await;
-        match result {
-            Ok(result) => result,
-            Err(_) => match record.attempt(role) {
-                // Cut off after the intent was recorded: SetDesiredCapacity may be out.
-                Some(AttemptRecord {
-                    result: AttemptResult::Pending,
-                    scaled: Some(scaled),
-                    ..
-                }) => {
-                    warn!(
-                        "Scaling ASG {name} to {} did not finish within SPOT_GUARD_SCALE_TIMEOUT ({}s); it may have gone through, so it counts as sent: waiting for its instance",
-                        scaled.to,
-                        limit.as_secs()
-                    );
-                    Ok(scaled.clone())
-                }
-                _ => Err(CapacityFailure::Api {
-                    error: format!(
-                        "reading ASG {name} did not finish within SPOT_GUARD_SCALE_TIMEOUT ({}s)",
-                        limit.as_secs()
-                    ),
-                }),
-            },
-        }
-    }
-
-    /// Reads the ASG, records the intent on the Node, then sets desired capacity.
-    async fn request_while_held(
-        &self,
-        held: &HeldLease,
-        role: Role,
-        name: &str,
-        record: &mut ReplacementRecord,
-        event: &InterruptionEvent,
-    ) -> Result<Scaled, CapacityFailure> {
-        if role == Role::Spot
-            && let Some(note) = decide::cool_off(
-                held.annotations()
-                    .get(CAPACITY_FAILURE_ANNOTATION)
-                    .map(String::as_str),
-                SystemTime::now(),
-                self.settings.capacity_cool_off,
-            )
-        {
-            let ago = decide::millis_ago(note.at, SystemTime::now());
-            return Err(CapacityFailure::InsufficientCapacity {
-                message: format!(
-                    "spot ASG {name} failed for lack of capacity {}s ago ({}, seen by node {}); within SPOT_GUARD_CAPACITY_COOL_OFF ({}s) recommendations go straight to on-demand",
-                    ago.as_secs(),
-                    note.reason,
-                    note.node,
-                    self.settings.capacity_cool_off.as_secs()
-                ),
-            });
-        }
-        let before = self
-            .asg
-            .describe(name)
-            .await
-            .map_err(|error| CapacityFailure::from_api_error(&error))?;
-        let activities = self.activities_before(name, &before).await;
-        let now = SystemTime::now();
-        let last_target = held
-            .annotations()
-            .get(LAST_TARGET_ANNOTATION)
-            .map(String::as_str);
-        let trusted = decide::trusted_desired(before.desired_capacity, last_target, now);
-        if trusted != before.desired_capacity {
-            info!(
-                "ASG {name} reads desired {} but {trusted} was set under lease {} moments ago (AWS's reads lag its changes); counting from {trusted}",
-                before.desired_capacity,
-                held.name()
-            );
-        }
-        let counted = AsgState {
-            desired_capacity: trusted,
-            ..before
-        };
-        let scaled = decide::plan_target(&counted, self.settings.scale_count, &activities, now)?;
-        if !held.is_held() {
-            return Err(lost_lease(held, name));
-        }
-        let intent = record.with_attempt(AttemptRecord {
-            role,
-            asg: name.to_owned(),
-            scaled: Some(scaled.clone()),
-            result: AttemptResult::Pending,
-        });
-        self.save(&intent).await.map_err(|error| CapacityFailure::Api {
-            error: format!(
-                "recording the scale-up of ASG {name} on node {} failed, so it was not sent (a restart could otherwise scale twice): {error}",
-                self.node.name()
-            ),
-        })?;
-        *record = intent;
-        // The record write took time: the turn must still be ours for the write to AWS.
-        if !held.is_held() {
-            return Err(lost_lease(held, name));
-        }
-        info!(
-            "Scaling ASG {name} from {} to {} instances",
-            scaled.from, scaled.to
-        );
-        match self.asg.set_desired_capacity(name, scaled.to).await {
-            Ok(()) => {}
-            Err(error) if error.may_have_applied() => warn!(
-                "SetDesiredCapacity({}) on ASG {name} got no clean answer ({error}); it may have gone through, so it counts as sent: waiting for its instance, never buying a second",
-                scaled.to
-            ),
-            Err(error) => return Err(CapacityFailure::from_api_error(&error)),
-        }
-        self.remember_target(held, name, scaled.to).await;
-        self.reporter.spot_guard(
-            event,
-            SpotGuardStep::ScaleUp {
-                asg: name,
-                from: scaled.from,
-                to: scaled.to,
-            },
-        );
-        Ok(scaled)
-    }
-
     /// Polls the ASG until enough new instances are InService (returning them), it
     /// fails, or the capacity check timeout (counted from the request, across restarts)
     /// passes.
@@ -413,58 +266,6 @@ impl<A: AutoScaling> SpotGuard<A> {
         }
     }
 
-    /// Writes the target just set on the ASG's Lease, for the next holder whose read
-    /// may predate it.
-    async fn remember_target(&self, held: &HeldLease, name: &str, desired: i32) {
-        let note = LastTarget {
-            desired,
-            at: decide::unix_millis(SystemTime::now()),
-            node: self.node.name().to_owned(),
-        };
-        if let Err(error) = self
-            .leases
-            .annotate(
-                held.name(),
-                &[(LAST_TARGET_ANNOTATION, Some(note.to_annotation().as_str()))],
-            )
-            .await
-        {
-            warn!(
-                "Could not note desired {desired} of ASG {name} on lease {}; an agent scaling next may count from a stale read: {error}",
-                held.name()
-            );
-        }
-    }
-
-    async fn remember_capacity_failure(&self, name: &str, failure: &CapacityFailure) {
-        if self.settings.capacity_cool_off.is_zero() {
-            return;
-        }
-        let note = CapacityFailureNote {
-            at: decide::unix_millis(SystemTime::now()),
-            reason: failure.reason().to_owned(),
-            node: self.node.name().to_owned(),
-        };
-        let lease = names::asg_lease(name);
-        match self
-            .leases
-            .annotate(
-                &lease,
-                &[(
-                    CAPACITY_FAILURE_ANNOTATION,
-                    Some(note.to_annotation().as_str()),
-                )],
-            )
-            .await
-        {
-            Ok(()) => info!(
-                "Remembered on lease {lease}: spot ASG {name} is short of capacity; recommendations in the next {}s go straight to on-demand",
-                self.settings.capacity_cool_off.as_secs()
-            ),
-            Err(error) => warn!("Could not share the capacity failure of ASG {name}: {error}"),
-        }
-    }
-
     /// This node's replacement among the new InService `candidates`, claimed on the
     /// ASG's ledger so no other node counts it; none while all are other nodes'.
     async fn claim(&self, name: &str, role: Role, candidates: &[String]) -> Vec<String> {
@@ -532,15 +333,6 @@ impl<A: AutoScaling> SpotGuard<A> {
         }
     }
 
-    async fn acquire(&self, asg: &str) -> Result<HeldLease, CapacityFailure> {
-        self.leases
-            .acquire(&names::asg_lease(asg))
-            .await
-            .map_err(|error| CapacityFailure::Api {
-                error: format!("taking the lease for ASG {asg}: {error}"),
-            })
-    }
-
     /// The spot ASG could not deliver: says so in the log and to the reporter.
     fn report_fallback(
         &self,
@@ -569,14 +361,5 @@ impl<A: AutoScaling> SpotGuard<A> {
         self.reporter
             .spot_guard(event, SpotGuardStep::Preempted { asg });
         ReplacementOutcome::Preempted
-    }
-}
-
-fn lost_lease(held: &HeldLease, name: &str) -> CapacityFailure {
-    CapacityFailure::Api {
-        error: format!(
-            "lost lease {} before scaling ASG {name}; not scaling on a stale read",
-            held.name()
-        ),
     }
 }

@@ -1,11 +1,11 @@
 //! One look at the cluster for scale-back: the Node and Pod lists read in pages of
-//! [`PAGE_SIZE`] (as `kubectl` and client-go's pager do) and folded into a
-//! [`ClusterView`] page by page, so memory holds one page and one entry per node
-//! rather than every Pod of a large cluster.
-
-use std::fmt::Debug;
+//! [`PAGE_SIZE`] ([`crate::paged_list`]) and folded into a [`ClusterView`] page by page,
+//! so memory holds one page and one entry per node rather than every Pod of a large
+//! cluster. A continue token that expired mid-list (410) fails the look: what was folded
+//! cannot be taken back, and the next check starts a new list.
 
 use std::collections::BTreeSet;
+use std::fmt::Debug;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use super::ScaleBackError;
 use super::decide::{BudgetView, ClusterView, NodeView, PodView};
 use crate::drain::DrainSettings;
+use crate::paged_list;
 
 /// Objects per list request: client-go's default page, a few MiB of Pods at most.
 pub const PAGE_SIZE: u32 = 500;
@@ -69,21 +70,16 @@ pub async fn look(
     Ok((cluster, budgets))
 }
 
-/// Lists every object page by page, handing each to `visit` and dropping the page
-/// before the next is read. A continue token that expired mid-way (410) fails the look;
-/// the next check starts a new list.
-async fn each_page<K>(api: &Api<K>, mut visit: impl FnMut(K)) -> Result<(), kube::Error>
+/// Every object of `api`'s kind, each handed to `visit` as its page arrives.
+async fn each_page<K>(api: &Api<K>, visit: impl FnMut(K)) -> Result<(), kube::Error>
 where
     K: Clone + DeserializeOwned + Debug,
 {
-    let mut params = ListParams::default().limit(PAGE_SIZE);
-    loop {
-        let page = api.list(&params).await?;
-        let next = page.metadata.continue_.filter(|token| !token.is_empty());
-        page.items.into_iter().for_each(&mut visit);
-        match next {
-            Some(token) => params = params.continue_token(&token),
-            None => return Ok(()),
-        }
-    }
+    paged_list::for_each(
+        |params| async move { api.list(&params).await },
+        ListParams::default(),
+        PAGE_SIZE,
+        visit,
+    )
+    .await
 }
