@@ -39,13 +39,22 @@ struct Seen {
     connections: usize,
 }
 
+/// Picks the reply to the n-th request (from 0), given its head and body.
+type Route = Arc<dyn Fn(usize, &str) -> Reply + Send + Sync>;
+
 struct Server {
     url: String,
     seen: Arc<Mutex<Seen>>,
 }
 
 impl Server {
+    /// Replies in order; the last one repeats.
     async fn start(replies: Vec<Reply>) -> Server {
+        Server::route(move |n, _| replies[n.min(replies.len() - 1)].clone()).await
+    }
+
+    async fn route(route: impl Fn(usize, &str) -> Reply + Send + Sync + 'static) -> Server {
+        let route: Route = Arc::new(route);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let seen = Arc::new(Mutex::new(Seen::default()));
@@ -53,7 +62,7 @@ impl Server {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 shared.lock().expect("seen").connections += 1;
-                tokio::spawn(serve(stream, replies.clone(), Arc::clone(&shared)));
+                tokio::spawn(serve(stream, Arc::clone(&route), Arc::clone(&shared)));
             }
         });
         Server { url, seen }
@@ -68,13 +77,14 @@ impl Server {
     }
 }
 
-async fn serve(stream: TcpStream, replies: Vec<Reply>, seen: Arc<Mutex<Seen>>) {
+async fn serve(stream: TcpStream, route: Route, seen: Arc<Mutex<Seen>>) {
     let mut stream = BufReader::new(stream);
     while let Some(request) = read_request(&mut stream).await {
         let reply = {
             let mut seen = seen.lock().expect("seen");
+            let reply = route(seen.requests.len(), &request);
             seen.requests.push(request);
-            replies[(seen.requests.len() - 1).min(replies.len() - 1)].clone()
+            reply
         };
         match reply {
             Reply::Answer(raw) => stream.write_all(raw.as_bytes()).await.expect("answer"),
@@ -219,6 +229,60 @@ async fn a_redirect_is_an_answer_for_the_sdk_and_not_followed() {
         1,
         "the signed request went nowhere else"
     );
+}
+
+/// IMDS as the instance-profile credentials provider uses it: a token, the role's name,
+/// the role's credentials.
+fn imds(_: usize, request: &str) -> Reply {
+    const ROLE: &str = "/latest/meta-data/iam/security-credentials/";
+    let line = request.lines().next().unwrap_or_default();
+    let text =
+        |body: &str| Reply::Answer(answer("200 OK", &[("content-type", "text/plain")], body));
+    if line.starts_with("PUT /latest/api/token ") {
+        return Reply::Answer(answer(
+            "200 OK",
+            &[("x-aws-ec2-metadata-token-ttl-seconds", "21600")],
+            "token-a",
+        ));
+    }
+    if !request.contains("x-aws-ec2-metadata-token: token-a\r\n") {
+        return Reply::Answer(answer("401 Unauthorized", &[], ""));
+    }
+    if line.starts_with(&format!("GET {ROLE} ")) {
+        text("spot-guard-node")
+    } else if line.starts_with(&format!("GET {ROLE}spot-guard-node ")) {
+        text(
+            r#"{"Code":"Success","LastUpdated":"2026-12-02T08:00:00Z","Type":"AWS-HMAC","AccessKeyId":"ASIAFROMIMDS","SecretAccessKey":"secret","Token":"session","Expiration":"2099-01-01T00:00:00Z"}"#,
+        )
+    } else {
+        Reply::Answer(answer("404 Not Found", &[], ""))
+    }
+}
+
+#[tokio::test]
+async fn instance_profile_credentials_come_over_this_client() {
+    use aws_config::imds::credentials::ImdsCredentialsProvider;
+    use aws_config::provider_config::ProviderConfig;
+    use aws_sdk_autoscaling::config::ProvideCredentials;
+
+    crate::tls::ensure_crypto_provider();
+    let server = Server::route(imds).await;
+    let config = ProviderConfig::without_region().with_http_client(super::https_client());
+    let client = aws_config::imds::Client::builder()
+        .endpoint(&server.url)
+        .expect("endpoint")
+        .configure(&config)
+        .build();
+    let provider = ImdsCredentialsProvider::builder()
+        .imds_client(client)
+        .configure(&config)
+        .build();
+    let credentials = tokio::time::timeout(NO_HANG, provider.provide_credentials())
+        .await
+        .expect("IMDS answered")
+        .expect("credentials");
+    assert_eq!(credentials.access_key_id(), "ASIAFROMIMDS");
+    assert_eq!(credentials.session_token(), Some("session"));
 }
 
 fn connector(read: Option<Duration>) -> Connector {
