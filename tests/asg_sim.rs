@@ -10,7 +10,7 @@ use spot_guard::sim::asg::{AsgSim, Behaviour, Fault, GroupSpec};
 const WAIT: Duration = Duration::from_secs(10);
 
 fn install_crypto() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
 }
 
 async fn sim_with(name: &str, spec: GroupSpec) -> AsgSim {

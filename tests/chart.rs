@@ -432,7 +432,7 @@ fn rbac_attributes(request: &RequestRecord) -> (String, String, String) {
 /// Kubernetes events; with `scale_back` the fallback's own agent protects its node from
 /// Cluster Autoscaler, then gives it back once spot capacity returns.
 async fn requests_of_every_flow(events: bool, scale_back: bool) -> Vec<RequestRecord> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let mut spec = FleetSpec::new(1);
     spec.reports = events;
     spec.new_node_protection = Duration::from_secs(60);

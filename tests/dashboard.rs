@@ -223,7 +223,7 @@ fn only_value(result: &[Value]) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_panel_query_returns_data_from_a_prometheus_that_scraped_the_agents() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let mut fleet = ObservedFleet::run().await;
     let targets: Vec<(String, String)> = fleet
         .metrics_urls

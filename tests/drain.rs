@@ -19,7 +19,7 @@ const NODE: &str = "ip-10-0-1-23.ec2.internal";
 const OTHER_NODE: &str = "ip-10-0-2-42.ec2.internal";
 
 async fn fake_with_node() -> Result<(FakeKube, kube::Client), Box<dyn Error>> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let fake = FakeKube::start().await?;
     fake.add_node(NODE);
     fake.add_node(OTHER_NODE);

@@ -45,7 +45,7 @@ async fn world() -> FleetWorld {
 }
 
 async fn world_with(spot: GroupSpec) -> FleetWorld {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let mut spec = FleetSpec::new(1);
     spec.spot = spot;
     spec.on_demand = group(Behaviour::Healthy, 2, 10);

@@ -95,7 +95,7 @@ fn is_rebalance(notice: &Notice) -> bool {
 }
 
 async fn sim() -> ImdsSim {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     ImdsSim::start().await.expect("IMDS simulator")
 }
 
@@ -307,7 +307,7 @@ async fn a_recommendation_that_flaps_with_imds_errors_buys_one_instance_and_drai
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_on_ec2_the_binary_says_so_keeps_running_and_backs_off() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let kube = FakeKube::start().await.expect("fake Kubernetes API");
     kube.add_node(NODE);
     // A port nobody listens on: connection refused, as off EC2 (or with IMDS disabled).

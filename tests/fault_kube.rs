@@ -24,7 +24,7 @@ const NODE: &str = "ip-10-0-4-4.ec2.internal";
 const BOUND: Duration = Duration::from_secs(30);
 
 async fn fake() -> FakeKube {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let fake = FakeKube::start().await.expect("fake Kubernetes API");
     fake.add_node(NODE);
     fake

@@ -23,7 +23,7 @@ use tokio::runtime::Handle;
 const LIMIT: Duration = Duration::from_secs(90);
 
 async fn world(mut spec: FleetSpec) -> FleetWorld {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     // Generous, so that a loaded machine does not turn a slow launch or a slow Node
     // into a fallback: these tests count where capacity was bought.
     spec.capacity_check_timeout = Duration::from_secs(30);

@@ -7,7 +7,7 @@ use spot_guard::monitor::rebalance_event_id;
 use spot_guard::sim::fleet::{KillPoint, RECOMMENDATION_TIME, kill_and_restart};
 
 async fn assert_resumes(point: KillPoint) {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let outcome = kill_and_restart(point)
         .await
         .unwrap_or_else(|error| panic!("{}: {error}", point.describe()));

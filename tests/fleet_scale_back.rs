@@ -52,7 +52,7 @@ async fn world_with_fallback(ceiling: u8) -> (FleetWorld, String, String) {
 /// Spot capacity runs out, so node 0's recommendation buys an on-demand fallback.
 /// Returns the world, the fallback's node name and instance id.
 async fn with_fallback(spec: FleetSpec) -> (FleetWorld, String, String) {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let world = FleetWorld::start(spec).await.expect("simulators start");
     let (node, instance) = world.buy_fallback().await.expect("a fallback is bought");
     assert_eq!(desired(&world, ON_DEMAND_ASG), 1, "one fallback bought");
@@ -482,7 +482,7 @@ async fn pods_that_would_not_fit_get_one_more_spot_instance_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_autoscaler_protection_ends_after_its_window_even_across_a_restart() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     // Long enough for both replacements' agents to start within it on a loaded machine.
     let window = Duration::from_secs(6);
     let mut spec = FleetSpec::new(2);
@@ -624,7 +624,7 @@ async fn an_agent_killed_during_the_scale_back_drain_finishes_it_after_a_restart
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fallback_nodes_go_one_at_a_time_and_stop_at_the_ceiling() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let mut spec = FleetSpec::new(3);
     spec.spot.behaviour = Behaviour::InsufficientCapacity;
     spec.scale_back = Some(scale_back_settings(60));

@@ -983,7 +983,7 @@ async fn run_script(seed: u64, steps: &[Step]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_notice_sequence_acts_once_per_notice_scales_each_asg_once_and_evicts_once() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let mut rng = Rng(0x0005_ca1e_0000_0004);
     for _ in 0..8 {
         let seed = rng.next();

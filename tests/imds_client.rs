@@ -14,7 +14,7 @@ use spot_guard::sim::imds::{ImdsSim, TokenMode};
 const TEST_BOUND: Duration = Duration::from_secs(20);
 
 async fn start_sim() -> ImdsSim {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     ImdsSim::start().await.expect("start IMDS simulator")
 }
 
@@ -354,7 +354,7 @@ async fn scheduled_events_in_imds_format_are_parsed() {
 
 #[tokio::test]
 async fn bad_base_url_is_rejected() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     for url in ["not a url", "169.254.169.254", "ftp://169.254.169.254", ""] {
         let error = ImdsClient::new(url, 3).expect_err(url);
         assert!(

@@ -17,7 +17,7 @@ const NODE: &str = "ip-10-0-1-23.eu-west-1.compute.internal";
 const EVENTS_PATH: &str = "/api/v1/namespaces/default/events";
 
 async fn fake_kube() -> (FakeKube, kube::Client) {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let kube = FakeKube::start().await.expect("start fake API server");
     kube.add_node(NODE);
     let client = client_for_url(&kube.url()).expect("client for the fake API");

@@ -32,6 +32,9 @@ async fn fake() -> FakeKube {
 }
 
 async fn get(fake: &FakeKube, path_and_query: &str, table: bool) -> (u16, Value) {
+    // reqwest is built as the agent ships it, without a crypto provider of its own: its
+    // client builder panics unless one is installed.
+    spot_guard::tls::ensure_crypto_provider();
     let mut request = reqwest::Client::new().get(format!("{}{path_and_query}", fake.url()));
     if table {
         request = request.header(
@@ -47,6 +50,7 @@ async fn get(fake: &FakeKube, path_and_query: &str, table: bool) -> (u16, Value)
 const METADATA_LIST: &str = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
 
 async fn get_accepting(fake: &FakeKube, path_and_query: &str, accept: &str) -> (u16, Value) {
+    spot_guard::tls::ensure_crypto_provider();
     let response = reqwest::Client::new()
         .get(format!("{}{path_and_query}", fake.url()))
         .header("Accept", accept)
@@ -282,7 +286,7 @@ async fn metadata_only_lists_carry_each_pods_metadata_and_nothing_else() {
 
 #[tokio::test]
 async fn kube_reads_metadata_only_pages_of_the_fake() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let fake = fake().await;
     let client = spot_guard::node::client_for_url(&fake.url()).expect("client");
     let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(client);

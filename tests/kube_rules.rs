@@ -49,6 +49,9 @@ async fn send(request: reqwest::RequestBuilder) -> Answer {
 }
 
 fn http() -> reqwest::Client {
+    // reqwest is built as the agent ships it, without a crypto provider of its own: its
+    // client builder panics unless one is installed.
+    spot_guard::tls::ensure_crypto_provider();
     reqwest::Client::new()
 }
 

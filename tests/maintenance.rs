@@ -39,7 +39,7 @@ struct World {
 }
 
 async fn world() -> World {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let imds = ImdsSim::start().await.expect("IMDS simulator");
     let kube = FakeKube::start().await.expect("fake Kubernetes API");
     kube.add_node(NODE);

@@ -74,7 +74,7 @@ fn assert_line(text: &str, line: &str) {
 
 #[tokio::test]
 async fn scrape_shows_nth_and_spot_guard_metrics() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let reporter = reporter();
     let server = start(&reporter).await;
     let spot = InterruptionEvent::spot_interruption("spot-itn-1", "2020-10-27T08:24:00Z");
@@ -200,7 +200,7 @@ fn assert_nth_e2e_query_matches(text: &str) {
 
 #[tokio::test]
 async fn other_paths_are_not_found_and_disabled_metrics_record_nothing() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let server = start(&reporter()).await;
     let response = reqwest::get(format!("{}/healthz", server.url))
         .await

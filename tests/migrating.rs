@@ -660,7 +660,7 @@ async fn with_spot_guard_the_uncordon_window_leaves_the_node_as_spot_guard_left_
     use std::time::Duration;
 
     const LIMIT: Duration = Duration::from_secs(30);
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let mut spec = FleetSpec::new(1);
     spec.check_interval = Duration::from_millis(50);
     let world = FleetWorld::start(spec).await.expect("simulators start");

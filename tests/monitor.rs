@@ -26,7 +26,7 @@ struct Running {
 }
 
 async fn start_sim() -> ImdsSim {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     ImdsSim::start().await.expect("start IMDS simulator")
 }
 

@@ -6,7 +6,6 @@
 #[path = "support/moto.rs"]
 mod moto;
 
-use aws_sdk_autoscaling::config::{BehaviorVersion, Credentials, Region};
 use spot_guard::asg::{AsgError, AutoScaling};
 use spot_guard::aws::{AwsAutoScaling, AwsSettings};
 
@@ -14,21 +13,12 @@ use moto::Moto;
 
 const REGION: &str = "us-east-1";
 
-/// A raw SDK client, for the setup calls spot-guard itself never makes.
+/// A raw SDK client, for the setup calls spot-guard itself never makes; built as the
+/// agent's (its HTTP client, TLS stack and crypto provider), so no second stack is tested.
 fn setup_client(moto: &Moto) -> aws_sdk_autoscaling::Client {
-    let config = aws_sdk_autoscaling::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(moto.url())
-        .region(Region::new(REGION))
-        .credentials_provider(Credentials::new(
-            "testing",
-            "testing",
-            None,
-            None,
-            "moto-test",
-        ))
-        .build();
-    aws_sdk_autoscaling::Client::from_conf(config)
+    AwsAutoScaling::for_endpoint(moto.url(), REGION, &AwsSettings::default())
+        .client()
+        .clone()
 }
 
 async fn create_group(moto: &Moto, name: &str, min: i32, max: i32, desired: i32) {
@@ -57,7 +47,7 @@ async fn create_group(moto: &Moto, name: &str, min: i32, max: i32, desired: i32)
 
 #[tokio::test]
 async fn aws_auto_scaling_works_against_moto() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let moto = Moto::start().await;
     create_group(&moto, "spot-asg", 1, 5, 2).await;
     let aws = AwsAutoScaling::for_endpoint(moto.url(), REGION, &AwsSettings::default());

@@ -15,7 +15,7 @@ const NODE: &str = "ip-10-0-1-23.ec2.internal";
 const REBALANCE_TAINT: &str = "aws-node-termination-handler/rebalance-recommendation";
 
 async fn fake_with_node() -> Result<(FakeKube, kube::Client), Box<dyn Error>> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let fake = FakeKube::start().await?;
     fake.add_node(NODE);
     let client = client_for_url(&fake.url())?;

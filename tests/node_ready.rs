@@ -18,7 +18,7 @@ use tokio::runtime::Handle;
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn install_crypto() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
 }
 
 async fn start(world: &FleetWorld, index: usize) -> FleetAgent {

@@ -63,7 +63,7 @@ struct World {
 }
 
 async fn world() -> World {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let imds = ImdsSim::start().await.expect("IMDS simulator");
     imds.set_instance_id("i-0a1b2c3d4e5f60718");
     imds.set_instance(instance(Some((PUBLIC_HOSTNAME, PUBLIC_IP))));

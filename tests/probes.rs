@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 const BOUND: Duration = Duration::from_secs(20);
 
 async fn start_probes(endpoint: &str, liveness: Liveness, max_staleness: Duration) -> String {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let listener = bind("probes", SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .unwrap();
@@ -60,7 +60,7 @@ async fn wait_for(url: &str, status: u16) -> serde_json::Value {
 
 #[tokio::test]
 async fn healthy_while_the_monitor_polls_and_unhealthy_once_it_stops() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let imds = ImdsSim::start().await.unwrap();
     let client = ImdsClient::new(&imds.url(), 1).unwrap();
     let liveness = Liveness::default();

@@ -29,7 +29,7 @@ prometheusRule:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_agent_endpoint_passes_promtool_check_metrics() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let fleet = ObservedFleet::run().await;
     for url in &fleet.metrics_urls {
         // What `curl URL | promtool check metrics` sees.
@@ -127,7 +127,7 @@ fn runbook(anchor: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_alert_fires_on_what_agents_expose_and_stays_quiet_otherwise() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let fleet = ObservedFleet::run().await;
     let scraped = Scraped(fleet.scrape_all().await.iter().map(|s| series(s)).collect());
     let replacement_of_node_1 = fleet

@@ -13,7 +13,7 @@ fn scenario(name: &str) -> Scenario {
 }
 
 async fn assert_ends_as_expected(name: &str) {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let scenario = scenario(name);
     let outcome = run_scenario(&scenario).await.expect("scenario runs");
     let problems = outcome.mismatches(&scenario.expect);

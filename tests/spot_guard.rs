@@ -44,7 +44,7 @@ async fn world(
     on_demand: GroupSpec,
     capacity_check_timeout: Duration,
 ) -> FleetWorld {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let mut spec = FleetSpec::new(1);
     spec.spot = spot;
     spec.on_demand = on_demand;

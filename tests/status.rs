@@ -63,7 +63,7 @@ fn without(mut cells: Vec<String>, age_column: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_prints_what_the_fleet_run_did() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let fleet = ObservedFleet::run().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = process::write_kubeconfig(dir.path(), &fleet.world.kube.url());

@@ -77,7 +77,7 @@ async fn record(
 }
 
 fn install_crypto() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
 }
 
 fn node() -> NodeMetadata {

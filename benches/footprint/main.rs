@@ -50,7 +50,7 @@ fn wanted(filters: &[String], name: &str) -> bool {
 }
 
 fn main() -> Result<()> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    spot_guard::tls::ensure_crypto_provider();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = Mode {
         full: args.iter().any(|a| a == "--bench"),

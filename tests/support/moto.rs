@@ -54,7 +54,7 @@ impl Moto {
 
     /// Forgets every resource, as a fresh server would.
     pub async fn reset(&self) {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        spot_guard::tls::ensure_crypto_provider();
         let response = reqwest::Client::new()
             .post(format!("{}/moto-api/reset", self.url))
             .send()

@@ -63,6 +63,9 @@ pub fn free_port() -> u16 {
 /// The scrape Prometheus would make (it asks for OpenMetrics first) or, with `accept`
 /// `None`, the one `curl` makes.
 pub async fn scrape(url: &str, accept: Option<&str>) -> String {
+    // reqwest is built as the agent ships it, without a crypto provider of its own: its
+    // client builder panics unless one is installed.
+    spot_guard::tls::ensure_crypto_provider();
     let client = reqwest::Client::new();
     let mut request = client.get(url);
     if let Some(accept) = accept {
