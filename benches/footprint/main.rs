@@ -17,7 +17,8 @@
 //!
 //! Layout: [`alloc`] (the counting allocator), [`procfs`] (what the kernel says a process
 //! used), [`inflight`] (a tower layer counting kube requests in flight), [`table`] (output),
-//! [`world`] (simulators, the child binary, the in-process agent), then one module per
+//! [`world`] (simulators, the child binary, the in-process agent), [`floor`] (this
+//! machine's floor for one poll, read beside the idle figures), then one module per
 //! section or pair of sections.
 
 mod alloc;
