@@ -1,7 +1,8 @@
 //! Reading the node's pods in pages ([`crate::paged_list`]), keeping of each only what the
-//! drain needs, so memory holds one page at a time rather than every pod of a full node. Where only names and uids matter (seeing evicted pods go,
-//! the names for reports) the list is metadata-only (`PartialObjectMetadataList`): no
-//! specs and statuses on the wire or in memory.
+//! drain needs, so memory holds one page at a time rather than every pod of a full node.
+//! Where only names and uids matter (seeing evicted pods go, the names for reports) the
+//! list is metadata-only (`PartialObjectMetadataList`): no specs and statuses on the wire
+//! or in memory.
 
 use std::future::Future;
 
