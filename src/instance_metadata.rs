@@ -59,8 +59,12 @@ struct IdentityDocument {
 /// Reads everything; an error only when the instance id itself cannot be read (IMDS
 /// unreachable or refusing), the other fields are best effort as in NTH.
 pub async fn read(imds: &ImdsClient) -> Result<InstanceMetadata, ImdsError> {
-    let instance_id = imds.instance_id().await?;
-    let mut metadata = match identity_document(imds).await {
+    imds.off_runtime(read_blocking).await
+}
+
+fn read_blocking(imds: &ImdsClient) -> Result<InstanceMetadata, ImdsError> {
+    let instance_id = imds.instance_id()?;
+    let mut metadata = match identity_document(imds) {
         Ok(document) => InstanceMetadata {
             account_id: document.account_id,
             instance_type: document.instance_type,
@@ -74,10 +78,10 @@ pub async fn read(imds: &ImdsClient) -> Result<InstanceMetadata, ImdsError> {
             warn!(
                 "Cannot read the instance identity document ({error}); reading its fields one by one"
             );
-            let availability_zone = optional(imds, AVAILABILITY_ZONE_PATH).await;
+            let availability_zone = optional(imds, AVAILABILITY_ZONE_PATH);
             InstanceMetadata {
-                instance_type: optional(imds, INSTANCE_TYPE_PATH).await,
-                local_ipv4: optional(imds, LOCAL_IPV4_PATH).await,
+                instance_type: optional(imds, INSTANCE_TYPE_PATH),
+                local_ipv4: optional(imds, LOCAL_IPV4_PATH),
                 region: region_of(&availability_zone).to_owned(),
                 availability_zone,
                 ..InstanceMetadata::default()
@@ -85,10 +89,10 @@ pub async fn read(imds: &ImdsClient) -> Result<InstanceMetadata, ImdsError> {
         }
     };
     metadata.instance_id = instance_id;
-    metadata.instance_life_cycle = optional(imds, INSTANCE_LIFE_CYCLE_PATH).await;
-    metadata.local_hostname = optional(imds, LOCAL_HOSTNAME_PATH).await;
-    metadata.public_hostname = optional(imds, PUBLIC_HOSTNAME_PATH).await;
-    metadata.public_ipv4 = optional(imds, PUBLIC_IPV4_PATH).await;
+    metadata.instance_life_cycle = optional(imds, INSTANCE_LIFE_CYCLE_PATH);
+    metadata.local_hostname = optional(imds, LOCAL_HOSTNAME_PATH);
+    metadata.public_hostname = optional(imds, PUBLIC_HOSTNAME_PATH);
+    metadata.public_ipv4 = optional(imds, PUBLIC_IPV4_PATH);
     Ok(metadata)
 }
 
@@ -121,17 +125,16 @@ pub async fn read_until_answered(
     }
 }
 
-async fn identity_document(imds: &ImdsClient) -> Result<IdentityDocument, String> {
+fn identity_document(imds: &ImdsClient) -> Result<IdentityDocument, String> {
     let text = imds
         .text(IDENTITY_DOCUMENT_PATH)
-        .await
         .map_err(|error| error.to_string())?
         .ok_or_else(|| format!("IMDS answered 404 to GET {IDENTITY_DOCUMENT_PATH}"))?;
     serde_json::from_str(&text).map_err(|error| format!("not the JSON IMDS serves: {error}"))
 }
 
-async fn optional(imds: &ImdsClient, path: &str) -> String {
-    match imds.text(path).await {
+fn optional(imds: &ImdsClient, path: &str) -> String {
+    match imds.text(path) {
         Ok(text) => text.unwrap_or_default(),
         Err(error) => {
             debug!(path, "Instance metadata field left empty: {error}");

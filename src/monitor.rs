@@ -1,7 +1,6 @@
 //! The IMDS polling loop: reads the notice paths every interval and sends each distinct
 //! notice once on a channel. IMDS trouble is logged and polled through, never fatal.
 
-use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -13,10 +12,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod poll;
+
+use poll::Found;
+
 use crate::imds::{
-    ASG_TARGET_LIFECYCLE_STATE_PATH, ImdsClient, ImdsError, InstanceAction,
-    REBALANCE_RECOMMENDATION_PATH, RebalanceRecommendation, SCHEDULED_EVENTS_PATH,
-    SPOT_INSTANCE_ACTION_PATH, ScheduledEvent, parse_scheduled_event_time,
+    ImdsClient, InstanceAction, RebalanceRecommendation, ScheduledEvent, parse_scheduled_event_time,
 };
 
 /// NTH's IMDS poll interval.
@@ -204,6 +205,8 @@ impl Default for MonitorSettings {
 pub enum MonitorError {
     #[error("IMDS poll interval must be above zero")]
     ZeroInterval,
+    #[error("the IMDS poll thread: {0}")]
+    Thread(String),
 }
 
 /// Polls IMDS until `shutdown` is cancelled or the receiver of `notices` is gone.
@@ -238,6 +241,10 @@ pub async fn run_with_liveness(
 /// [`run_with_liveness`], reporting failed polls: every failure counts in
 /// `events_error_total`; a MonitorError event marks only the start of a failure streak,
 /// so an IMDS outage does not write an event every few seconds.
+///
+/// The polls run on a thread of their own (see [`poll`]); this task hands their
+/// findings on, so a quiet poll wakes nothing else in the process. On shutdown the
+/// thread finishes the poll in flight and ends.
 pub async fn run_reporting(
     imds: ImdsClient,
     settings: MonitorSettings,
@@ -258,61 +265,52 @@ pub async fn run_reporting(
         imds = imds.base_url(),
         "Watching IMDS for notices"
     );
-    let mut sent: HashSet<String> = HashSet::new();
-    let mut served_rebalance: Option<String> = None;
-    let mut failed_polls: u32 = 0;
+    // A few findings at most per poll; the thread waits while the agent is behind.
+    let (found_sender, mut found) = mpsc::channel(8);
+    // Dropping `_stop` (on every return) ends the thread's wait between polls.
+    let (_stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("imds-poll".to_string())
+        .spawn(move || poll::run(&imds, &settings, &liveness, &found_sender, &stopped))
+        .map_err(|error| MonitorError::Thread(error.to_string()))?;
     loop {
-        let poll = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            poll = poll_once(&imds, &settings) => poll,
-        };
-        liveness.record_poll();
-        for monitor in &poll.failures {
-            if failed_polls == 0 {
-                reporter.monitor_error(monitor);
-            } else if let Some(metrics) = reporter.metrics() {
-                metrics.event_error(monitor);
-            }
-        }
-        failed_polls = if poll.failed {
-            failed_polls.saturating_add(1)
-        } else {
-            0
-        };
-        let mut notices_now = poll.notices;
-        match poll.rebalance_served {
-            Some(Some(event_id)) => served_rebalance = Some(event_id),
-            Some(None) => {
-                if let Some(event_id) = served_rebalance.take() {
-                    notices_now.push(Notice::RebalanceRecommendationCleared { event_id });
-                }
-            }
-            None => {}
-        }
-        for notice in notices_now {
-            let key = notice.dedupe_key();
-            if sent.contains(&key) {
-                continue;
-            }
-            log_new_notice(&notice);
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                outcome = notices.send(notice) => {
-                    if outcome.is_err() {
-                        info!("Notice receiver is gone; stopping the IMDS monitor");
-                        return Ok(());
-                    }
-                }
-            }
-            sent.insert(key);
-        }
-        tokio::select! {
+        let next = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             () = notices.closed() => {
                 info!("Notice receiver is gone; stopping the IMDS monitor");
                 return Ok(());
             }
-            () = tokio::time::sleep(next_wait(settings.interval, failed_polls)) => {}
+            next = found.recv() => next,
+        };
+        match next {
+            Some(Found::Failure {
+                monitor,
+                streak_start,
+            }) => {
+                if streak_start {
+                    reporter.monitor_error(monitor);
+                } else if let Some(metrics) = reporter.metrics() {
+                    metrics.event_error(monitor);
+                }
+            }
+            Some(Found::Notice(notice)) => {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    outcome = notices.send(notice) => {
+                        if outcome.is_err() {
+                            info!("Notice receiver is gone; stopping the IMDS monitor");
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            // The thread only ends on its own by panicking: the panic goes on from here.
+            None => {
+                return match tokio::task::spawn_blocking(move || thread.join()).await {
+                    Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                    _ => Err(MonitorError::Thread("the poll thread ended".to_string())),
+                };
+            }
         }
     }
 }
@@ -336,130 +334,12 @@ pub fn longest_silence(imds: &ImdsClient, settings: &MonitorSettings) -> Duratio
 }
 
 /// The interval, doubled for each consecutive failed poll, capped at MAX_BACKOFF_INTERVALS.
-fn next_wait(interval: Duration, failed_polls: u32) -> Duration {
+pub(super) fn next_wait(interval: Duration, failed_polls: u32) -> Duration {
     let factor = 1u32
         .checked_shl(failed_polls.min(31))
         .unwrap_or(u32::MAX)
         .min(MAX_BACKOFF_INTERVALS);
     interval.saturating_mul(factor)
-}
-
-struct Poll {
-    /// Most urgent first: a spot interruption before a rebalance recommendation.
-    notices: Vec<Notice>,
-    failed: bool,
-    /// The rebalance recommendation served now (`Some(None)`: none); `None` when not read.
-    rebalance_served: Option<Option<String>>,
-    /// NTH's monitor kind, per failed read (the error is logged where it happens).
-    failures: Vec<&'static str>,
-}
-
-async fn poll_once(imds: &ImdsClient, settings: &MonitorSettings) -> Poll {
-    let mut poll = Poll {
-        notices: Vec::new(),
-        failed: false,
-        rebalance_served: None,
-        failures: Vec::new(),
-    };
-    if settings.spot_interruption {
-        match imds.spot_instance_action().await {
-            Ok(action) => poll
-                .notices
-                .extend(action.as_ref().map(Notice::spot_interruption)),
-            Err(error) => {
-                poll.record_failure(monitor_kind::SPOT_ITN, SPOT_INSTANCE_ACTION_PATH, &error)
-            }
-        }
-    }
-    if settings.asg_lifecycle {
-        match imds.asg_target_lifecycle_state().await {
-            Ok(Some(state)) if state == "Terminated" => {
-                poll.notices.push(Notice::AsgLifecycleTermination {
-                    event_id: asg_lifecycle_event_id(),
-                })
-            }
-            Ok(_) => {}
-            Err(error) => poll.record_failure(
-                monitor_kind::ASG_LIFECYCLE,
-                ASG_TARGET_LIFECYCLE_STATE_PATH,
-                &error,
-            ),
-        }
-    }
-    if settings.scheduled_events {
-        match imds.scheduled_events().await {
-            Ok(events) => poll
-                .notices
-                .extend(events.iter().filter_map(Notice::scheduled)),
-            Err(error) => {
-                poll.record_failure(monitor_kind::SCHEDULED_EVENT, SCHEDULED_EVENTS_PATH, &error)
-            }
-        }
-    }
-    if settings.rebalance {
-        match imds.rebalance_recommendation().await {
-            Ok(recommendation) => {
-                let notice = recommendation.as_ref().map(Notice::rebalance);
-                poll.rebalance_served = Some(notice.as_ref().map(|n| n.event_id().to_string()));
-                poll.notices.extend(notice);
-            }
-            Err(error) => poll.record_failure(
-                monitor_kind::REBALANCE_RECOMMENDATION,
-                REBALANCE_RECOMMENDATION_PATH,
-                &error,
-            ),
-        }
-    }
-    poll
-}
-
-impl Poll {
-    fn record_failure(&mut self, monitor: &'static str, path: &str, error: &ImdsError) {
-        warn!(path, "Polling IMDS failed, will poll again: {error}");
-        self.failed = true;
-        self.failures.push(monitor);
-    }
-}
-
-fn log_new_notice(notice: &Notice) {
-    match notice {
-        Notice::RebalanceRecommendation {
-            event_id,
-            notice_time,
-        } => info!(
-            event_id,
-            "Rebalance recommendation received: noticeTime={notice_time}"
-        ),
-        Notice::SpotInterruption {
-            event_id,
-            action,
-            time,
-        } => info!(
-            event_id,
-            "Spot interruption notice received: action={action} time={time}"
-        ),
-        Notice::ScheduledEvent {
-            event_id,
-            code,
-            not_before,
-            not_after,
-            description,
-        } => info!(
-            event_id,
-            "Scheduled event received: {code} between {not_before} and {not_after}: {description}"
-        ),
-        Notice::ScheduledEventEnded { event_id, state } => {
-            info!(event_id, "Scheduled event {event_id} is now {state}")
-        }
-        Notice::RebalanceRecommendationCleared { event_id } => info!(
-            event_id,
-            "The rebalance recommendation is no longer served by IMDS"
-        ),
-        Notice::AsgLifecycleTermination { event_id } => info!(
-            event_id,
-            "ASG target lifecycle state is Terminated: the instance is being terminated by its Auto Scaling group"
-        ),
-    }
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ proptest! {
     fn spot_instance_action_bodies(body in body()) {
         let (sim, imds) = &*IMDS;
         sim.set_garbage(SPOT_INSTANCE_ACTION_PATH, Some(&body));
-        let outcome = RUNTIME.block_on(imds.spot_instance_action());
+        let outcome = RUNTIME.block_on(imds.off_runtime(ImdsClient::spot_instance_action));
         let shaped = json_object(&body)
             .is_some_and(|o| string_field(&o, "action") && string_field(&o, "time"));
         match outcome {
@@ -113,7 +113,7 @@ proptest! {
     fn rebalance_recommendation_bodies(body in body()) {
         let (sim, imds) = &*IMDS;
         sim.set_garbage(REBALANCE_RECOMMENDATION_PATH, Some(&body));
-        let outcome = RUNTIME.block_on(imds.rebalance_recommendation());
+        let outcome = RUNTIME.block_on(imds.off_runtime(ImdsClient::rebalance_recommendation));
         let shaped = json_object(&body).is_some_and(|o| string_field(&o, "noticeTime"));
         match outcome {
             Ok(Some(_)) => prop_assert!(shaped, "acted on {body:?}"),
@@ -130,7 +130,7 @@ proptest! {
     fn scheduled_events_lists(body in body()) {
         let (sim, imds) = &*IMDS;
         sim.set_garbage(SCHEDULED_EVENTS_PATH, Some(&body));
-        let outcome = RUNTIME.block_on(imds.scheduled_events());
+        let outcome = RUNTIME.block_on(imds.off_runtime(ImdsClient::scheduled_events));
         let list = matches!(serde_json::from_str(&body), Ok(serde_json::Value::Array(_)));
         match outcome {
             Ok(events) => prop_assert!(list || events.is_empty(), "read {events:?} from {body:?}"),
@@ -142,7 +142,7 @@ proptest! {
     fn asg_lifecycle_state_bodies(body in body()) {
         let (sim, imds) = &*IMDS;
         sim.set_garbage(ASG_TARGET_LIFECYCLE_STATE_PATH, Some(&body));
-        let outcome = RUNTIME.block_on(imds.asg_target_lifecycle_state());
+        let outcome = RUNTIME.block_on(imds.off_runtime(ImdsClient::asg_target_lifecycle_state));
         if let Err(error) = outcome {
             prop_assert!(is_clear(&error, ASG_TARGET_LIFECYCLE_STATE_PATH), "{error}");
         }
@@ -159,7 +159,7 @@ proptest! {
     ]) {
         let (sim, imds) = &*IMDS;
         sim.set_garbage(INSTANCE_ID_PATH, Some(&body));
-        let outcome = RUNTIME.block_on(imds.instance_id());
+        let outcome = RUNTIME.block_on(imds.off_runtime(ImdsClient::instance_id));
         let trimmed = body.trim();
         let hex = trimmed.strip_prefix("i-").unwrap_or("");
         let valid = trimmed.starts_with("i-")
@@ -319,8 +319,10 @@ fn an_absurd_token_ttl_header_is_survived() {
         let sim = ImdsSim::start().await.expect("IMDS simulator");
         sim.set_token_ttl(Some(u64::MAX));
         let imds = ImdsClient::new(&sim.url(), 1).expect("client");
-        imds.instance_id().await.expect("read with the token");
-        imds.instance_id()
+        imds.off_runtime(ImdsClient::instance_id)
+            .await
+            .expect("read with the token");
+        imds.off_runtime(ImdsClient::instance_id)
             .await
             .expect("read again with the cached token");
         assert_eq!(sim.tokens_issued(), 1, "the token is reused");

@@ -42,11 +42,21 @@ async fn v2_token_is_sent_on_every_get_and_reused() {
     let imds = client(&sim, 3);
 
     within(async {
-        imds.instance_id().await.expect("instance id");
-        imds.rebalance_recommendation().await.expect("rebalance");
-        imds.spot_instance_action().await.expect("spot action");
-        imds.scheduled_events().await.expect("scheduled events");
-        imds.asg_target_lifecycle_state().await.expect("lifecycle");
+        imds.off_runtime(ImdsClient::instance_id)
+            .await
+            .expect("instance id");
+        imds.off_runtime(ImdsClient::rebalance_recommendation)
+            .await
+            .expect("rebalance");
+        imds.off_runtime(ImdsClient::spot_instance_action)
+            .await
+            .expect("spot action");
+        imds.off_runtime(ImdsClient::scheduled_events)
+            .await
+            .expect("scheduled events");
+        imds.off_runtime(ImdsClient::asg_target_lifecycle_state)
+            .await
+            .expect("lifecycle");
     })
     .await;
 
@@ -63,8 +73,12 @@ async fn token_is_refreshed_when_the_server_grants_a_short_lifetime() {
     let imds = client(&sim, 3);
 
     within(async {
-        imds.instance_id().await.expect("first read");
-        imds.instance_id().await.expect("second read");
+        imds.off_runtime(ImdsClient::instance_id)
+            .await
+            .expect("first read");
+        imds.off_runtime(ImdsClient::instance_id)
+            .await
+            .expect("second read");
     })
     .await;
 
@@ -78,10 +92,12 @@ async fn expired_token_is_replaced_once_and_the_read_succeeds() {
     sim.set_token_mode(TokenMode::V2Required);
     sim.set_rebalance(Some("2020-10-27T08:22:00Z"));
     let imds = client(&sim, 3);
-    within(imds.instance_id()).await.expect("first read");
+    within(imds.off_runtime(ImdsClient::instance_id))
+        .await
+        .expect("first read");
 
     sim.expire_tokens();
-    let recommendation = within(imds.rebalance_recommendation())
+    let recommendation = within(imds.off_runtime(ImdsClient::rebalance_recommendation))
         .await
         .expect("read after expiry");
 
@@ -97,8 +113,8 @@ async fn refused_token_falls_back_to_imdsv1() {
     sim.set_rebalance(Some("2020-10-27T08:22:00Z"));
     let imds = client(&sim, 3);
 
-    let first = within(imds.rebalance_recommendation()).await;
-    let second = within(imds.rebalance_recommendation()).await;
+    let first = within(imds.off_runtime(ImdsClient::rebalance_recommendation)).await;
+    let second = within(imds.off_runtime(ImdsClient::rebalance_recommendation)).await;
 
     assert!(first.expect("v1 read").is_some());
     assert!(second.expect("second v1 read").is_some());
@@ -120,11 +136,15 @@ async fn v1_fallback_is_left_when_tokens_are_granted_again() {
         .v2_retry_after(Duration::ZERO)
         .build()
         .expect("build IMDS client");
-    within(imds.instance_id()).await.expect("v1 read");
+    within(imds.off_runtime(ImdsClient::instance_id))
+        .await
+        .expect("v1 read");
     assert_eq!(sim.gets_without_token(), 1);
 
     sim.set_token_mode(TokenMode::V2Optional);
-    within(imds.instance_id()).await.expect("v2 read");
+    within(imds.off_runtime(ImdsClient::instance_id))
+        .await
+        .expect("v2 read");
 
     assert_eq!(sim.gets_with_token(), 1);
 }
@@ -135,7 +155,7 @@ async fn required_token_that_cannot_be_had_is_a_clear_error() {
     sim.set_token_mode(TokenMode::V2RequiredTokenRefused(403));
     let imds = client(&sim, 3);
 
-    let error = within(imds.rebalance_recommendation())
+    let error = within(imds.off_runtime(ImdsClient::rebalance_recommendation))
         .await
         .expect_err("no token, no data");
 
@@ -154,23 +174,25 @@ async fn absent_notices_are_none() {
     let imds = client(&sim, 3);
 
     assert_eq!(
-        within(imds.rebalance_recommendation())
+        within(imds.off_runtime(ImdsClient::rebalance_recommendation))
             .await
             .expect("rebalance"),
         None
     );
     assert_eq!(
-        within(imds.spot_instance_action()).await.expect("spot"),
+        within(imds.off_runtime(ImdsClient::spot_instance_action))
+            .await
+            .expect("spot"),
         None
     );
     assert_eq!(
-        within(imds.asg_target_lifecycle_state())
+        within(imds.off_runtime(ImdsClient::asg_target_lifecycle_state))
             .await
             .expect("lifecycle"),
         None
     );
     assert!(
-        within(imds.scheduled_events())
+        within(imds.off_runtime(ImdsClient::scheduled_events))
             .await
             .expect("scheduled")
             .is_empty()
@@ -183,7 +205,9 @@ async fn rebalance_recommendation_is_parsed() {
     sim.set_rebalance(Some("2020-10-27T08:22:00Z"));
     let imds = client(&sim, 3);
 
-    let recommendation = within(imds.rebalance_recommendation()).await.expect("read");
+    let recommendation = within(imds.off_runtime(ImdsClient::rebalance_recommendation))
+        .await
+        .expect("read");
 
     assert_eq!(
         recommendation,
@@ -199,7 +223,9 @@ async fn spot_instance_action_is_parsed() {
     sim.set_spot_action(Some(("terminate", "2017-09-18T08:22:00Z")));
     let imds = client(&sim, 3);
 
-    let action = within(imds.spot_instance_action()).await.expect("read");
+    let action = within(imds.off_runtime(ImdsClient::spot_instance_action))
+        .await
+        .expect("read");
 
     assert_eq!(
         action,
@@ -216,7 +242,7 @@ async fn garbage_json_is_malformed_and_names_the_path() {
     sim.set_garbage(SPOT_INSTANCE_ACTION_PATH, Some("{\"action\": termin"));
     let imds = client(&sim, 3);
 
-    let error = within(imds.spot_instance_action())
+    let error = within(imds.off_runtime(ImdsClient::spot_instance_action))
         .await
         .expect_err("garbage is not a notice");
 
@@ -234,7 +260,7 @@ async fn unreachable_imds_is_reported_after_the_configured_tries() {
     sim.set_down(true);
     let imds = client(&sim, 3);
 
-    let error = within(imds.rebalance_recommendation())
+    let error = within(imds.off_runtime(ImdsClient::rebalance_recommendation))
         .await
         .expect_err("IMDS is down");
 
@@ -250,7 +276,7 @@ async fn server_errors_are_retried_until_success() {
     sim.fail_next_gets(2, 500);
     let imds = client(&sim, 3);
 
-    let recommendation = within(imds.rebalance_recommendation())
+    let recommendation = within(imds.off_runtime(ImdsClient::rebalance_recommendation))
         .await
         .expect("third try succeeds");
 
@@ -264,7 +290,7 @@ async fn server_errors_beyond_the_tries_are_a_status_error() {
     sim.fail_next_gets(2, 503);
     let imds = client(&sim, 2);
 
-    let error = within(imds.rebalance_recommendation())
+    let error = within(imds.off_runtime(ImdsClient::rebalance_recommendation))
         .await
         .expect_err("two tries, two failures");
 
@@ -284,7 +310,9 @@ async fn slow_answer_past_the_timeout_is_an_error_not_a_hang() {
         .build()
         .expect("build IMDS client");
 
-    let error = within(imds.instance_id()).await.expect_err("too slow");
+    let error = within(imds.off_runtime(ImdsClient::instance_id))
+        .await
+        .expect_err("too slow");
 
     assert!(matches!(error, ImdsError::Unreachable { .. }), "{error:?}");
     assert!(error.to_string().contains("timed out"), "{error}");
@@ -297,7 +325,9 @@ async fn instance_id_is_read() {
     let imds = client(&sim, 3);
 
     assert_eq!(
-        within(imds.instance_id()).await.expect("read"),
+        within(imds.off_runtime(ImdsClient::instance_id))
+            .await
+            .expect("read"),
         "i-0abc1234def567890"
     );
 }
@@ -309,7 +339,7 @@ async fn lifecycle_state_is_read() {
     let imds = client(&sim, 3);
 
     assert_eq!(
-        within(imds.asg_target_lifecycle_state())
+        within(imds.off_runtime(ImdsClient::asg_target_lifecycle_state))
             .await
             .expect("read"),
         Some("Terminated".to_string())
@@ -330,7 +360,9 @@ async fn scheduled_events_in_imds_format_are_parsed() {
     }]));
     let imds = client(&sim, 3);
 
-    let events = within(imds.scheduled_events()).await.expect("read");
+    let events = within(imds.off_runtime(ImdsClient::scheduled_events))
+        .await
+        .expect("read");
 
     assert_eq!(events.len(), 1);
     let event = &events[0];
@@ -374,7 +406,7 @@ async fn a_token_request_that_never_answers_falls_back_to_v1_after_the_request_t
     sim.set_rebalance(Some("2020-10-27T08:22:00Z"));
     let imds = client(&sim, 3);
 
-    let recommendation = within(imds.rebalance_recommendation())
+    let recommendation = within(imds.off_runtime(ImdsClient::rebalance_recommendation))
         .await
         .expect("read over IMDSv1");
 
@@ -391,9 +423,9 @@ async fn a_slow_path_delays_only_its_own_answers() {
     let imds = client(&sim, 1);
 
     // The slow path times out (request timeout 500 ms); the others answer.
-    let spot = within(imds.spot_instance_action()).await;
+    let spot = within(imds.off_runtime(ImdsClient::spot_instance_action)).await;
     assert!(spot.is_err(), "the slow path timed out: {spot:?}");
-    let rebalance = within(imds.rebalance_recommendation()).await;
+    let rebalance = within(imds.off_runtime(ImdsClient::rebalance_recommendation)).await;
     assert!(rebalance.expect("rebalance read").is_some());
     // The timed-out answer may still come on the first connection: never read it as the
     // answer to another path.
@@ -408,10 +440,22 @@ async fn polls_reuse_one_connection_and_one_token() {
 
     within(async {
         for _ in 0..20 {
-            assert_eq!(imds.spot_instance_action().await.expect("spot"), None);
-            assert!(imds.scheduled_events().await.expect("events").is_empty());
             assert_eq!(
-                imds.rebalance_recommendation().await.expect("rebalance"),
+                imds.off_runtime(ImdsClient::spot_instance_action)
+                    .await
+                    .expect("spot"),
+                None
+            );
+            assert!(
+                imds.off_runtime(ImdsClient::scheduled_events)
+                    .await
+                    .expect("events")
+                    .is_empty()
+            );
+            assert_eq!(
+                imds.off_runtime(ImdsClient::rebalance_recommendation)
+                    .await
+                    .expect("rebalance"),
                 None
             );
         }
@@ -433,16 +477,25 @@ async fn a_connection_broken_mid_answer_is_replaced_by_a_new_one() {
     sim.set_rebalance(Some("2020-10-27T08:22:00Z"));
     // One attempt each: no retry hides a read that went to the broken connection.
     let imds = client(&sim, 1);
-    within(imds.rebalance_recommendation())
+    within(imds.off_runtime(ImdsClient::rebalance_recommendation))
         .await
         .expect("first read");
-    // A body cut mid-answer: the server closes this connection.
+    // The server cuts every connection before a complete answer.
     sim.set_down(true);
-    assert!(within(imds.rebalance_recommendation()).await.is_err());
+    assert!(
+        within(imds.off_runtime(ImdsClient::rebalance_recommendation))
+            .await
+            .is_err()
+    );
     sim.set_down(false);
+    let before = sim.connections();
 
-    let recommendation = within(imds.rebalance_recommendation()).await;
+    let recommendation = within(imds.off_runtime(ImdsClient::rebalance_recommendation)).await;
 
     assert!(recommendation.expect("read on a new connection").is_some());
-    assert_eq!(sim.connections(), 2);
+    assert_eq!(
+        sim.connections(),
+        before + 1,
+        "a cut connection is not used again"
+    );
 }

@@ -2,6 +2,9 @@
 //! cached and refreshed before expiry, a new token and one retry on 401, IMDSv1 when no
 //! token can be had, `tries` attempts with doubling back-off on transport errors and 5xx,
 //! and 404 on an event path read as "no event".
+//!
+//! Its reads block: the monitor polls from a thread of its own (src/monitor.rs), where
+//! a poll costs the least CPU; async callers go through [`ImdsClient::off_runtime`].
 
 mod payload;
 mod token;
@@ -10,7 +13,6 @@ mod transport;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
@@ -145,7 +147,7 @@ pub struct ImdsClient {
 /// One answer of IMDS, read whole.
 struct Answer {
     status: StatusCode,
-    body: Bytes,
+    body: Vec<u8>,
 }
 
 impl Answer {
@@ -180,6 +182,24 @@ impl ImdsClient {
         }
     }
 
+    /// Runs `read` on the runtime's blocking pool, for callers on the async runtime (the
+    /// start-up reads, the tests): a read blocks for up to its attempts' timeouts and
+    /// sleeps, and it runs to its end even when the caller stops waiting.
+    pub async fn off_runtime<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&ImdsClient) -> Result<T, ImdsError> + Send + 'static,
+    ) -> Result<T, ImdsError> {
+        let client = self.clone();
+        match tokio::task::spawn_blocking(move || read(&client)).await {
+            Ok(outcome) => outcome,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => Err(ImdsError::Unreachable {
+                url: self.base.clone(),
+                detail: format!("the read was stopped: {error}"),
+            }),
+        }
+    }
+
     pub fn base_url(&self) -> &str {
         &self.base
     }
@@ -198,8 +218,8 @@ impl ImdsClient {
         )
     }
 
-    pub async fn instance_id(&self) -> Result<String, ImdsError> {
-        let answer = self.get(INSTANCE_ID_PATH).await?;
+    pub fn instance_id(&self) -> Result<String, ImdsError> {
+        let answer = self.get(INSTANCE_ID_PATH)?;
         if !answer.status.is_success() {
             return Err(status_error(INSTANCE_ID_PATH, answer.status));
         }
@@ -218,8 +238,8 @@ impl ImdsClient {
 
     /// A metadata path's text, trimmed; None when IMDS answers 404 (e.g. `public-ipv4` on
     /// an instance without a public address).
-    pub async fn text(&self, path: &str) -> Result<Option<String>, ImdsError> {
-        let answer = self.get(path).await?;
+    pub fn text(&self, path: &str) -> Result<Option<String>, ImdsError> {
+        let answer = self.get(path)?;
         match answer.status {
             StatusCode::NOT_FOUND => Ok(None),
             status if status.is_success() => Ok(Some(answer.text().trim().to_string())),
@@ -227,27 +247,22 @@ impl ImdsClient {
         }
     }
 
-    pub async fn rebalance_recommendation(
-        &self,
-    ) -> Result<Option<RebalanceRecommendation>, ImdsError> {
-        self.get_event(REBALANCE_RECOMMENDATION_PATH).await
+    pub fn rebalance_recommendation(&self) -> Result<Option<RebalanceRecommendation>, ImdsError> {
+        self.get_event(REBALANCE_RECOMMENDATION_PATH)
     }
 
-    pub async fn spot_instance_action(&self) -> Result<Option<InstanceAction>, ImdsError> {
-        self.get_event(SPOT_INSTANCE_ACTION_PATH).await
+    pub fn spot_instance_action(&self) -> Result<Option<InstanceAction>, ImdsError> {
+        self.get_event(SPOT_INSTANCE_ACTION_PATH)
     }
 
     /// The scheduled maintenance events; none when IMDS answers 404 or `[]`.
-    pub async fn scheduled_events(&self) -> Result<Vec<ScheduledEvent>, ImdsError> {
-        Ok(self
-            .get_event(SCHEDULED_EVENTS_PATH)
-            .await?
-            .unwrap_or_default())
+    pub fn scheduled_events(&self) -> Result<Vec<ScheduledEvent>, ImdsError> {
+        Ok(self.get_event(SCHEDULED_EVENTS_PATH)?.unwrap_or_default())
     }
 
     /// The ASG target lifecycle state (e.g. "InService", "Terminated"); None without a lifecycle hook.
-    pub async fn asg_target_lifecycle_state(&self) -> Result<Option<String>, ImdsError> {
-        let answer = self.get(ASG_TARGET_LIFECYCLE_STATE_PATH).await?;
+    pub fn asg_target_lifecycle_state(&self) -> Result<Option<String>, ImdsError> {
+        let answer = self.get(ASG_TARGET_LIFECYCLE_STATE_PATH)?;
         match answer.status {
             StatusCode::NOT_FOUND => Ok(None),
             status if status.is_success() => {
@@ -259,8 +274,8 @@ impl ImdsClient {
         }
     }
 
-    async fn get_event<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, ImdsError> {
-        let answer = self.get(path).await?;
+    fn get_event<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, ImdsError> {
+        let answer = self.get(path)?;
         match answer.status {
             StatusCode::NOT_FOUND => Ok(None),
             status if status.is_success() => serde_json::from_slice(&answer.body)
@@ -271,14 +286,14 @@ impl ImdsClient {
     }
 
     /// GET with the current token (if any), renewing it once on 401.
-    async fn get(&self, path: &str) -> Result<Answer, ImdsError> {
-        let token = self.current_token().await;
-        let answer = self.get_with_retries(path, token.as_ref()).await?;
+    fn get(&self, path: &str) -> Result<Answer, ImdsError> {
+        let token = self.current_token();
+        let answer = self.get_with_retries(path, token.as_ref())?;
         if answer.status != StatusCode::UNAUTHORIZED {
             return Ok(answer);
         }
         debug!(path, "IMDS answered 401; requesting a new IMDSv2 token");
-        let token = match self.renew_token().await {
+        let token = match self.renew_token() {
             Ok(token) => token,
             Err(detail) => {
                 return Err(ImdsError::TokenUnavailable {
@@ -287,14 +302,14 @@ impl ImdsClient {
                 });
             }
         };
-        let answer = self.get_with_retries(path, Some(&token)).await?;
+        let answer = self.get_with_retries(path, Some(&token))?;
         if answer.status == StatusCode::UNAUTHORIZED {
             return Err(status_error(path, answer.status));
         }
         Ok(answer)
     }
 
-    async fn get_with_retries(
+    fn get_with_retries(
         &self,
         path: &str,
         token: Option<&hyper::header::HeaderValue>,
@@ -306,7 +321,6 @@ impl ImdsClient {
             let outcome = self
                 .transport
                 .send(Method::GET, path, header)
-                .await
                 .map(|response| Answer {
                     status: response.status(),
                     body: response.into_body(),
@@ -327,7 +341,7 @@ impl ImdsClient {
                 tries = self.tries,
                 "IMDS request failed ({failure}); retrying in {delay:?}"
             );
-            tokio::time::sleep(delay).await;
+            std::thread::sleep(delay);
             attempt += 1;
         }
         .map_err(|detail| ImdsError::Unreachable {

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use hyper::Method;
 use hyper::header::{HeaderName, HeaderValue};
-use tokio::time::Instant;
+use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{ImdsClient, TOKEN_PATH, TOKEN_TTL_HEADER};
 
-/// [`super::TOKEN_HEADER`] as hyper sends it (header names travel in lower case).
+/// [`super::TOKEN_HEADER`] as it is sent (header names travel in lower case).
 pub(super) static TOKEN_HEADER_NAME: HeaderName =
     HeaderName::from_static("x-aws-ec2-metadata-token");
 static TOKEN_TTL_HEADER_NAME: HeaderName =
@@ -45,7 +45,7 @@ enum TokenMode {
 impl ImdsClient {
     /// The token to send, asking for one when none is cached, it is about to expire, or the
     /// IMDSv1 fallback period is over. None means IMDSv1.
-    pub(super) async fn current_token(&self) -> Option<HeaderValue> {
+    pub(super) fn current_token(&self) -> Option<HeaderValue> {
         let now = Instant::now();
         {
             let cache = self.token.lock().unwrap_or_else(PoisonError::into_inner);
@@ -57,12 +57,12 @@ impl ImdsClient {
                 _ => {}
             }
         }
-        self.renew_token().await.ok()
+        self.renew_token().ok()
     }
 
     /// Asks IMDS for a new token and records the outcome: the token, or IMDSv1 for a while.
-    pub(super) async fn renew_token(&self) -> Result<HeaderValue, String> {
-        let outcome = self.request_token().await;
+    pub(super) fn renew_token(&self) -> Result<HeaderValue, String> {
+        let outcome = self.request_token();
         let mut cache = self.token.lock().unwrap_or_else(PoisonError::into_inner);
         match outcome {
             Ok((token, ttl)) => {
@@ -97,15 +97,14 @@ impl ImdsClient {
     }
 
     /// One PUT for a token (NTH does not retry it): the token and its lifetime.
-    async fn request_token(&self) -> Result<(HeaderValue, Duration), String> {
+    fn request_token(&self) -> Result<(HeaderValue, Duration), String> {
         let ttl_asked = (
             TOKEN_TTL_HEADER_NAME.clone(),
             HeaderValue::from(TOKEN_TTL_SECONDS),
         );
         let response = self
             .transport
-            .send(Method::PUT, TOKEN_PATH, Some(ttl_asked))
-            .await?;
+            .send(Method::PUT, TOKEN_PATH, Some(ttl_asked))?;
         let status = response.status();
         if !status.is_success() {
             return Err(format!("HTTP {}", status.as_u16()));

@@ -1,40 +1,41 @@
-//! HTTP to IMDS: one kept-alive HTTP/1.1 connection, reused poll after poll (a second one
-//! only while two requests overlap). IMDS is one link-local host answering tiny bodies, so
-//! requests go through hyper's connection API with URIs and headers built once; a general
-//! client's pool bookkeeping and redirect, cookie and retry layers cost more per poll than
-//! the three GETs themselves (docs/PERFORMANCE.md). The retry policy is the parent's.
+//! HTTP to IMDS: blocking I/O on one kept-alive HTTP/1.1 connection, reused poll after poll
+//! (a second one only while two requests overlap). The monitor polls from a thread of its
+//! own, and each GET is one write and one read on the socket: an async runtime's
+//! bookkeeping and its timer wheel's extra wake-ups cost more per poll than the GETs
+//! themselves (docs/PERFORMANCE.md). ureq-proto frames the requests and answers (sans-IO);
+//! this file moves the bytes. The retry policy is the parent's.
 
-use std::error::Error as StdError;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Empty};
-use hyper::body::{Bytes, Incoming};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{HOST, HeaderName, HeaderValue};
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, Uri};
-use hyper_util::rt::TokioIo;
 use reqwest::Url;
-use tokio::net::TcpStream;
 use tracing::debug;
+use ureq_proto::client::{Call, RecvBodyResult, RecvResponseResult, SendRequestResult};
+use ureq_proto::{BodyMode, client::state::RecvResponse};
 
 use super::ImdsError;
 
-type Sender = SendRequest<Empty<Bytes>>;
+/// Room for a request head and for the answer bytes read ahead of parsing.
+const BUFFER_BYTES: usize = 8 * 1024;
+/// IMDS answers are a few hundred bytes; a larger one is not IMDS.
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
 /// Where IMDS is and the connection kept to it; clones share the connection.
 #[derive(Debug, Clone)]
 pub(super) struct Transport {
     /// `host:port`, as the socket is opened.
     address: String,
-    host: HeaderValue,
-    /// The base URL's path without its trailing slash: "" for IMDS itself.
-    prefix: String,
+    /// The base URL without its trailing slash; request URIs are built on it.
+    base: String,
     /// The request URI of every path read by name, built once.
     known: Arc<[(&'static str, Uri)]>,
     timeout: Duration,
     /// The open connection between two requests.
-    idle: Arc<Mutex<Option<Sender>>>,
+    idle: Arc<Mutex<Option<Connection>>>,
 }
 
 /// The base URL as written in METADATA_URL, checked, without its trailing slash.
@@ -69,23 +70,18 @@ impl Transport {
         };
         let host = base.host_str().unwrap_or_default();
         let port = base.port_or_known_default().unwrap_or(80);
-        let host_header = match base.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.to_string(),
-        };
-        let prefix = base.path().trim_end_matches('/').to_string();
+        let base_text = base.as_str().trim_end_matches('/').to_string();
         let known = known_paths
             .iter()
             .map(|path| {
-                let uri = Uri::try_from(format!("{prefix}{path}"))
+                let uri = Uri::try_from(format!("{base_text}{path}"))
                     .map_err(|e| invalid(format!("path {path}: {e}")))?;
                 Ok((*path, uri))
             })
             .collect::<Result<Vec<_>, ImdsError>>()?;
         Ok(Transport {
             address: format!("{host}:{port}"),
-            host: HeaderValue::try_from(host_header).map_err(|e| invalid(e.to_string()))?,
-            prefix,
+            base: base_text,
             known: known.into(),
             timeout,
             idle: Arc::new(Mutex::new(None)),
@@ -93,17 +89,48 @@ impl Transport {
     }
 
     /// One request and its whole answer, within the request timeout; the error is what
-    /// went wrong, for the log.
-    pub(super) async fn send(
+    /// went wrong, for the log. Blocks the calling thread.
+    pub(super) fn send(
         &self,
         method: Method,
         path: &str,
         header: Option<(HeaderName, HeaderValue)>,
-    ) -> Result<Response<Bytes>, String> {
+    ) -> Result<Response<Vec<u8>>, String> {
+        let deadline = Instant::now()
+            .checked_add(self.timeout)
+            .ok_or("the request timeout is out of range")?;
+        let kept = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(mut connection) = kept {
+            let request = self.request(method.clone(), path, header.clone())?;
+            match connection.exchange(request, deadline) {
+                Ok((answer, reusable)) => {
+                    self.keep(connection, reusable);
+                    return Ok(answer);
+                }
+                // IMDS closed the kept connection meanwhile, before answering anything:
+                // the request goes again on a new one, as HTTP clients do for GET and PUT.
+                Err(Failure::Stale(error)) => debug!("kept IMDS connection closed: {error}"),
+                Err(Failure::Other(error)) => return Err(error),
+            }
+        }
+        let mut connection = Connection::open(&self.address, deadline)?;
         let request = self.request(method, path, header)?;
-        tokio::time::timeout(self.timeout, self.exchange(request))
-            .await
-            .unwrap_or_else(|_| Err("timed out".to_string()))
+        let (answer, reusable) = connection
+            .exchange(request, deadline)
+            .map_err(Failure::into_message)?;
+        self.keep(connection, reusable);
+        Ok(answer)
+    }
+
+    fn keep(&self, connection: Connection, reusable: bool) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if reusable && idle.is_none() {
+            *idle = Some(connection);
+        }
     }
 
     fn request(
@@ -111,96 +138,239 @@ impl Transport {
         method: Method,
         path: &str,
         header: Option<(HeaderName, HeaderValue)>,
-    ) -> Result<Request<Empty<Bytes>>, String> {
+    ) -> Result<Request<()>, String> {
         let uri = match self.known.iter().find(|(known, _)| *known == path) {
             Some((_, uri)) => uri.clone(),
-            None => Uri::try_from(format!("{}{path}", self.prefix))
+            None => Uri::try_from(format!("{}{path}", self.base))
                 .map_err(|e| format!("invalid path {path:?}: {e}"))?,
         };
-        let mut request = Request::new(Empty::new());
+        let mut request = Request::new(());
+        let sends_body = method == Method::PUT;
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         let headers = request.headers_mut();
-        headers.insert(HOST, self.host.clone());
+        if sends_body {
+            // An empty body said as such, not as a chunked stream.
+            headers.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(0u16));
+        }
         if let Some((name, value)) = header {
             headers.insert(name, value);
         }
         Ok(request)
     }
+}
 
-    async fn exchange(&self, request: Request<Empty<Bytes>>) -> Result<Response<Bytes>, String> {
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .filter(|sender| !sender.is_closed());
-        let request = match idle {
-            Some(mut sender) => match sender.try_send_request(request).await {
-                Ok(response) => return self.read(sender, response).await,
-                // Not written: IMDS closed the kept connection meanwhile. A new one.
-                Err(mut error) => match error.take_message() {
-                    Some(request) => request,
-                    None => return Err(chain(error.error())),
-                },
-            },
-            None => request,
-        };
-        let mut sender = self.connect().await?;
-        let response = sender
-            .try_send_request(request)
-            .await
-            .map_err(|error| chain(error.error()))?;
-        self.read(sender, response).await
-    }
+/// How a request on a connection failed.
+enum Failure {
+    /// The connection was closed before any byte of the answer came back.
+    Stale(String),
+    Other(String),
+}
 
-    /// Reads the body whole, then keeps the connection for the next request.
-    async fn read(
-        &self,
-        sender: Sender,
-        response: Response<Incoming>,
-    ) -> Result<Response<Bytes>, String> {
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(|e| chain(&e))?.to_bytes();
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.is_none() {
-            *idle = Some(sender);
+impl Failure {
+    fn into_message(self) -> String {
+        match self {
+            Failure::Stale(error) | Failure::Other(error) => error,
         }
-        Ok(Response::from_parts(parts, body))
-    }
-
-    async fn connect(&self) -> Result<Sender, String> {
-        let stream = TcpStream::connect(self.address.as_str())
-            .await
-            .map_err(|e| format!("connecting to {}: {e}", self.address))?;
-        // Requests are one small write each: nothing to gain from Nagle's delay.
-        if let Err(error) = stream.set_nodelay(true) {
-            debug!("TCP_NODELAY on the IMDS connection: {error}");
-        }
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| chain(&e))?;
-        // Ends when IMDS closes the connection, or when its sender is dropped (a request
-        // that timed out, or a second connection the idle slot had no room for).
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!("IMDS connection closed: {error}");
-            }
-        });
-        Ok(sender)
     }
 }
 
-/// hyper's message and its causes ("connection closed before message completed: …").
-fn chain(error: &hyper::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+/// One socket to IMDS with its buffers, kept between requests.
+#[derive(Debug)]
+struct Connection {
+    stream: TcpStream,
+    /// Answer bytes read and not yet taken by the parser: `input[..filled]`.
+    input: Vec<u8>,
+    filled: usize,
+    /// The request head, and body bytes on their way out of the parser.
+    output: Vec<u8>,
+}
+
+impl Connection {
+    fn open(address: &str, deadline: Instant) -> Result<Self, String> {
+        let connecting =
+            |error: &dyn std::fmt::Display| format!("connecting to {address}: {error}");
+        let mut last_error = None;
+        for socket in address.to_socket_addrs().map_err(|e| connecting(&e))? {
+            let remaining = remaining(deadline).map_err(|e| connecting(&e))?;
+            match TcpStream::connect_timeout(&socket, remaining) {
+                Ok(stream) => {
+                    // Requests are one small write each: nothing to gain from Nagle's delay.
+                    if let Err(error) = stream.set_nodelay(true) {
+                        debug!("TCP_NODELAY on the IMDS connection: {error}");
+                    }
+                    return Ok(Connection {
+                        stream,
+                        input: vec![0; BUFFER_BYTES],
+                        filled: 0,
+                        output: vec![0; BUFFER_BYTES],
+                    });
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(match last_error {
+            Some(error) => connecting(&io_message(&error)),
+            None => connecting(&"the name resolves to no address"),
+        })
     }
-    text
+
+    /// Writes `request`, reads its answer whole; also says whether the connection can
+    /// carry the next request.
+    fn exchange(
+        &mut self,
+        request: Request<()>,
+        deadline: Instant,
+    ) -> Result<(Response<Vec<u8>>, bool), Failure> {
+        let other = |error: &dyn std::fmt::Display| Failure::Other(error.to_string());
+        let mut call = Call::new(request).map_err(|e| other(&e))?.proceed();
+        let head = call.write(&mut self.output).map_err(|e| other(&e))?;
+        self.write(head, deadline)?;
+        let call = match call.proceed().map_err(|e| other(&e))? {
+            Some(SendRequestResult::RecvResponse(call)) => call,
+            Some(SendRequestResult::SendBody(mut call)) => {
+                // Only the token PUT sends a body, and it is empty.
+                let (_, end) = call.write(&[], &mut self.output).map_err(|e| other(&e))?;
+                self.write(end, deadline)?;
+                call.proceed()
+                    .ok_or_else(|| other(&"the request body did not end"))?
+            }
+            Some(SendRequestResult::Await100(_)) | None => {
+                return Err(other(&"the request could not be sent"));
+            }
+        };
+        let (response, call) = self.read_head(call, deadline)?;
+        let mut body = Vec::new();
+        let cleanup = match call.proceed() {
+            Some(RecvResponseResult::RecvBody(mut call)) => {
+                let close_delimited = matches!(call.body_mode(), BodyMode::CloseDelimited);
+                loop {
+                    let (used, produced) = call
+                        .read(&self.input[..self.filled], &mut self.output)
+                        .map_err(|e| other(&e))?;
+                    self.consume(used);
+                    body.extend_from_slice(&self.output[..produced]);
+                    if body.len() > MAX_ANSWER_BYTES {
+                        return Err(other(&format!("answer over {MAX_ANSWER_BYTES} bytes")));
+                    }
+                    if !close_delimited && call.can_proceed() {
+                        break;
+                    }
+                    if used > 0 || produced > 0 {
+                        continue;
+                    }
+                    let more = self
+                        .fill(deadline, close_delimited)
+                        .map_err(|failure| Failure::Other(failure.into_message()))?;
+                    if !more {
+                        break; // the end of a body that ends with the connection
+                    }
+                }
+                match call.proceed() {
+                    Some(RecvBodyResult::Cleanup(call)) => Some(call.must_close_connection()),
+                    // A redirect is an answer like any other here; the connection goes.
+                    Some(RecvBodyResult::Redirect(_)) | None => None,
+                }
+            }
+            Some(RecvResponseResult::Cleanup(call)) => Some(call.must_close_connection()),
+            Some(RecvResponseResult::Redirect(_)) | None => None,
+        };
+        let reusable = cleanup == Some(false) && self.filled == 0;
+        let (parts, ()) = response.into_parts();
+        Ok((Response::from_parts(parts, body), reusable))
+    }
+
+    fn read_head(
+        &mut self,
+        mut call: Call<RecvResponse>,
+        deadline: Instant,
+    ) -> Result<(Response<()>, Call<RecvResponse>), Failure> {
+        let mut answered = false;
+        loop {
+            let (used, response) = call
+                .try_response(&self.input[..self.filled], false)
+                .map_err(|e| Failure::Other(e.to_string()))?;
+            self.consume(used);
+            if let Some(response) = response {
+                return Ok((response, call));
+            }
+            if self.filled == self.input.len() {
+                if self.input.len() >= MAX_ANSWER_BYTES {
+                    return Err(Failure::Other("answer head too large".to_string()));
+                }
+                self.input.resize(self.input.len() * 2, 0);
+            }
+            let before = self.filled;
+            match self.fill(deadline, false) {
+                Ok(_) => answered |= self.filled > before,
+                Err(Failure::Other(error)) | Err(Failure::Stale(error)) if answered => {
+                    return Err(Failure::Other(error));
+                }
+                Err(failure) => return Err(failure),
+            }
+        }
+    }
+
+    fn write(&mut self, length: usize, deadline: Instant) -> Result<(), Failure> {
+        let bytes = &self.output[..length];
+        remaining(deadline)
+            .and_then(|left| self.stream.set_write_timeout(Some(left)))
+            .and_then(|()| self.stream.write_all(bytes))
+            .map_err(|error| match error.kind() {
+                ErrorKind::BrokenPipe | ErrorKind::ConnectionReset => {
+                    Failure::Stale(format!("sending the request: {}", io_message(&error)))
+                }
+                _ => Failure::Other(format!("sending the request: {}", io_message(&error))),
+            })
+    }
+
+    /// Reads more of the answer; false at the end of the stream when `end_allowed`.
+    /// An end before any byte of an answer is [`Failure::Stale`].
+    fn fill(&mut self, deadline: Instant, end_allowed: bool) -> Result<bool, Failure> {
+        let read = remaining(deadline)
+            .and_then(|left| self.stream.set_read_timeout(Some(left)))
+            .and_then(|()| self.stream.read(&mut self.input[self.filled..]));
+        match read {
+            Ok(0) if end_allowed => Ok(false),
+            Ok(0) => Err(Failure::Stale(
+                "the connection closed before the answer was complete".to_string(),
+            )),
+            Ok(n) => {
+                self.filled += n;
+                Ok(true)
+            }
+            Err(error) if error.kind() == ErrorKind::ConnectionReset => Err(Failure::Stale(
+                format!("reading the answer: {}", io_message(&error)),
+            )),
+            Err(error) => Err(Failure::Other(format!(
+                "reading the answer: {}",
+                io_message(&error)
+            ))),
+        }
+    }
+
+    fn consume(&mut self, used: usize) {
+        self.input.copy_within(used..self.filled, 0);
+        self.filled -= used;
+    }
+}
+
+/// Time left before `deadline`, as an I/O error once it has passed (a socket timeout
+/// cannot be zero).
+fn remaining(deadline: Instant) -> std::io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(ErrorKind::TimedOut.into());
+    }
+    Ok(left)
+}
+
+/// A socket timeout reads as "timed out" whatever the platform calls it.
+fn io_message(error: &std::io::Error) -> String {
+    match error.kind() {
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => "timed out".to_string(),
+        _ => error.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +394,15 @@ mod tests {
         ));
     }
 
+    /// The head as it goes on the wire.
+    fn head(transport: &Transport, method: Method, path: &str) -> String {
+        let request = transport.request(method, path, None).expect("request");
+        let mut call = Call::new(request).expect("call").proceed();
+        let mut output = vec![0; BUFFER_BYTES];
+        let length = call.write(&mut output).expect("head");
+        String::from_utf8_lossy(&output[..length]).into_owned()
+    }
+
     #[test]
     fn requests_carry_the_host_and_origin_form_paths() {
         let (_, url) = parse_base_url("http://127.0.0.1:1338/proxy/").expect("valid");
@@ -231,14 +410,126 @@ mod tests {
             .expect("transport");
         assert_eq!(transport.address, "127.0.0.1:1338");
         for path in ["/latest/api/token", "/latest/meta-data/instance-id"] {
-            let request = transport.request(Method::GET, path, None).expect("request");
-            assert_eq!(request.uri().to_string(), format!("/proxy{path}"));
-            assert_eq!(request.headers()[HOST], "127.0.0.1:1338");
+            let head = head(&transport, Method::GET, path);
+            assert!(
+                head.starts_with(&format!("GET /proxy{path} HTTP/1.1\r\n")),
+                "{head}"
+            );
+            assert!(head.contains("\r\nhost: 127.0.0.1:1338\r\n"), "{head}");
         }
         let (_, url) = parse_base_url("http://169.254.169.254").expect("valid");
         let transport = Transport::new(&url, &[], Duration::from_secs(1)).expect("transport");
         assert_eq!(transport.address, "169.254.169.254:80");
-        let request = transport.request(Method::GET, "/x", None).expect("request");
-        assert_eq!(request.headers()[HOST], "169.254.169.254");
+        let head = head(&transport, Method::GET, "/x");
+        assert!(head.starts_with("GET /x HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nhost: 169.254.169.254\r\n"), "{head}");
+    }
+
+    #[test]
+    fn the_token_request_says_its_body_is_empty() {
+        let (_, url) = parse_base_url("http://169.254.169.254").expect("valid");
+        let transport = Transport::new(&url, &[], Duration::from_secs(1)).expect("transport");
+        let head = head(&transport, Method::PUT, "/latest/api/token");
+        assert!(head.contains("\r\ncontent-length: 0\r\n"), "{head}");
+        assert!(!head.contains("chunked"), "{head}");
+    }
+
+    /// A server on a thread of its own that answers each connection's requests with the
+    /// next of `answers` (raw bytes) and closes the connection after those marked `true`.
+    fn scripted_server(
+        answers: Vec<(&'static str, bool)>,
+    ) -> (Transport, std::thread::JoinHandle<u32>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let server = std::thread::spawn(move || {
+            let mut answers = answers.into_iter();
+            let mut connections = 0;
+            'connections: while answers.len() > 0 {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    break;
+                };
+                connections += 1;
+                let mut buffer = [0u8; 4096];
+                loop {
+                    let mut read = 0;
+                    while !buffer[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buffer[read..]) {
+                            Ok(0) | Err(_) => continue 'connections,
+                            Ok(n) => read += n,
+                        }
+                    }
+                    let Some((answer, close)) = answers.next() else {
+                        break 'connections;
+                    };
+                    stream.write_all(answer.as_bytes()).expect("answer");
+                    if close {
+                        continue 'connections;
+                    }
+                }
+            }
+            connections
+        });
+        let (_, url) = parse_base_url(&url).expect("valid");
+        let transport = Transport::new(&url, &[], Duration::from_secs(2)).expect("transport");
+        (transport, server)
+    }
+
+    fn body(transport: &Transport) -> Result<String, String> {
+        let answer = transport.send(Method::GET, "/x", None)?;
+        Ok(String::from_utf8_lossy(answer.body()).into_owned())
+    }
+
+    #[test]
+    fn a_kept_connection_closed_while_idle_is_replaced_without_a_failed_read() {
+        let (transport, server) = scripted_server(vec![
+            ("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst", true),
+            ("HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond", false),
+        ]);
+        assert_eq!(body(&transport).as_deref(), Ok("first"));
+        // The server closed the kept connection after its answer, as IMDS may when idle.
+        assert_eq!(body(&transport).as_deref(), Ok("second"));
+        drop(transport);
+        assert_eq!(server.join().expect("server"), 2);
+    }
+
+    #[test]
+    fn chunked_and_close_delimited_answers_are_read_whole() {
+        let (transport, server) = scripted_server(vec![
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end",
+                true,
+            ),
+            ("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", false),
+        ]);
+        assert_eq!(body(&transport).as_deref(), Ok("abcde"));
+        assert_eq!(body(&transport).as_deref(), Ok("until the end"));
+        let answer = transport.send(Method::GET, "/x", None).expect("answer");
+        assert_eq!(answer.status(), hyper::StatusCode::NOT_FOUND);
+        drop(transport);
+        assert_eq!(
+            server.join().expect("server"),
+            2,
+            "one connection per close"
+        );
+    }
+
+    #[test]
+    fn an_answer_cut_short_is_an_error_and_its_connection_is_not_kept() {
+        let (transport, server) = scripted_server(vec![
+            ("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", true),
+            ("HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext", false),
+        ]);
+        let error = body(&transport).expect_err("cut short");
+        assert!(
+            error.contains("closed before the answer was complete"),
+            "{error}"
+        );
+        assert_eq!(body(&transport).as_deref(), Ok("next"));
+        drop(transport);
+        assert_eq!(server.join().expect("server"), 2);
     }
 }
