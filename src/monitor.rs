@@ -22,6 +22,8 @@ use crate::imds::{
 
 /// NTH's IMDS poll interval.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// The thread the polls run on, as `ps -T` and /proc show it.
+pub const POLL_THREAD_NAME: &str = "imds-poll";
 /// While IMDS fails, the wait between polls doubles up to this many intervals.
 const MAX_BACKOFF_INTERVALS: u32 = 8;
 
@@ -270,7 +272,7 @@ pub async fn run_reporting(
     // Dropping `_stop` (on every return) ends the thread's wait between polls.
     let (_stop, stopped) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::Builder::new()
-        .name("imds-poll".to_string())
+        .name(POLL_THREAD_NAME.to_string())
         .spawn(move || poll::run(&imds, &settings, &liveness, &found_sender, &stopped))
         .map_err(|error| MonitorError::Thread(error.to_string()))?;
     loop {

@@ -1,19 +1,36 @@
-//! Allocation counting: only on threads that opted in (the monitor's thread in idle-poll).
+//! Allocation counting: only on one thread, named by its id (the monitor's poll thread in
+//! idle-poll).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 struct CountingAllocator;
 
 thread_local! {
-    static COUNT_HERE: Cell<bool> = const { Cell::new(false) };
+    /// The calling thread's id, asked of the kernel once (0: not yet); no allocation.
+    static THREAD_ID: Cell<libc::pid_t> = const { Cell::new(0) };
 }
+/// The thread whose allocations count (0: none).
+static COUNTED_THREAD: AtomicI32 = AtomicI32::new(0);
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static ALLOCATED_BYTES: AtomicU64 = AtomicU64::new(0);
 
 fn count(size: usize) {
-    if COUNT_HERE.try_with(Cell::get).unwrap_or(false) {
+    let counted = COUNTED_THREAD.load(Ordering::Relaxed);
+    if counted == 0 {
+        return;
+    }
+    let this_thread = THREAD_ID
+        .try_with(|id| {
+            if id.get() == 0 {
+                // SAFETY: gettid has no preconditions.
+                id.set(unsafe { libc::gettid() });
+            }
+            id.get()
+        })
+        .unwrap_or(0);
+    if this_thread == counted {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         ALLOCATED_BYTES.fetch_add(size as u64, Ordering::Relaxed);
     }
@@ -41,12 +58,12 @@ unsafe impl GlobalAlloc for CountingAllocator {
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
 
-/// Counts every allocation made on the calling thread from now on.
-pub fn count_this_thread() {
-    COUNT_HERE.with(|c| c.set(true));
+/// Counts every allocation made on thread `tid` of this process from now on.
+pub fn count_thread(tid: libc::pid_t) {
+    COUNTED_THREAD.store(tid, Ordering::Relaxed);
 }
 
-/// Allocations and bytes allocated so far on the counting threads.
+/// Allocations and bytes allocated so far on the counted thread.
 pub fn counted() -> (u64, u64) {
     (
         ALLOCATIONS.load(Ordering::Relaxed),

@@ -9,7 +9,7 @@ use spot_guard::sim::imds::ImdsSim;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::procfs::{children_cpu, process_cpu, rss_split_kib, status_kib, thread_cpu};
+use crate::procfs::{children_cpu, process_cpu, rss_split_kib, status_kib, thread_named, tid_cpu};
 use crate::table::{Table, mib, ms};
 use crate::world::{agent_binary, spawn_binary, stop_child, wait_until, world};
 use crate::{Mode, Result};
@@ -139,7 +139,7 @@ pub async fn idle_process(mode: &Mode) -> Result<Table> {
     Ok(table)
 }
 
-/// The monitor alone on its own thread: allocations and CPU per poll.
+/// The monitor alone: allocations and CPU per poll of its poll thread.
 pub async fn idle_poll(mode: &Mode) -> Result<Table> {
     let polls_wanted: u64 = if mode.full { 1000 } else { 20 };
     let imds = ImdsSim::start().await?;
@@ -148,7 +148,6 @@ pub async fn idle_poll(mode: &Mode) -> Result<Table> {
     let thread = std::thread::spawn({
         let shutdown = shutdown.clone();
         move || -> Result<(), String> {
-            alloc::count_this_thread();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -174,12 +173,13 @@ pub async fn idle_poll(mode: &Mode) -> Result<Table> {
             })
         }
     });
-    let pthread = std::os::unix::thread::JoinHandleExt::as_pthread_t(&thread);
     let polls = || imds.gets(REBALANCE_RECOMMENDATION_PATH);
     wait_until("warm-up polls", || polls() >= 20).await?;
-    let ((a0, b0), c0, p0) = (alloc::counted(), thread_cpu(pthread)?, polls());
+    let poller = thread_named(monitor::POLL_THREAD_NAME)?.ok_or("no IMDS poll thread")?;
+    alloc::count_thread(poller);
+    let ((a0, b0), c0, p0) = (alloc::counted(), tid_cpu(poller)?, polls());
     wait_until("measured polls", || polls() >= p0 + polls_wanted).await?;
-    let ((a1, b1), c1, p1) = (alloc::counted(), thread_cpu(pthread)?, polls());
+    let ((a1, b1), c1, p1) = (alloc::counted(), tid_cpu(poller)?, polls());
     shutdown.cancel();
     thread
         .join()
@@ -196,7 +196,7 @@ pub async fn idle_poll(mode: &Mode) -> Result<Table> {
     .await??;
     let mut table = Table::new(
         &format!(
-            "One poll of the monitor (IMDSv2, 3 paths), {} polls on a thread of its own",
+            "One poll of the monitor (IMDSv2, 3 paths), {} polls, its poll thread alone",
             p1 - p0
         ),
         &["figure", "value", "goal"],

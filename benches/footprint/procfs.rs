@@ -68,27 +68,40 @@ pub fn children_cpu() -> Duration {
     Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
 }
 
-/// CPU time a thread has used, at nanosecond resolution.
-pub fn thread_cpu(thread: libc::pthread_t) -> Result<Duration> {
-    let mut clock: libc::clockid_t = 0;
-    // SAFETY: the thread is alive (joined only after the last reading).
-    let found = unsafe { libc::pthread_getcpuclockid(thread, &mut clock) };
-    if found != 0 {
-        return Err(format!("pthread_getcpuclockid failed: {found}").into());
-    }
-    let mut time = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock is a valid clock id and time is ours.
-    if unsafe { libc::clock_gettime(clock, &mut time) } != 0 {
-        return Err("clock_gettime failed".into());
-    }
-    Ok(Duration::new(time.tv_sec as u64, time.tv_nsec as u32))
+/// CPU time of this process's thread `tid`, at nanosecond resolution: Linux's
+/// per-thread CPU clock, whose id is built as glibc's `pthread_getcpuclockid` builds it
+/// (the thread may have been started by code that does not hand out its handle).
+pub fn tid_cpu(tid: libc::pid_t) -> Result<Duration> {
+    clock_time((!tid << 3) | 6)
 }
 
 /// CPU time the calling thread has used, at nanosecond resolution.
 pub fn this_thread_cpu() -> Result<Duration> {
-    // SAFETY: pthread_self is always the live calling thread.
-    thread_cpu(unsafe { libc::pthread_self() })
+    clock_time(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+fn clock_time(clock: libc::clockid_t) -> Result<Duration> {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: time is ours; an invalid clock id is an error return, not UB.
+    if unsafe { libc::clock_gettime(clock, &mut time) } != 0 {
+        return Err(format!("clock_gettime({clock}) failed").into());
+    }
+    Ok(Duration::new(time.tv_sec as u64, time.tv_nsec as u32))
+}
+
+/// The id of this process's thread named `name` (its `comm`), if one runs.
+pub fn thread_named(name: &str) -> Result<Option<libc::pid_t>> {
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        let entry = entry?;
+        let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
+            continue; // the thread ended meanwhile
+        };
+        if comm.trim_end() == name {
+            return Ok(entry.file_name().to_str().and_then(|tid| tid.parse().ok()));
+        }
+    }
+    Ok(None)
 }
