@@ -32,7 +32,17 @@ pub(super) fn exit_on_panic() {
             .location()
             .map(|at| format!(" at {}:{}", at.file(), at.line()))
             .unwrap_or_default();
-        let task = task.map_or_else(|| "agent".to_owned(), |name| format!("the {name}"));
+        let task = match task {
+            Some(name) => format!("the {name}"),
+            // The monitor's polls run on a thread of their own, outside any task.
+            None if std::thread::current().name() == Some(crate::monitor::POLL_THREAD_NAME) => {
+                format!(
+                    "the IMDS monitor's {} thread",
+                    crate::monitor::POLL_THREAD_NAME
+                )
+            }
+            None => "agent".to_owned(),
+        };
         error!("{task} panicked{place}: {message}: exiting so that Kubernetes restarts the agent");
         default_hook(info);
         std::process::exit(1);
