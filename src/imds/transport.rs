@@ -23,6 +23,9 @@ use super::ImdsError;
 const BUFFER_BYTES: usize = 8 * 1024;
 /// IMDS answers are a few hundred bytes; a larger one is not IMDS.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+/// How far a socket timeout may stray from the request's deadline before it is set
+/// again: most reads and writes then need no `setsockopt` of their own.
+const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
 
 /// Where IMDS is and the connection kept to it; clones share the connection.
 #[derive(Debug, Clone)]
@@ -184,6 +187,9 @@ struct Connection {
     filled: usize,
     /// The request head, and body bytes on their way out of the parser.
     output: Vec<u8>,
+    /// The socket's read and write timeouts as last set (none at first).
+    read_timeout: Duration,
+    write_timeout: Duration,
 }
 
 impl Connection {
@@ -204,6 +210,8 @@ impl Connection {
                         input: vec![0; BUFFER_BYTES],
                         filled: 0,
                         output: vec![0; BUFFER_BYTES],
+                        read_timeout: Duration::ZERO,
+                        write_timeout: Duration::ZERO,
                     });
                 }
                 Err(error) => last_error = Some(error),
@@ -313,23 +321,25 @@ impl Connection {
 
     fn write(&mut self, length: usize, deadline: Instant) -> Result<(), Failure> {
         let bytes = &self.output[..length];
-        remaining(deadline)
-            .and_then(|left| self.stream.set_write_timeout(Some(left)))
-            .and_then(|()| self.stream.write_all(bytes))
-            .map_err(|error| match error.kind() {
-                ErrorKind::BrokenPipe | ErrorKind::ConnectionReset => {
-                    Failure::Stale(format!("sending the request: {}", io_message(&error)))
-                }
-                _ => Failure::Other(format!("sending the request: {}", io_message(&error))),
-            })
+        bound(deadline, &mut self.write_timeout, |left| {
+            self.stream.set_write_timeout(Some(left))
+        })
+        .and_then(|()| self.stream.write_all(bytes))
+        .map_err(|error| match error.kind() {
+            ErrorKind::BrokenPipe | ErrorKind::ConnectionReset => {
+                Failure::Stale(format!("sending the request: {}", io_message(&error)))
+            }
+            _ => Failure::Other(format!("sending the request: {}", io_message(&error))),
+        })
     }
 
     /// Reads more of the answer; false at the end of the stream when `end_allowed`.
     /// An end before any byte of an answer is [`Failure::Stale`].
     fn fill(&mut self, deadline: Instant, end_allowed: bool) -> Result<bool, Failure> {
-        let read = remaining(deadline)
-            .and_then(|left| self.stream.set_read_timeout(Some(left)))
-            .and_then(|()| self.stream.read(&mut self.input[self.filled..]));
+        let read = bound(deadline, &mut self.read_timeout, |left| {
+            self.stream.set_read_timeout(Some(left))
+        })
+        .and_then(|()| self.stream.read(&mut self.input[self.filled..]));
         match read {
             Ok(0) if end_allowed => Ok(false),
             Ok(0) => Err(Failure::Stale(
@@ -363,6 +373,21 @@ fn remaining(deadline: Instant) -> std::io::Result<Duration> {
         return Err(ErrorKind::TimedOut.into());
     }
     Ok(left)
+}
+
+/// Makes a socket timeout, last set to `current`, end within [`TIMEOUT_SLACK`] of
+/// `deadline`, calling `set` only when it would not.
+fn bound(
+    deadline: Instant,
+    current: &mut Duration,
+    set: impl FnOnce(Duration) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let left = remaining(deadline)?;
+    if current.abs_diff(left) > TIMEOUT_SLACK {
+        set(left)?;
+        *current = left;
+    }
+    Ok(())
 }
 
 /// A socket timeout reads as "timed out" whatever the platform calls it.
@@ -531,5 +556,31 @@ mod tests {
         assert_eq!(body(&transport).as_deref(), Ok("next"));
         drop(transport);
         assert_eq!(server.join().expect("server"), 2);
+    }
+
+    #[test]
+    fn socket_timeouts_follow_the_deadline_within_the_slack() {
+        let mut current = Duration::ZERO;
+        let mut sets = Vec::new();
+        let mut bound_to = |deadline: Instant, current: &mut Duration| {
+            bound(deadline, current, |left| {
+                sets.push(left);
+                Ok(())
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        bound_to(deadline, &mut current).expect("in time");
+        bound_to(deadline, &mut current).expect("in time");
+        // The next request's deadline is within the slack of the timeout already set.
+        bound_to(deadline + TIMEOUT_SLACK / 2, &mut current).expect("in time");
+        // A later read of a request with less time left sets a shorter timeout.
+        bound_to(deadline - Duration::from_secs(1), &mut current).expect("in time");
+        drop(bound_to);
+        assert_eq!(sets.len(), 2, "{sets:?}");
+        assert!(sets[0] > Duration::from_millis(1990), "{sets:?}");
+        assert!(sets[1] <= Duration::from_secs(1), "{sets:?}");
+        let passed = Instant::now() - Duration::from_millis(1);
+        let error = bound(passed, &mut current, |_| Ok(())).expect_err("past the deadline");
+        assert_eq!(io_message(&error), "timed out");
     }
 }
