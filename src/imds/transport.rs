@@ -575,7 +575,6 @@ mod tests {
         bound_to(deadline + TIMEOUT_SLACK / 2, &mut current).expect("in time");
         // A later read of a request with less time left sets a shorter timeout.
         bound_to(deadline - Duration::from_secs(1), &mut current).expect("in time");
-        drop(bound_to);
         assert_eq!(sets.len(), 2, "{sets:?}");
         assert!(sets[0] > Duration::from_millis(1990), "{sets:?}");
         assert!(sets[1] <= Duration::from_secs(1), "{sets:?}");
