@@ -319,12 +319,12 @@ fn an_absurd_token_ttl_header_is_survived() {
         let sim = ImdsSim::start().await.expect("IMDS simulator");
         sim.set_token_ttl(Some(u64::MAX));
         let imds = ImdsClient::new(&sim.url(), 1).expect("client");
-        imds.off_runtime(ImdsClient::instance_id)
-            .await
-            .expect("read with the token");
-        imds.off_runtime(ImdsClient::instance_id)
-            .await
-            .expect("read again with the cached token");
+        imds.off_runtime(|imds| {
+            imds.instance_id()?;
+            imds.instance_id() // with the cached token
+        })
+        .await
+        .expect("read twice with the token");
         assert_eq!(sim.tokens_issued(), 1, "the token is reused");
     });
 }

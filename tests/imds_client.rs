@@ -41,24 +41,15 @@ async fn v2_token_is_sent_on_every_get_and_reused() {
     sim.set_rebalance(Some("2020-10-27T08:22:00Z"));
     let imds = client(&sim, 3);
 
-    within(async {
-        imds.off_runtime(ImdsClient::instance_id)
-            .await
-            .expect("instance id");
-        imds.off_runtime(ImdsClient::rebalance_recommendation)
-            .await
-            .expect("rebalance");
-        imds.off_runtime(ImdsClient::spot_instance_action)
-            .await
-            .expect("spot action");
-        imds.off_runtime(ImdsClient::scheduled_events)
-            .await
-            .expect("scheduled events");
-        imds.off_runtime(ImdsClient::asg_target_lifecycle_state)
-            .await
-            .expect("lifecycle");
-    })
-    .await;
+    within(imds.off_runtime(|imds| {
+        imds.instance_id()?;
+        imds.rebalance_recommendation()?;
+        imds.spot_instance_action()?;
+        imds.scheduled_events()?;
+        imds.asg_target_lifecycle_state()
+    }))
+    .await
+    .expect("every path read");
 
     assert_eq!(sim.token_puts(), 1, "one token for many GETs");
     assert_eq!(sim.gets_with_token(), 5);
@@ -438,29 +429,16 @@ async fn polls_reuse_one_connection_and_one_token() {
     sim.set_token_mode(TokenMode::V2Required);
     let imds = client(&sim, 3);
 
-    within(async {
+    within(imds.off_runtime(|imds| {
         for _ in 0..20 {
-            assert_eq!(
-                imds.off_runtime(ImdsClient::spot_instance_action)
-                    .await
-                    .expect("spot"),
-                None
-            );
-            assert!(
-                imds.off_runtime(ImdsClient::scheduled_events)
-                    .await
-                    .expect("events")
-                    .is_empty()
-            );
-            assert_eq!(
-                imds.off_runtime(ImdsClient::rebalance_recommendation)
-                    .await
-                    .expect("rebalance"),
-                None
-            );
+            assert_eq!(imds.spot_instance_action()?, None);
+            assert!(imds.scheduled_events()?.is_empty());
+            assert_eq!(imds.rebalance_recommendation()?, None);
         }
-    })
-    .await;
+        Ok(())
+    }))
+    .await
+    .expect("every poll read");
 
     assert_eq!(sim.gets_with_token(), 60);
     assert_eq!(sim.token_puts(), 1, "one token for every poll");
