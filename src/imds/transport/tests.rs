@@ -1,0 +1,184 @@
+//! The transport against scripted servers: framing, kept and replaced connections, timeouts.
+
+use super::*;
+
+#[test]
+fn base_url_is_checked_and_trailing_slash_dropped() {
+    let base = |url: &str| parse_base_url(url).map(|(base, _)| base);
+    assert_eq!(
+        base("http://169.254.169.254/").ok().as_deref(),
+        Some("http://169.254.169.254")
+    );
+    assert!(matches!(
+        base("169.254.169.254"),
+        Err(ImdsError::InvalidUrl { .. })
+    ));
+    assert!(matches!(
+        base("ftp://169.254.169.254"),
+        Err(ImdsError::InvalidUrl { .. })
+    ));
+}
+
+/// The head as it goes on the wire.
+fn head(transport: &Transport, method: Method, path: &str) -> String {
+    let request = transport.request(method, path, None).expect("request");
+    let mut call = Call::new(request).expect("call").proceed();
+    let mut output = vec![0; BUFFER_BYTES];
+    let length = call.write(&mut output).expect("head");
+    String::from_utf8_lossy(&output[..length]).into_owned()
+}
+
+#[test]
+fn requests_carry_the_host_and_origin_form_paths() {
+    let (_, url) = parse_base_url("http://127.0.0.1:1338/proxy/").expect("valid");
+    let transport =
+        Transport::new(&url, &["/latest/api/token"], Duration::from_secs(1)).expect("transport");
+    assert_eq!(transport.address, "127.0.0.1:1338");
+    for path in ["/latest/api/token", "/latest/meta-data/instance-id"] {
+        let head = head(&transport, Method::GET, path);
+        assert!(
+            head.starts_with(&format!("GET /proxy{path} HTTP/1.1\r\n")),
+            "{head}"
+        );
+        assert!(head.contains("\r\nhost: 127.0.0.1:1338\r\n"), "{head}");
+    }
+    let (_, url) = parse_base_url("http://169.254.169.254").expect("valid");
+    let transport = Transport::new(&url, &[], Duration::from_secs(1)).expect("transport");
+    assert_eq!(transport.address, "169.254.169.254:80");
+    let head = head(&transport, Method::GET, "/x");
+    assert!(head.starts_with("GET /x HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("\r\nhost: 169.254.169.254\r\n"), "{head}");
+}
+
+#[test]
+fn the_token_request_says_its_body_is_empty() {
+    let (_, url) = parse_base_url("http://169.254.169.254").expect("valid");
+    let transport = Transport::new(&url, &[], Duration::from_secs(1)).expect("transport");
+    let head = head(&transport, Method::PUT, "/latest/api/token");
+    assert!(head.contains("\r\ncontent-length: 0\r\n"), "{head}");
+    assert!(!head.contains("chunked"), "{head}");
+}
+
+/// A server on a thread of its own that answers each connection's requests with the
+/// next of `answers` (raw bytes) and closes the connection after those marked `true`.
+fn scripted_server(
+    answers: Vec<(&'static str, bool)>,
+) -> (Transport, std::thread::JoinHandle<u32>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let server = std::thread::spawn(move || {
+        let mut answers = answers.into_iter();
+        let mut connections = 0;
+        'connections: while answers.len() > 0 {
+            let Ok((mut stream, _)) = listener.accept() else {
+                break;
+            };
+            connections += 1;
+            let mut buffer = [0u8; 4096];
+            loop {
+                let mut read = 0;
+                while !buffer[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer[read..]) {
+                        Ok(0) | Err(_) => continue 'connections,
+                        Ok(n) => read += n,
+                    }
+                }
+                let Some((answer, close)) = answers.next() else {
+                    break 'connections;
+                };
+                stream.write_all(answer.as_bytes()).expect("answer");
+                if close {
+                    continue 'connections;
+                }
+            }
+        }
+        connections
+    });
+    let (_, url) = parse_base_url(&url).expect("valid");
+    let transport = Transport::new(&url, &[], Duration::from_secs(2)).expect("transport");
+    (transport, server)
+}
+
+fn body(transport: &Transport) -> Result<String, String> {
+    let answer = transport.send(Method::GET, "/x", None)?;
+    Ok(String::from_utf8_lossy(answer.body()).into_owned())
+}
+
+#[test]
+fn a_kept_connection_closed_while_idle_is_replaced_without_a_failed_read() {
+    let (transport, server) = scripted_server(vec![
+        ("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst", true),
+        ("HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond", false),
+    ]);
+    assert_eq!(body(&transport).as_deref(), Ok("first"));
+    // The server closed the kept connection after its answer, as IMDS may when idle.
+    assert_eq!(body(&transport).as_deref(), Ok("second"));
+    drop(transport);
+    assert_eq!(server.join().expect("server"), 2);
+}
+
+#[test]
+fn chunked_and_close_delimited_answers_are_read_whole() {
+    let (transport, server) = scripted_server(vec![
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            false,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end",
+            true,
+        ),
+        ("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", false),
+    ]);
+    assert_eq!(body(&transport).as_deref(), Ok("abcde"));
+    assert_eq!(body(&transport).as_deref(), Ok("until the end"));
+    let answer = transport.send(Method::GET, "/x", None).expect("answer");
+    assert_eq!(answer.status(), hyper::StatusCode::NOT_FOUND);
+    drop(transport);
+    assert_eq!(
+        server.join().expect("server"),
+        2,
+        "one connection per close"
+    );
+}
+
+#[test]
+fn an_answer_cut_short_is_an_error_and_its_connection_is_not_kept() {
+    let (transport, server) = scripted_server(vec![
+        ("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", true),
+        ("HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext", false),
+    ]);
+    let error = body(&transport).expect_err("cut short");
+    assert!(
+        error.contains("closed before the answer was complete"),
+        "{error}"
+    );
+    assert_eq!(body(&transport).as_deref(), Ok("next"));
+    drop(transport);
+    assert_eq!(server.join().expect("server"), 2);
+}
+
+#[test]
+fn socket_timeouts_follow_the_deadline_within_the_slack() {
+    let mut current = Duration::ZERO;
+    let mut sets = Vec::new();
+    let mut bound_to = |deadline: Instant, current: &mut Duration| {
+        bound(deadline, current, |left| {
+            sets.push(left);
+            Ok(())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    bound_to(deadline, &mut current).expect("in time");
+    bound_to(deadline, &mut current).expect("in time");
+    // The next request's deadline is within the slack of the timeout already set.
+    bound_to(deadline + TIMEOUT_SLACK / 2, &mut current).expect("in time");
+    // A later read of a request with less time left sets a shorter timeout.
+    bound_to(deadline - Duration::from_secs(1), &mut current).expect("in time");
+    assert_eq!(sets.len(), 2, "{sets:?}");
+    assert!(sets[0] > Duration::from_millis(1990), "{sets:?}");
+    assert!(sets[1] <= Duration::from_secs(1), "{sets:?}");
+    let passed = Instant::now() - Duration::from_millis(1);
+    let error = bound(passed, &mut current, |_| Ok(())).expect_err("past the deadline");
+    assert_eq!(io_message(&error), "timed out");
+}
