@@ -32,6 +32,8 @@ const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
 pub(super) struct Transport {
     /// `host:port`, as the socket is opened.
     address: String,
+    /// The Host header, built once (else the framing builds it for every request).
+    host: HeaderValue,
     /// The base URL without its trailing slash; request URIs are built on it.
     base: String,
     /// The request URI of every path read by name, built once.
@@ -73,6 +75,10 @@ impl Transport {
         };
         let host = base.host_str().unwrap_or_default();
         let port = base.port_or_known_default().unwrap_or(80);
+        let host_header = match base.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
         let base_text = base.as_str().trim_end_matches('/').to_string();
         let known = known_paths
             .iter()
@@ -84,6 +90,7 @@ impl Transport {
             .collect::<Result<Vec<_>, ImdsError>>()?;
         Ok(Transport {
             address: format!("{host}:{port}"),
+            host: HeaderValue::try_from(host_header).map_err(|e| invalid(e.to_string()))?,
             base: base_text,
             known: known.into(),
             timeout,
@@ -152,6 +159,7 @@ impl Transport {
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         let headers = request.headers_mut();
+        headers.insert(hyper::header::HOST, self.host.clone());
         if sends_body {
             // An empty body said as such, not as a chunked stream.
             headers.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(0u16));

@@ -41,6 +41,7 @@ fn requests_carry_the_host_and_origin_form_paths() {
             "{head}"
         );
         assert!(head.contains("\r\nhost: 127.0.0.1:1338\r\n"), "{head}");
+        assert_eq!(head.matches("host:").count(), 1, "{head}");
     }
     let (_, url) = parse_base_url("http://169.254.169.254").expect("valid");
     let transport = Transport::new(&url, &[], Duration::from_secs(1)).expect("transport");
