@@ -2,7 +2,8 @@
 //! handles a spot interruption and posts NTH's webhook with a credential in the URL's path,
 //! one in a header value and one in the proxy's userinfo, at LOG_LEVEL=debug in text and in
 //! JSON; the post succeeds, is refused by the proxy (HTTP 502) or cannot connect, and
-//! start-up refuses a broken URL and proxy. None of the credentials is in any output.
+//! start-up refuses a broken URL and proxy. None of the credentials is in any output, nor
+//! the IMDSv2 token, even at RUST_LOG=trace.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -135,6 +136,58 @@ async fn flow(json: bool, webhook_host: &str, proxy: Option<&str>) -> String {
     sigterm(&child);
     wait_exit(&mut child, Duration::from_secs(15)).await;
     read()
+}
+
+/// At RUST_LOG=trace the HTTP/1.1 framing of the IMDS poll would dump every request's
+/// bytes, 16 to a line: no 16-character run of the IMDSv2 token is in the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_imds_token_is_not_logged_even_at_trace() {
+    let imds = ImdsSim::start().await.expect("IMDS simulator");
+    let kube = FakeKube::start().await.expect("fake Kubernetes API");
+    kube.add_node(NODE);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let env = [
+        ("INSTANCE_METADATA_URL", imds.url()),
+        (
+            "KUBECONFIG",
+            write_kubeconfig(dir.path(), &kube.url())
+                .display()
+                .to_string(),
+        ),
+        ("WEBHOOK_URL", "http://127.0.0.1:1/unused".to_owned()),
+        ("RUST_LOG", "trace".to_owned()),
+    ];
+    let mut child = agent(dir.path(), &env)
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("agent starts");
+    // Start-up reads and polls: six requests' bytes carried the token through the framing.
+    wait_until("six GETs with the token", Duration::from_secs(40), || {
+        imds.gets_with_token() >= 6
+    })
+    .await;
+    sigterm(&child);
+    wait_exit(&mut child, Duration::from_secs(15)).await;
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    assert!(
+        output.contains("TRACE"),
+        "trace lines are written: {output}"
+    );
+    let tokens = imds.valid_tokens();
+    assert!(!tokens.is_empty(), "the agent asked for a token");
+    for token in &tokens {
+        for run in token.as_bytes().windows(16) {
+            let run = String::from_utf8_lossy(run);
+            assert!(
+                !output.contains(&*run),
+                "the token's {run} is in the output"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -283,6 +283,11 @@ impl ImdsSim {
         self.state().tokens_issued
     }
 
+    /// The tokens still valid, as sent in the token header (to look for them in logs).
+    pub fn valid_tokens(&self) -> Vec<String> {
+        self.state().tokens.keys().cloned().collect()
+    }
+
     /// GETs received on `path`, whatever the answer.
     pub fn gets(&self, path: &str) -> u64 {
         self.state().gets.get(path).copied().unwrap_or(0)
