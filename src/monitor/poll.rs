@@ -40,6 +40,7 @@ pub(super) fn run(
     loop {
         let poll = poll_once(imds, settings);
         liveness.record_poll();
+        let failed = !poll.failures.is_empty();
         for monitor in poll.failures {
             let failure = Found::Failure {
                 monitor,
@@ -49,7 +50,7 @@ pub(super) fn run(
                 return;
             }
         }
-        failed_polls = if poll.failed {
+        failed_polls = if failed {
             failed_polls.saturating_add(1)
         } else {
             0
@@ -85,7 +86,6 @@ pub(super) fn run(
 struct Poll {
     /// Most urgent first: a spot interruption before a rebalance recommendation.
     notices: Vec<Notice>,
-    failed: bool,
     /// The rebalance recommendation served now (`Some(None)`: none); `None` when not read.
     rebalance_served: Option<Option<String>>,
     /// NTH's monitor kind, per failed read (the error is logged where it happens).
@@ -95,7 +95,6 @@ struct Poll {
 fn poll_once(imds: &ImdsClient, settings: &MonitorSettings) -> Poll {
     let mut poll = Poll {
         notices: Vec::new(),
-        failed: false,
         rebalance_served: None,
         failures: Vec::new(),
     };
@@ -154,7 +153,6 @@ fn poll_once(imds: &ImdsClient, settings: &MonitorSettings) -> Poll {
 impl Poll {
     fn record_failure(&mut self, monitor: &'static str, path: &str, error: &ImdsError) {
         warn!(path, "Polling IMDS failed, will poll again: {error}");
-        self.failed = true;
         self.failures.push(monitor);
     }
 }
