@@ -60,11 +60,6 @@ pub fn init(level: &str, json: bool) -> Result<(), LoggingError> {
     })
 }
 
-/// The HTTP/1.1 framing of the IMDS poll (ureq-proto) dumps every request's bytes at
-/// trace level, the IMDSv2 token header among them: never below debug, whatever RUST_LOG
-/// asks.
-const IMDS_FRAMING_TARGET: &str = "ureq_proto";
-
 /// Which lines are written: RUST_LOG's `target=level` list when set, else warnings from
 /// every crate and `level` from spot-guard's own code.
 fn filter(level: &str, rust_log: Option<&str>) -> Result<Targets, LoggingError> {
@@ -85,28 +80,7 @@ fn filter(level: &str, rust_log: Option<&str>) -> Result<Targets, LoggingError> 
                 .with_target("spot_guard", own)
         }
     };
-    Ok(cap_imds_framing(filter))
-}
-
-/// `filter` with [`IMDS_FRAMING_TARGET`] (and its modules) at debug at most.
-fn cap_imds_framing(filter: Targets) -> Targets {
-    let default = filter.default_level();
-    let mut capped = default.map_or_else(Targets::new, |level| Targets::new().with_default(level));
-    let mut named = false;
-    for (target, level) in filter {
-        let level = if target.starts_with(IMDS_FRAMING_TARGET) {
-            named = true;
-            level.min(LevelFilter::DEBUG)
-        } else {
-            level
-        };
-        capped = capped.with_target(target, level);
-    }
-    if named {
-        return capped;
-    }
-    let inherited = default.unwrap_or(LevelFilter::OFF);
-    capped.with_target(IMDS_FRAMING_TARGET, inherited.min(LevelFilter::DEBUG))
+    Ok(filter)
 }
 
 /// Hex digits of an event id's hash kept in text logs: enough to tell events apart.
@@ -189,25 +163,7 @@ impl Visit for TextVisitor<'_> {
 
 #[cfg(test)]
 mod tests {
-    use tracing::Level;
-
-    use super::{IMDS_FRAMING_TARGET, filter, short_event_id};
-
-    #[test]
-    fn the_imds_request_bytes_are_never_logged_even_at_trace() {
-        let asked = format!("trace,{IMDS_FRAMING_TARGET}=trace");
-        for rust_log in [None, Some("trace"), Some(asked.as_str())] {
-            let filter = filter("trace", rust_log).expect("valid");
-            assert!(
-                !filter.would_enable(IMDS_FRAMING_TARGET, &Level::TRACE),
-                "{rust_log:?}"
-            );
-            assert!(
-                filter.would_enable("spot_guard", &Level::TRACE),
-                "{rust_log:?}"
-            );
-        }
-    }
+    use super::short_event_id;
 
     #[test]
     fn event_ids_keep_their_kind_and_eight_hash_digits() {

@@ -138,8 +138,8 @@ async fn flow(json: bool, webhook_host: &str, proxy: Option<&str>) -> String {
     read()
 }
 
-/// At RUST_LOG=trace the HTTP/1.1 framing of the IMDS poll would dump every request's
-/// bytes, 16 to a line: no 16-character run of the IMDSv2 token is in the output.
+/// At RUST_LOG=trace every crate logs all it can (an HTTP library may dump each request's
+/// bytes, 16 to a line): no 16-character run of the IMDSv2 token is in the output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_imds_token_is_not_logged_even_at_trace() {
     let imds = ImdsSim::start().await.expect("IMDS simulator");
@@ -164,7 +164,7 @@ async fn the_imds_token_is_not_logged_even_at_trace() {
         .stderr(log)
         .spawn()
         .expect("agent starts");
-    // Start-up reads and polls: six requests' bytes carried the token through the framing.
+    // Start-up reads and polls: six requests carried the token.
     wait_until("six GETs with the token", Duration::from_secs(40), || {
         imds.gets_with_token() >= 6
     })

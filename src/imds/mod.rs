@@ -13,7 +13,7 @@ mod transport;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::{Method, StatusCode};
+use hyper::StatusCode;
 use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 
@@ -21,8 +21,8 @@ pub use payload::{
     InstanceAction, RebalanceRecommendation, ScheduledEvent, is_instance_id,
     parse_scheduled_event_time,
 };
-use token::{TOKEN_HEADER_NAME, TokenCache};
-use transport::Transport;
+use token::{Token, TokenCache};
+use transport::{Answer, Method, Transport};
 
 pub const DEFAULT_METADATA_URL: &str = "http://169.254.169.254";
 /// NTH's METADATA_TRIES default.
@@ -109,7 +109,7 @@ impl ImdsClientBuilder {
         let (base, url) = transport::parse_base_url(&self.base_url)?;
         // No proxy is ever asked: IMDS is link-local, and an HTTP_PROXY meant for the
         // internet must not see it.
-        let transport = Transport::new(&url, &KNOWN_PATHS, self.request_timeout)?;
+        let transport = Transport::new(&url, self.request_timeout);
         Ok(ImdsClient {
             transport,
             base,
@@ -122,16 +122,6 @@ impl ImdsClientBuilder {
     }
 }
 
-/// The paths read every poll or at start-up, whose request URIs are built once.
-const KNOWN_PATHS: [&str; 6] = [
-    TOKEN_PATH,
-    INSTANCE_ID_PATH,
-    SPOT_INSTANCE_ACTION_PATH,
-    SCHEDULED_EVENTS_PATH,
-    REBALANCE_RECOMMENDATION_PATH,
-    ASG_TARGET_LIFECYCLE_STATE_PATH,
-];
-
 /// IMDS client; cheap to clone (clones share the token and the connection).
 #[derive(Debug, Clone)]
 pub struct ImdsClient {
@@ -142,19 +132,6 @@ pub struct ImdsClient {
     retry_base_delay: Duration,
     v2_retry_after: Duration,
     token: Arc<Mutex<TokenCache>>,
-}
-
-/// One answer of IMDS, read whole.
-struct Answer {
-    status: StatusCode,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    /// The body as text; IMDS answers ASCII, anything else is replaced, not refused.
-    fn text(&self) -> std::borrow::Cow<'_, str> {
-        String::from_utf8_lossy(&self.body)
-    }
 }
 
 /// The sleeps between the attempts of one request: doubling from `base`, each capped
@@ -278,7 +255,7 @@ impl ImdsClient {
         let answer = self.get(path)?;
         match answer.status {
             StatusCode::NOT_FOUND => Ok(None),
-            status if status.is_success() => serde_json::from_slice(&answer.body)
+            status if status.is_success() => serde_json::from_slice(answer.body())
                 .map(Some)
                 .map_err(|e| malformed(path, &e.to_string(), &answer.text())),
             status => Err(status_error(path, status)),
@@ -309,22 +286,12 @@ impl ImdsClient {
         Ok(answer)
     }
 
-    fn get_with_retries(
-        &self,
-        path: &str,
-        token: Option<&hyper::header::HeaderValue>,
-    ) -> Result<Answer, ImdsError> {
+    fn get_with_retries(&self, path: &str, token: Option<&Token>) -> Result<Answer, ImdsError> {
         let mut delays = retry_delays(self.retry_base_delay, self.tries);
         let mut attempt = 1;
         loop {
-            let header = token.map(|token| (TOKEN_HEADER_NAME.clone(), token.clone()));
-            let outcome = self
-                .transport
-                .send(Method::GET, path, header)
-                .map(|response| Answer {
-                    status: response.status(),
-                    body: response.into_body(),
-                });
+            let header = token.map(|token| (TOKEN_HEADER, token.as_bytes()));
+            let outcome = self.transport.send(Method::Get, path, header);
             let failure = match &outcome {
                 Ok(answer) if answer.status.is_server_error() => {
                     format!("HTTP {}", answer.status.as_u16())

@@ -1,21 +1,15 @@
 //! The IMDSv2 session token: asked for once, sent on every GET until shortly before it
 //! expires, and IMDSv1 for a while when none can be had (NTH's rules).
 
-use std::sync::PoisonError;
-use std::time::Duration;
+use std::fmt;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
 
-use hyper::Method;
-use hyper::header::{HeaderName, HeaderValue};
-use std::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::transport::Method;
 use super::{ImdsClient, TOKEN_PATH, TOKEN_TTL_HEADER};
 
-/// [`super::TOKEN_HEADER`] as it is sent (header names travel in lower case).
-pub(super) static TOKEN_HEADER_NAME: HeaderName =
-    HeaderName::from_static("x-aws-ec2-metadata-token");
-static TOKEN_TTL_HEADER_NAME: HeaderName =
-    HeaderName::from_static("x-aws-ec2-metadata-token-ttl-seconds");
 /// NTH asks for one-hour tokens.
 const TOKEN_TTL_SECONDS: u64 = 3600;
 /// NTH refreshes the token when this many seconds or fewer remain.
@@ -33,8 +27,7 @@ enum TokenMode {
     #[default]
     Unknown,
     V2 {
-        /// Kept as the header value it is sent as: a GET clones it without copying.
-        token: HeaderValue,
+        token: Token,
         refresh_at: Instant,
     },
     V1 {
@@ -42,10 +35,26 @@ enum TokenMode {
     },
 }
 
+/// An IMDSv2 token: a secret, so its Debug output does not show it. Clones share it.
+#[derive(Clone)]
+pub(super) struct Token(Arc<str>);
+
+impl Token {
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(Sensitive)")
+    }
+}
+
 impl ImdsClient {
     /// The token to send, asking for one when none is cached, it is about to expire, or the
     /// IMDSv1 fallback period is over. None means IMDSv1.
-    pub(super) fn current_token(&self) -> Option<HeaderValue> {
+    pub(super) fn current_token(&self) -> Option<Token> {
         let now = Instant::now();
         {
             let cache = self.token.lock().unwrap_or_else(PoisonError::into_inner);
@@ -61,7 +70,7 @@ impl ImdsClient {
     }
 
     /// Asks IMDS for a new token and records the outcome: the token, or IMDSv1 for a while.
-    pub(super) fn renew_token(&self) -> Result<HeaderValue, String> {
+    pub(super) fn renew_token(&self) -> Result<Token, String> {
         let outcome = self.request_token();
         let mut cache = self.token.lock().unwrap_or_else(PoisonError::into_inner);
         match outcome {
@@ -97,34 +106,31 @@ impl ImdsClient {
     }
 
     /// One PUT for a token (NTH does not retry it): the token and its lifetime.
-    fn request_token(&self) -> Result<(HeaderValue, Duration), String> {
-        let ttl_asked = (
-            TOKEN_TTL_HEADER_NAME.clone(),
-            HeaderValue::from(TOKEN_TTL_SECONDS),
-        );
-        let response = self
-            .transport
-            .send(Method::PUT, TOKEN_PATH, Some(ttl_asked))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(format!("HTTP {}", status.as_u16()));
+    fn request_token(&self) -> Result<(Token, Duration), String> {
+        let ttl_asked = TOKEN_TTL_SECONDS.to_string();
+        let answer = self.transport.send(
+            Method::Put,
+            TOKEN_PATH,
+            Some((TOKEN_TTL_HEADER, ttl_asked.as_bytes())),
+        )?;
+        if !answer.status.is_success() {
+            return Err(format!("HTTP {}", answer.status.as_u16()));
         }
-        let ttl_seconds = response
-            .headers()
-            .get(TOKEN_TTL_HEADER)
-            .and_then(|v| v.to_str().ok())
+        let ttl_seconds = answer
+            .header(TOKEN_TTL_HEADER)
             .and_then(|v| v.trim().parse::<u64>().ok())
             // Never longer than asked for: an absurd header must not overflow the clock.
             .map_or(TOKEN_TTL_SECONDS, |ttl| ttl.min(TOKEN_TTL_SECONDS));
-        let token = String::from_utf8_lossy(response.body());
-        let token = token.trim();
+        let text = answer.text();
+        let token = text.trim();
         if token.is_empty() {
             return Err("empty token".to_string());
         }
-        let mut token = HeaderValue::from_str(token)
-            .map_err(|_| "the token is not a valid HTTP header value".to_string())?;
-        // A secret: Debug output shows "Sensitive", not the token.
-        token.set_sensitive(true);
+        // It goes into a header line on every GET.
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the token is not a valid HTTP header value".to_string());
+        }
+        let token = Token(token.into());
         debug!(ttl_seconds, "got an IMDSv2 token");
         Ok((token, Duration::from_secs(ttl_seconds)))
     }

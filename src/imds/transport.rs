@@ -2,20 +2,23 @@
 //! (a second one only while two requests overlap). The monitor polls from a thread of its
 //! own, and each GET is one write and one read on the socket: an async runtime's
 //! bookkeeping and its timer wheel's extra wake-ups cost more per poll than the GETs
-//! themselves (docs/PERFORMANCE.md). ureq-proto frames the requests and answers (sans-IO);
-//! this file moves the bytes. The retry policy is the parent's.
+//! themselves (docs/PERFORMANCE.md).
+//!
+//! A request head is a few fixed lines, written straight into the connection's buffer;
+//! answers are parsed by `httparse` (hyper's parser), and their bodies framed as RFC 9112
+//! §6.3 says: Content-Length, chunked (`httparse::parse_chunk_size`), or until the
+//! connection closes. A general HTTP client builds header maps and URIs for every
+//! request, and that code, cold after two idle seconds, cost a poll more than its three
+//! round trips (docs/PERFORMANCE.md). The retry policy is the parent's.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use hyper::header::{HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, Uri};
+use hyper::StatusCode;
 use reqwest::Url;
 use tracing::debug;
-use ureq_proto::client::{Call, RecvBodyResult, RecvResponseResult, SendRequestResult};
-use ureq_proto::{BodyMode, client::state::RecvResponse};
 
 use super::ImdsError;
 
@@ -23,21 +26,71 @@ use super::ImdsError;
 const BUFFER_BYTES: usize = 8 * 1024;
 /// IMDS answers are a few hundred bytes; a larger one is not IMDS.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+/// IMDS sends about six headers.
+const MAX_HEADERS: usize = 64;
 /// How far a socket timeout may stray from the request's deadline before it is set
 /// again: most reads and writes then need no `setsockopt` of their own.
 const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
+
+/// The two requests IMDS is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Method {
+    Get,
+    /// Only for the token, with an empty body.
+    Put,
+}
+
+impl Method {
+    fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+        }
+    }
+}
+
+/// One answer, read whole: its head as it came, then its body.
+#[derive(Debug)]
+pub(super) struct Answer {
+    pub(super) status: StatusCode,
+    bytes: Vec<u8>,
+    body_start: usize,
+}
+
+impl Answer {
+    pub(super) fn body(&self) -> &[u8] {
+        &self.bytes[self.body_start..]
+    }
+
+    /// The body as text; IMDS answers ASCII, anything else is replaced, not refused.
+    pub(super) fn text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.body())
+    }
+
+    /// The first header called `name` (any case), when its value is text.
+    pub(super) fn header(&self, name: &str) -> Option<&str> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        // The head parsed when it was read; it parses again.
+        response.parse(&self.bytes[..self.body_start]).ok()?;
+        let value = response
+            .headers
+            .iter()
+            .find(|header| header.name.eq_ignore_ascii_case(name))?
+            .value;
+        std::str::from_utf8(value).ok()
+    }
+}
 
 /// Where IMDS is and the connection kept to it; clones share the connection.
 #[derive(Debug, Clone)]
 pub(super) struct Transport {
     /// `host:port`, as the socket is opened.
     address: String,
-    /// The Host header, built once (else the framing builds it for every request).
-    host: HeaderValue,
-    /// The base URL without its trailing slash; request URIs are built on it.
-    base: String,
-    /// The request URI of every path read by name, built once.
-    known: Arc<[(&'static str, Uri)]>,
+    /// The Host header's value.
+    host: String,
+    /// The base URL's path without its trailing slash, before every request's path.
+    prefix: String,
     timeout: Duration,
     /// The open connection between two requests.
     idle: Arc<Mutex<Option<Connection>>>,
@@ -60,63 +113,50 @@ pub(super) fn parse_base_url(url: &str) -> Result<(String, Url), ImdsError> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(invalid("no host".to_string()));
     }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(invalid(
+            "a query or fragment cannot go before each request's path".to_string(),
+        ));
+    }
     Ok((parsed.as_str().trim_end_matches('/').to_string(), parsed))
 }
 
 impl Transport {
-    pub(super) fn new(
-        base: &Url,
-        known_paths: &[&'static str],
-        timeout: Duration,
-    ) -> Result<Self, ImdsError> {
-        let invalid = |reason: String| ImdsError::InvalidUrl {
-            url: base.to_string(),
-            reason,
-        };
+    pub(super) fn new(base: &Url, timeout: Duration) -> Transport {
         let host = base.host_str().unwrap_or_default();
         let port = base.port_or_known_default().unwrap_or(80);
-        let host_header = match base.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.to_string(),
-        };
-        let base_text = base.as_str().trim_end_matches('/').to_string();
-        let known = known_paths
-            .iter()
-            .map(|path| {
-                let uri = Uri::try_from(format!("{base_text}{path}"))
-                    .map_err(|e| invalid(format!("path {path}: {e}")))?;
-                Ok((*path, uri))
-            })
-            .collect::<Result<Vec<_>, ImdsError>>()?;
-        Ok(Transport {
+        Transport {
             address: format!("{host}:{port}"),
-            host: HeaderValue::try_from(host_header).map_err(|e| invalid(e.to_string()))?,
-            base: base_text,
-            known: known.into(),
+            host: match base.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_string(),
+            },
+            prefix: base.path().trim_end_matches('/').to_string(),
             timeout,
             idle: Arc::new(Mutex::new(None)),
-        })
+        }
     }
 
-    /// One request and its whole answer, within the request timeout; the error is what
-    /// went wrong, for the log. Blocks the calling thread.
+    /// One request with at most one header of the caller's, and its whole answer, within
+    /// the request timeout; the error is what went wrong, for the log. Blocks the thread.
     pub(super) fn send(
         &self,
         method: Method,
         path: &str,
-        header: Option<(HeaderName, HeaderValue)>,
-    ) -> Result<Response<Vec<u8>>, String> {
+        header: Option<(&str, &[u8])>,
+    ) -> Result<Answer, String> {
         let deadline = Instant::now()
             .checked_add(self.timeout)
             .ok_or("the request timeout is out of range")?;
+        check_request(path, header)?;
         let kept = self
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(mut connection) = kept {
-            let request = self.request(method.clone(), path, header.clone())?;
-            match connection.exchange(request, deadline) {
+            self.write_head(&mut connection.output, method, path, header);
+            match connection.exchange(deadline) {
                 Ok((answer, reusable)) => {
                     self.keep(connection, reusable);
                     return Ok(answer);
@@ -128,9 +168,9 @@ impl Transport {
             }
         }
         let mut connection = Connection::open(&self.address, deadline)?;
-        let request = self.request(method, path, header)?;
+        self.write_head(&mut connection.output, method, path, header);
         let (answer, reusable) = connection
-            .exchange(request, deadline)
+            .exchange(deadline)
             .map_err(Failure::into_message)?;
         self.keep(connection, reusable);
         Ok(answer)
@@ -143,32 +183,55 @@ impl Transport {
         }
     }
 
-    fn request(
+    /// The request head in origin form, into `out`.
+    fn write_head(
         &self,
+        out: &mut Vec<u8>,
         method: Method,
         path: &str,
-        header: Option<(HeaderName, HeaderValue)>,
-    ) -> Result<Request<()>, String> {
-        let uri = match self.known.iter().find(|(known, _)| *known == path) {
-            Some((_, uri)) => uri.clone(),
-            None => Uri::try_from(format!("{}{path}", self.base))
-                .map_err(|e| format!("invalid path {path:?}: {e}"))?,
-        };
-        let mut request = Request::new(());
-        let sends_body = method == Method::PUT;
-        *request.method_mut() = method;
-        *request.uri_mut() = uri;
-        let headers = request.headers_mut();
-        headers.insert(hyper::header::HOST, self.host.clone());
-        if sends_body {
-            // An empty body said as such, not as a chunked stream.
-            headers.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(0u16));
+        header: Option<(&str, &[u8])>,
+    ) {
+        out.clear();
+        for part in [
+            method.as_str(),
+            " ",
+            &self.prefix,
+            path,
+            " HTTP/1.1\r\nhost: ",
+            &self.host,
+            "\r\n",
+        ] {
+            out.extend_from_slice(part.as_bytes());
+        }
+        if method == Method::Put {
+            // An empty body said as such.
+            out.extend_from_slice(b"content-length: 0\r\n");
         }
         if let Some((name, value)) = header {
-            headers.insert(name, value);
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
         }
-        Ok(request)
+        out.extend_from_slice(b"\r\n");
     }
+}
+
+/// A path and a header that cannot break the request head they go into.
+fn check_request(path: &str, header: Option<(&str, &[u8])>) -> Result<(), String> {
+    if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("invalid path {path:?}"));
+    }
+    if let Some((name, value)) = header {
+        let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        let value_ok = value
+            .iter()
+            .all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f));
+        if !name_ok || !value_ok {
+            return Err(format!("invalid header {name:?}"));
+        }
+    }
+    Ok(())
 }
 
 /// How a request on a connection failed.
@@ -184,16 +247,36 @@ impl Failure {
             Failure::Stale(error) | Failure::Other(error) => error,
         }
     }
+
+    fn other(error: impl std::fmt::Display) -> Failure {
+        Failure::Other(error.to_string())
+    }
+}
+
+/// How an answer's body ends (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyEnd {
+    Length(usize),
+    Chunked,
+    Close,
+}
+
+/// What the head of an answer says.
+struct Head {
+    status: StatusCode,
+    length: usize,
+    body: BodyEnd,
+    keep_alive: bool,
 }
 
 /// One socket to IMDS with its buffers, kept between requests.
 #[derive(Debug)]
 struct Connection {
     stream: TcpStream,
-    /// Answer bytes read and not yet taken by the parser: `input[..filled]`.
+    /// Answer bytes read and not yet taken: `input[..filled]`.
     input: Vec<u8>,
     filled: usize,
-    /// The request head, and body bytes on their way out of the parser.
+    /// The request head on its way out.
     output: Vec<u8>,
     /// The socket's read and write timeouts as last set (none at first).
     read_timeout: Duration,
@@ -217,7 +300,7 @@ impl Connection {
                         stream,
                         input: vec![0; BUFFER_BYTES],
                         filled: 0,
-                        output: vec![0; BUFFER_BYTES],
+                        output: Vec::with_capacity(BUFFER_BYTES),
                         read_timeout: Duration::ZERO,
                         write_timeout: Duration::ZERO,
                     });
@@ -231,104 +314,154 @@ impl Connection {
         })
     }
 
-    /// Writes `request`, reads its answer whole; also says whether the connection can
-    /// carry the next request.
-    fn exchange(
-        &mut self,
-        request: Request<()>,
-        deadline: Instant,
-    ) -> Result<(Response<Vec<u8>>, bool), Failure> {
-        let other = |error: &dyn std::fmt::Display| Failure::Other(error.to_string());
-        let mut call = Call::new(request).map_err(|e| other(&e))?.proceed();
-        let head = call.write(&mut self.output).map_err(|e| other(&e))?;
-        self.write(head, deadline)?;
-        let call = match call.proceed().map_err(|e| other(&e))? {
-            Some(SendRequestResult::RecvResponse(call)) => call,
-            Some(SendRequestResult::SendBody(mut call)) => {
-                // Only the token PUT sends a body, and it is empty.
-                let (_, end) = call.write(&[], &mut self.output).map_err(|e| other(&e))?;
-                self.write(end, deadline)?;
-                call.proceed()
-                    .ok_or_else(|| other(&"the request body did not end"))?
+    /// Writes the request head in `output`, reads its answer whole; also says whether
+    /// the connection can carry the next request.
+    fn exchange(&mut self, deadline: Instant) -> Result<(Answer, bool), Failure> {
+        self.write(deadline)?;
+        let head = self.read_head(deadline)?;
+        let mut bytes = Vec::with_capacity(head.length + 256);
+        bytes.extend_from_slice(&self.input[..head.length]);
+        self.consume(head.length);
+        match head.body {
+            BodyEnd::Length(length) => {
+                check_size(length)?;
+                self.take(length, &mut bytes, deadline)?;
             }
-            Some(SendRequestResult::Await100(_)) | None => {
-                return Err(other(&"the request could not be sent"));
-            }
-        };
-        let (response, call) = self.read_head(call, deadline)?;
-        let mut body = Vec::new();
-        let cleanup = match call.proceed() {
-            Some(RecvResponseResult::RecvBody(mut call)) => {
-                let close_delimited = matches!(call.body_mode(), BodyMode::CloseDelimited);
-                loop {
-                    let (used, produced) = call
-                        .read(&self.input[..self.filled], &mut self.output)
-                        .map_err(|e| other(&e))?;
-                    self.consume(used);
-                    body.extend_from_slice(&self.output[..produced]);
-                    if body.len() > MAX_ANSWER_BYTES {
-                        return Err(other(&format!("answer over {MAX_ANSWER_BYTES} bytes")));
-                    }
-                    if !close_delimited && call.can_proceed() {
-                        break;
-                    }
-                    if used > 0 || produced > 0 {
-                        continue;
-                    }
-                    let more = self
-                        .fill(deadline, close_delimited)
-                        .map_err(|failure| Failure::Other(failure.into_message()))?;
-                    if !more {
-                        break; // the end of a body that ends with the connection
-                    }
+            BodyEnd::Chunked => self.read_chunks(&mut bytes, deadline)?,
+            BodyEnd::Close => loop {
+                bytes.extend_from_slice(&self.input[..self.filled]);
+                self.consume(self.filled);
+                check_size(bytes.len() - head.length)?;
+                if !self.fill(deadline, true)? {
+                    break;
                 }
-                match call.proceed() {
-                    Some(RecvBodyResult::Cleanup(call)) => Some(call.must_close_connection()),
-                    // A redirect is an answer like any other here; the connection goes.
-                    Some(RecvBodyResult::Redirect(_)) | None => None,
-                }
-            }
-            Some(RecvResponseResult::Cleanup(call)) => Some(call.must_close_connection()),
-            Some(RecvResponseResult::Redirect(_)) | None => None,
+            },
+        }
+        let reusable = head.keep_alive && head.body != BodyEnd::Close && self.filled == 0;
+        let answer = Answer {
+            status: head.status,
+            bytes,
+            body_start: head.length,
         };
-        let reusable = cleanup == Some(false) && self.filled == 0;
-        let (parts, ()) = response.into_parts();
-        Ok((Response::from_parts(parts, body), reusable))
+        Ok((answer, reusable))
     }
 
-    fn read_head(
-        &mut self,
-        mut call: Call<RecvResponse>,
-        deadline: Instant,
-    ) -> Result<(Response<()>, Call<RecvResponse>), Failure> {
+    /// Reads until a final answer's head is in `input[..length]` (interim 1xx answers
+    /// are read past).
+    fn read_head(&mut self, deadline: Instant) -> Result<Head, Failure> {
         let mut answered = false;
         loop {
-            let (used, response) = call
-                .try_response(&self.input[..self.filled], false)
-                .map_err(|e| Failure::Other(e.to_string()))?;
-            self.consume(used);
-            if let Some(response) = response {
-                return Ok((response, call));
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut headers);
+            match response.parse(&self.input[..self.filled]) {
+                Ok(httparse::Status::Complete(length)) => {
+                    let code = response.code.unwrap_or_default();
+                    if (100..200).contains(&code) && code != 101 {
+                        self.consume(length);
+                        continue;
+                    }
+                    return head(&response, length);
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(error) => return Err(Failure::other(format!("malformed answer: {error}"))),
             }
             if self.filled == self.input.len() {
                 if self.input.len() >= MAX_ANSWER_BYTES {
-                    return Err(Failure::Other("answer head too large".to_string()));
+                    return Err(Failure::other("answer head too large"));
                 }
                 self.input.resize(self.input.len() * 2, 0);
             }
             let before = self.filled;
             match self.fill(deadline, false) {
                 Ok(_) => answered |= self.filled > before,
-                Err(Failure::Other(error)) | Err(Failure::Stale(error)) if answered => {
-                    return Err(Failure::Other(error));
+                Err(failure) if answered => {
+                    return Err(Failure::Other(failure.into_message()));
                 }
                 Err(failure) => return Err(failure),
             }
         }
     }
 
-    fn write(&mut self, length: usize, deadline: Instant) -> Result<(), Failure> {
-        let bytes = &self.output[..length];
+    /// Moves `length` body bytes into `bytes`, reading as needed.
+    fn take(
+        &mut self,
+        length: usize,
+        bytes: &mut Vec<u8>,
+        deadline: Instant,
+    ) -> Result<(), Failure> {
+        let mut left = length;
+        loop {
+            let now = left.min(self.filled);
+            bytes.extend_from_slice(&self.input[..now]);
+            self.consume(now);
+            left -= now;
+            if left == 0 {
+                return Ok(());
+            }
+            self.fill(deadline, false).map_err(cut)?;
+        }
+    }
+
+    /// A chunked body, decoded into `bytes`; trailers are read past.
+    fn read_chunks(&mut self, bytes: &mut Vec<u8>, deadline: Instant) -> Result<(), Failure> {
+        let start = bytes.len();
+        loop {
+            let size = match httparse::parse_chunk_size(&self.input[..self.filled]) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    self.consume(used);
+                    size
+                }
+                Ok(httparse::Status::Partial) => {
+                    self.fill_or_grow(deadline)?;
+                    continue;
+                }
+                Err(_) => return Err(Failure::other("malformed chunk size")),
+            };
+            if size == 0 {
+                return self.read_trailers(deadline);
+            }
+            let size = usize::try_from(size).map_err(|_| Failure::other("chunk too large"))?;
+            check_size((bytes.len() - start).saturating_add(size))?;
+            self.take(size, bytes, deadline)?;
+            while self.filled < 2 {
+                self.fill(deadline, false).map_err(cut)?;
+            }
+            if &self.input[..2] != b"\r\n" {
+                return Err(Failure::other("malformed chunk end"));
+            }
+            self.consume(2);
+        }
+    }
+
+    fn read_trailers(&mut self, deadline: Instant) -> Result<(), Failure> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match httparse::parse_headers(&self.input[..self.filled], &mut headers) {
+                Ok(httparse::Status::Complete((used, _))) => {
+                    self.consume(used);
+                    return Ok(());
+                }
+                Ok(httparse::Status::Partial) => self.fill_or_grow(deadline)?,
+                Err(_) => return Err(Failure::other("malformed trailers")),
+            }
+        }
+    }
+
+    /// Reads more, making room first when the buffer is full (a line longer than it).
+    fn fill_or_grow(&mut self, deadline: Instant) -> Result<(), Failure> {
+        if self.filled == self.input.len() {
+            if self.input.len() >= MAX_ANSWER_BYTES {
+                return Err(Failure::other(format!(
+                    "answer over {MAX_ANSWER_BYTES} bytes"
+                )));
+            }
+            self.input.resize(self.input.len() * 2, 0);
+        }
+        self.fill(deadline, false).map(|_| ()).map_err(cut)
+    }
+
+    fn write(&mut self, deadline: Instant) -> Result<(), Failure> {
+        let bytes = &self.output;
         bound(deadline, &mut self.write_timeout, |left| {
             self.stream.set_write_timeout(Some(left))
         })
@@ -371,6 +504,76 @@ impl Connection {
         self.input.copy_within(used..self.filled, 0);
         self.filled -= used;
     }
+}
+
+/// A failure once part of the answer is in: never a reason to send the request again.
+fn cut(failure: Failure) -> Failure {
+    Failure::Other(failure.into_message())
+}
+
+fn check_size(body: usize) -> Result<(), Failure> {
+    if body > MAX_ANSWER_BYTES {
+        return Err(Failure::other(format!(
+            "answer over {MAX_ANSWER_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The status, body framing and keep-alive of a parsed final answer (RFC 9112 §6.3, §9.3).
+fn head(response: &httparse::Response<'_, '_>, length: usize) -> Result<Head, Failure> {
+    let code = response.code.unwrap_or_default();
+    let status =
+        StatusCode::from_u16(code).map_err(|_| Failure::other(format!("status {code}")))?;
+    if code == 101 {
+        return Err(Failure::other("IMDS switched protocols"));
+    }
+    let mut content_length: Option<usize> = None;
+    let mut transfer_encoding: Option<&[u8]> = None;
+    let mut keep_alive = response.version == Some(1);
+    for header in response.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let value = std::str::from_utf8(header.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| Failure::other("malformed content-length"))?;
+            if content_length.is_some_and(|known| known != value) {
+                return Err(Failure::other("conflicting content-length headers"));
+            }
+            content_length = Some(value);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = Some(header.value);
+        } else if name.eq_ignore_ascii_case("connection") {
+            for option in header.value.split(|&b| b == b',') {
+                let option = option.trim_ascii();
+                if option.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if option.eq_ignore_ascii_case(b"keep-alive") && response.version == Some(0)
+                {
+                    keep_alive = true;
+                }
+            }
+        }
+    }
+    let body = if code == 204 || code == 304 {
+        BodyEnd::Length(0)
+    } else if let Some(codings) = transfer_encoding {
+        let last = codings.rsplit(|&b| b == b',').next().unwrap_or_default();
+        if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            BodyEnd::Chunked
+        } else {
+            BodyEnd::Close
+        }
+    } else {
+        content_length.map_or(BodyEnd::Close, BodyEnd::Length)
+    };
+    Ok(Head {
+        status,
+        length,
+        body,
+        keep_alive,
+    })
 }
 
 /// Time left before `deadline`, as an I/O error once it has passed (a socket timeout

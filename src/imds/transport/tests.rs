@@ -21,21 +21,19 @@ fn base_url_is_checked_and_trailing_slash_dropped() {
 
 /// The head as it goes on the wire.
 fn head(transport: &Transport, method: Method, path: &str) -> String {
-    let request = transport.request(method, path, None).expect("request");
-    let mut call = Call::new(request).expect("call").proceed();
-    let mut output = vec![0; BUFFER_BYTES];
-    let length = call.write(&mut output).expect("head");
-    String::from_utf8_lossy(&output[..length]).into_owned()
+    check_request(path, None).expect("valid request");
+    let mut output = Vec::new();
+    transport.write_head(&mut output, method, path, None);
+    String::from_utf8_lossy(&output).into_owned()
 }
 
 #[test]
 fn requests_carry_the_host_and_origin_form_paths() {
     let (_, url) = parse_base_url("http://127.0.0.1:1338/proxy/").expect("valid");
-    let transport =
-        Transport::new(&url, &["/latest/api/token"], Duration::from_secs(1)).expect("transport");
+    let transport = Transport::new(&url, Duration::from_secs(1));
     assert_eq!(transport.address, "127.0.0.1:1338");
     for path in ["/latest/api/token", "/latest/meta-data/instance-id"] {
-        let head = head(&transport, Method::GET, path);
+        let head = head(&transport, Method::Get, path);
         assert!(
             head.starts_with(&format!("GET /proxy{path} HTTP/1.1\r\n")),
             "{head}"
@@ -44,9 +42,9 @@ fn requests_carry_the_host_and_origin_form_paths() {
         assert_eq!(head.matches("host:").count(), 1, "{head}");
     }
     let (_, url) = parse_base_url("http://169.254.169.254").expect("valid");
-    let transport = Transport::new(&url, &[], Duration::from_secs(1)).expect("transport");
+    let transport = Transport::new(&url, Duration::from_secs(1));
     assert_eq!(transport.address, "169.254.169.254:80");
-    let head = head(&transport, Method::GET, "/x");
+    let head = head(&transport, Method::Get, "/x");
     assert!(head.starts_with("GET /x HTTP/1.1\r\n"), "{head}");
     assert!(head.contains("\r\nhost: 169.254.169.254\r\n"), "{head}");
 }
@@ -54,8 +52,8 @@ fn requests_carry_the_host_and_origin_form_paths() {
 #[test]
 fn the_token_request_says_its_body_is_empty() {
     let (_, url) = parse_base_url("http://169.254.169.254").expect("valid");
-    let transport = Transport::new(&url, &[], Duration::from_secs(1)).expect("transport");
-    let head = head(&transport, Method::PUT, "/latest/api/token");
+    let transport = Transport::new(&url, Duration::from_secs(1));
+    let head = head(&transport, Method::Put, "/latest/api/token");
     assert!(head.contains("\r\ncontent-length: 0\r\n"), "{head}");
     assert!(!head.contains("chunked"), "{head}");
 }
@@ -96,12 +94,12 @@ fn scripted_server(
         connections
     });
     let (_, url) = parse_base_url(&url).expect("valid");
-    let transport = Transport::new(&url, &[], Duration::from_secs(2)).expect("transport");
+    let transport = Transport::new(&url, Duration::from_secs(2));
     (transport, server)
 }
 
 fn body(transport: &Transport) -> Result<String, String> {
-    let answer = transport.send(Method::GET, "/x", None)?;
+    let answer = transport.send(Method::Get, "/x", None)?;
     Ok(String::from_utf8_lossy(answer.body()).into_owned())
 }
 
@@ -133,8 +131,8 @@ fn chunked_and_close_delimited_answers_are_read_whole() {
     ]);
     assert_eq!(body(&transport).as_deref(), Ok("abcde"));
     assert_eq!(body(&transport).as_deref(), Ok("until the end"));
-    let answer = transport.send(Method::GET, "/x", None).expect("answer");
-    assert_eq!(answer.status(), hyper::StatusCode::NOT_FOUND);
+    let answer = transport.send(Method::Get, "/x", None).expect("answer");
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
     drop(transport);
     assert_eq!(
         server.join().expect("server"),
@@ -182,4 +180,99 @@ fn socket_timeouts_follow_the_deadline_within_the_slack() {
     let passed = Instant::now() - Duration::from_millis(1);
     let error = bound(passed, &mut current, |_| Ok(())).expect_err("past the deadline");
     assert_eq!(io_message(&error), "timed out");
+}
+
+#[test]
+fn interim_answers_are_read_past_and_trailers_after_the_last_chunk() {
+    let (transport, server) = scripted_server(vec![
+        (
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            false,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nwith\r\n0\r\nx-trailer: 1\r\n\r\n",
+            false,
+        ),
+        ("HTTP/1.1 204 No Content\r\n\r\n", false),
+    ]);
+    assert_eq!(body(&transport).as_deref(), Ok("ok"));
+    assert_eq!(body(&transport).as_deref(), Ok("with"));
+    let answer = transport.send(Method::Get, "/x", None).expect("answer");
+    assert_eq!(answer.status, StatusCode::NO_CONTENT);
+    assert!(answer.body().is_empty());
+    drop(transport);
+    assert_eq!(server.join().expect("server"), 1, "all on one connection");
+}
+
+#[test]
+fn an_http_1_0_answer_without_keep_alive_ends_its_connection() {
+    let (transport, server) = scripted_server(vec![
+        ("HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\nold", false),
+        ("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nnew", false),
+    ]);
+    assert_eq!(body(&transport).as_deref(), Ok("old"));
+    assert_eq!(body(&transport).as_deref(), Ok("new"));
+    drop(transport);
+    assert_eq!(server.join().expect("server"), 2);
+}
+
+#[test]
+fn malformed_answers_are_errors() {
+    let (transport, server) = scripted_server(vec![
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc",
+            true,
+        ),
+        ("HTTP/1.1 200 OK\r\ncontent-length: two\r\n\r\nab", true),
+        ("not HTTP at all\r\n\r\n", true),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+            true,
+        ),
+    ]);
+    for expected in [
+        "conflicting content-length",
+        "malformed content-length",
+        "malformed answer",
+        "malformed chunk size",
+    ] {
+        let error = body(&transport).expect_err(expected);
+        assert!(error.contains(expected), "{error}");
+    }
+    drop(transport);
+    assert_eq!(server.join().expect("server"), 4, "none kept");
+}
+
+#[test]
+fn the_answer_gives_its_headers_by_name_in_any_case() {
+    let (transport, server) = scripted_server(vec![(
+        "HTTP/1.1 200 OK\r\nX-Aws-Ec2-Metadata-Token-Ttl-Seconds: 21600\r\ncontent-length: 5\r\n\r\ntoken",
+        false,
+    )]);
+    let answer = transport.send(Method::Put, "/t", None).expect("answer");
+    assert_eq!(
+        answer.header("x-aws-ec2-metadata-token-ttl-seconds"),
+        Some("21600")
+    );
+    assert_eq!(answer.header("missing"), None);
+    assert_eq!(answer.text(), "token");
+    drop(transport);
+    server.join().expect("server");
+}
+
+#[test]
+fn a_path_or_header_that_would_break_the_head_is_refused_before_sending() {
+    let (_, url) = parse_base_url("http://127.0.0.1:1").expect("valid");
+    let transport = Transport::new(&url, Duration::from_secs(1));
+    for (path, header) in [
+        ("/a b", None),
+        ("relative", None),
+        ("/x", Some(("x-token", &b"a\r\nx-evil: 1"[..]))),
+        ("/x", Some(("bad name", &b"v"[..]))),
+    ] {
+        let error = transport
+            .send(Method::Get, path, header)
+            .expect_err("refused");
+        assert!(error.starts_with("invalid"), "{error}");
+    }
 }
