@@ -2,6 +2,8 @@
 //! notice once on a channel. IMDS trouble is logged and polled through, never fatal.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -14,7 +16,7 @@ use tracing::{info, warn};
 
 mod poll;
 
-use poll::Found;
+use poll::{Found, StopOnDrop};
 
 use crate::imds::{
     ImdsClient, InstanceAction, RebalanceRecommendation, ScheduledEvent, parse_scheduled_event_time,
@@ -269,12 +271,16 @@ pub async fn run_reporting(
     );
     // A few findings at most per poll; the thread waits while the agent is behind.
     let (found_sender, mut found) = mpsc::channel(8);
-    // Dropping `_stop` (on every return) ends the thread's wait between polls.
-    let (_stop, stopped) = std::sync::mpsc::channel::<()>();
+    let stopped = Arc::new(AtomicBool::new(false));
     let thread = std::thread::Builder::new()
         .name(POLL_THREAD_NAME.to_string())
-        .spawn(move || poll::run(&imds, &settings, &liveness, &found_sender, &stopped))
+        .spawn({
+            let stopped = Arc::clone(&stopped);
+            move || poll::run(&imds, &settings, &liveness, &found_sender, &stopped)
+        })
         .map_err(|error| MonitorError::Thread(error.to_string()))?;
+    // Dropped on every return: ends the thread's wait between polls, and its polls.
+    let _stop = StopOnDrop::new(stopped, thread.thread().clone());
     loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),

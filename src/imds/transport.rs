@@ -219,7 +219,7 @@ impl Transport {
 
 /// A path and a header that cannot break the request head they go into.
 fn check_request(path: &str, header: Option<(&str, &[u8])>) -> Result<(), String> {
-    if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+    if path.as_bytes().first() != Some(&b'/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(format!("invalid path {path:?}"));
     }
     if let Some((name, value)) = header {
@@ -534,9 +534,11 @@ fn head(response: &httparse::Response<'_, '_>, length: usize) -> Result<Head, Fa
     for header in response.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(header.value)
+            let digits = header.value.trim_ascii();
+            let value = std::str::from_utf8(digits)
                 .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|_| digits.iter().all(u8::is_ascii_digit))
+                .and_then(|v| v.parse::<usize>().ok())
                 .ok_or_else(|| Failure::other("malformed content-length"))?;
             if content_length.is_some_and(|known| known != value) {
                 return Err(Failure::other("conflicting content-length headers"));

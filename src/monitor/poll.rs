@@ -3,7 +3,10 @@
 //! new notices and failures handed to the async side.
 
 use std::collections::HashSet;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -26,13 +29,32 @@ pub(super) enum Found {
     },
 }
 
-/// Polls until `stop`'s sender is dropped or the receiver of `found` is gone.
+/// Ends the poll thread's wait between polls, and its polling, when dropped.
+pub(super) struct StopOnDrop {
+    stopped: Arc<AtomicBool>,
+    thread: Thread,
+}
+
+impl StopOnDrop {
+    pub(super) fn new(stopped: Arc<AtomicBool>, thread: Thread) -> Self {
+        StopOnDrop { stopped, thread }
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+/// Polls until `stopped` is set or the receiver of `found` is gone.
 pub(super) fn run(
     imds: &ImdsClient,
     settings: &MonitorSettings,
     liveness: &Liveness,
     found: &mpsc::Sender<Found>,
-    stop: &Receiver<()>,
+    stopped: &AtomicBool,
 ) {
     let mut sent: HashSet<String> = HashSet::new();
     let mut served_rebalance: Option<String> = None;
@@ -76,10 +98,28 @@ pub(super) fn run(
             }
             sent.insert(key);
         }
-        match stop.recv_timeout(next_wait(settings.interval, failed_polls)) {
-            Err(RecvTimeoutError::Timeout) => {}
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        if wait_or_stop(stopped, next_wait(settings.interval, failed_polls)) {
+            return;
         }
+    }
+}
+
+/// Sleeps for `wait`, or until `stopped` is set (its setter unparks this thread); true
+/// when stopped. Parking is a plain futex wait: one wake-up per poll.
+fn wait_or_stop(stopped: &AtomicBool, wait: Duration) -> bool {
+    let deadline = Instant::now().checked_add(wait);
+    loop {
+        if stopped.load(Ordering::Acquire) {
+            return true;
+        }
+        let left = deadline.map_or(wait, |deadline| {
+            deadline.saturating_duration_since(Instant::now())
+        });
+        if left.is_zero() {
+            return false;
+        }
+        // Returns early on an unpark, or spuriously: the loop looks again.
+        std::thread::park_timeout(left);
     }
 }
 
