@@ -291,7 +291,7 @@ impl ImdsClient {
         let mut attempt = 1;
         loop {
             let header = token.map(|token| (TOKEN_HEADER, token.as_bytes()));
-            let outcome = self.transport.send(Method::Get, path, header);
+            let outcome = self.transport.send(Method::Get, path, header, None);
             let failure = match &outcome {
                 Ok(answer) if answer.status.is_server_error() => {
                     format!("HTTP {}", answer.status.as_u16())

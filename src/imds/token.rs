@@ -112,12 +112,13 @@ impl ImdsClient {
             Method::Put,
             TOKEN_PATH,
             Some((TOKEN_TTL_HEADER, ttl_asked.as_bytes())),
+            Some(TOKEN_TTL_HEADER),
         )?;
         if !answer.status.is_success() {
             return Err(format!("HTTP {}", answer.status.as_u16()));
         }
         let ttl_seconds = answer
-            .header(TOKEN_TTL_HEADER)
+            .header()
             .and_then(|v| v.trim().parse::<u64>().ok())
             // Never longer than asked for: an absurd header must not overflow the clock.
             .map_or(TOKEN_TTL_SECONDS, |ttl| ttl.min(TOKEN_TTL_SECONDS));

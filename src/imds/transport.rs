@@ -49,36 +49,27 @@ impl Method {
     }
 }
 
-/// One answer, read whole: its head as it came, then its body.
+/// One answer, read whole.
 #[derive(Debug)]
 pub(super) struct Answer {
     pub(super) status: StatusCode,
-    bytes: Vec<u8>,
-    body_start: usize,
+    body: Vec<u8>,
+    /// The value of the header the request asked for, when the answer has it as text.
+    header: Option<String>,
 }
 
 impl Answer {
     pub(super) fn body(&self) -> &[u8] {
-        &self.bytes[self.body_start..]
+        &self.body
     }
 
     /// The body as text; IMDS answers ASCII, anything else is replaced, not refused.
     pub(super) fn text(&self) -> std::borrow::Cow<'_, str> {
-        String::from_utf8_lossy(self.body())
+        String::from_utf8_lossy(&self.body)
     }
 
-    /// The first header called `name` (any case), when its value is text.
-    pub(super) fn header(&self, name: &str) -> Option<&str> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut headers);
-        // The head parsed when it was read; it parses again.
-        response.parse(&self.bytes[..self.body_start]).ok()?;
-        let value = response
-            .headers
-            .iter()
-            .find(|header| header.name.eq_ignore_ascii_case(name))?
-            .value;
-        std::str::from_utf8(value).ok()
+    pub(super) fn header(&self) -> Option<&str> {
+        self.header.as_deref()
     }
 }
 
@@ -137,13 +128,15 @@ impl Transport {
         }
     }
 
-    /// One request with at most one header of the caller's, and its whole answer, within
-    /// the request timeout; the error is what went wrong, for the log. Blocks the thread.
+    /// One request with at most one header of the caller's, and its whole answer with the
+    /// value of its header `wanted` (any case), within the request timeout; the error is
+    /// what went wrong, for the log. Blocks the thread.
     pub(super) fn send(
         &self,
         method: Method,
         path: &str,
         header: Option<(&str, &[u8])>,
+        wanted: Option<&str>,
     ) -> Result<Answer, String> {
         let deadline = Instant::now()
             .checked_add(self.timeout)
@@ -156,7 +149,7 @@ impl Transport {
             .take();
         if let Some(mut connection) = kept {
             self.write_head(&mut connection.output, method, path, header);
-            match connection.exchange(deadline) {
+            match connection.exchange(deadline, wanted) {
                 Ok((answer, reusable)) => {
                     self.keep(connection, reusable);
                     return Ok(answer);
@@ -170,7 +163,7 @@ impl Transport {
         let mut connection = Connection::open(&self.address, deadline)?;
         self.write_head(&mut connection.output, method, path, header);
         let (answer, reusable) = connection
-            .exchange(deadline)
+            .exchange(deadline, wanted)
             .map_err(Failure::into_message)?;
         self.keep(connection, reusable);
         Ok(answer)
@@ -264,9 +257,11 @@ enum BodyEnd {
 /// What the head of an answer says.
 struct Head {
     status: StatusCode,
+    /// The head's length in bytes.
     length: usize,
     body: BodyEnd,
     keep_alive: bool,
+    wanted: Option<String>,
 }
 
 /// One socket to IMDS with its buffers, kept between requests.
@@ -316,22 +311,26 @@ impl Connection {
 
     /// Writes the request head in `output`, reads its answer whole; also says whether
     /// the connection can carry the next request.
-    fn exchange(&mut self, deadline: Instant) -> Result<(Answer, bool), Failure> {
+    fn exchange(
+        &mut self,
+        deadline: Instant,
+        wanted: Option<&str>,
+    ) -> Result<(Answer, bool), Failure> {
         self.write(deadline)?;
-        let head = self.read_head(deadline)?;
-        let mut bytes = Vec::with_capacity(head.length + 256);
-        bytes.extend_from_slice(&self.input[..head.length]);
+        let head = self.read_head(deadline, wanted)?;
         self.consume(head.length);
+        let mut body = Vec::new();
         match head.body {
             BodyEnd::Length(length) => {
                 check_size(length)?;
-                self.take(length, &mut bytes, deadline)?;
+                body.reserve_exact(length);
+                self.take(length, &mut body, deadline)?;
             }
-            BodyEnd::Chunked => self.read_chunks(&mut bytes, deadline)?,
+            BodyEnd::Chunked => self.read_chunks(&mut body, deadline)?,
             BodyEnd::Close => loop {
-                bytes.extend_from_slice(&self.input[..self.filled]);
+                body.extend_from_slice(&self.input[..self.filled]);
                 self.consume(self.filled);
-                check_size(bytes.len() - head.length)?;
+                check_size(body.len())?;
                 if !self.fill(deadline, true)? {
                     break;
                 }
@@ -340,15 +339,15 @@ impl Connection {
         let reusable = head.keep_alive && head.body != BodyEnd::Close && self.filled == 0;
         let answer = Answer {
             status: head.status,
-            bytes,
-            body_start: head.length,
+            body,
+            header: head.wanted,
         };
         Ok((answer, reusable))
     }
 
     /// Reads until a final answer's head is in `input[..length]` (interim 1xx answers
     /// are read past).
-    fn read_head(&mut self, deadline: Instant) -> Result<Head, Failure> {
+    fn read_head(&mut self, deadline: Instant, wanted: Option<&str>) -> Result<Head, Failure> {
         let mut answered = false;
         loop {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -360,7 +359,7 @@ impl Connection {
                         self.consume(length);
                         continue;
                     }
-                    return head(&response, length);
+                    return head(&response, length, wanted);
                 }
                 Ok(httparse::Status::Partial) => {}
                 Err(error) => return Err(Failure::other(format!("malformed answer: {error}"))),
@@ -521,7 +520,11 @@ fn check_size(body: usize) -> Result<(), Failure> {
 }
 
 /// The status, body framing and keep-alive of a parsed final answer (RFC 9112 §6.3, §9.3).
-fn head(response: &httparse::Response<'_, '_>, length: usize) -> Result<Head, Failure> {
+fn head(
+    response: &httparse::Response<'_, '_>,
+    length: usize,
+    wanted: Option<&str>,
+) -> Result<Head, Failure> {
     let code = response.code.unwrap_or_default();
     let status =
         StatusCode::from_u16(code).map_err(|_| Failure::other(format!("status {code}")))?;
@@ -531,8 +534,13 @@ fn head(response: &httparse::Response<'_, '_>, length: usize) -> Result<Head, Fa
     let mut content_length: Option<usize> = None;
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut keep_alive = response.version == Some(1);
+    let mut wanted_value = None;
     for header in response.headers.iter() {
         let name = header.name;
+        if wanted.is_some_and(|wanted| name.eq_ignore_ascii_case(wanted)) && wanted_value.is_none()
+        {
+            wanted_value = std::str::from_utf8(header.value).ok().map(str::to_string);
+        }
         if name.eq_ignore_ascii_case("content-length") {
             let digits = header.value.trim_ascii();
             let value = std::str::from_utf8(digits)
@@ -575,6 +583,7 @@ fn head(response: &httparse::Response<'_, '_>, length: usize) -> Result<Head, Fa
         length,
         body,
         keep_alive,
+        wanted: wanted_value,
     })
 }
 

@@ -99,7 +99,7 @@ fn scripted_server(
 }
 
 fn body(transport: &Transport) -> Result<String, String> {
-    let answer = transport.send(Method::Get, "/x", None)?;
+    let answer = transport.send(Method::Get, "/x", None, None)?;
     Ok(String::from_utf8_lossy(answer.body()).into_owned())
 }
 
@@ -131,7 +131,9 @@ fn chunked_and_close_delimited_answers_are_read_whole() {
     ]);
     assert_eq!(body(&transport).as_deref(), Ok("abcde"));
     assert_eq!(body(&transport).as_deref(), Ok("until the end"));
-    let answer = transport.send(Method::Get, "/x", None).expect("answer");
+    let answer = transport
+        .send(Method::Get, "/x", None, None)
+        .expect("answer");
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
     drop(transport);
     assert_eq!(
@@ -197,7 +199,9 @@ fn interim_answers_are_read_past_and_trailers_after_the_last_chunk() {
     ]);
     assert_eq!(body(&transport).as_deref(), Ok("ok"));
     assert_eq!(body(&transport).as_deref(), Ok("with"));
-    let answer = transport.send(Method::Get, "/x", None).expect("answer");
+    let answer = transport
+        .send(Method::Get, "/x", None, None)
+        .expect("answer");
     assert_eq!(answer.status, StatusCode::NO_CONTENT);
     assert!(answer.body().is_empty());
     drop(transport);
@@ -244,18 +248,22 @@ fn malformed_answers_are_errors() {
 }
 
 #[test]
-fn the_answer_gives_its_headers_by_name_in_any_case() {
-    let (transport, server) = scripted_server(vec![(
-        "HTTP/1.1 200 OK\r\nX-Aws-Ec2-Metadata-Token-Ttl-Seconds: 21600\r\ncontent-length: 5\r\n\r\ntoken",
-        false,
-    )]);
-    let answer = transport.send(Method::Put, "/t", None).expect("answer");
-    assert_eq!(
-        answer.header("x-aws-ec2-metadata-token-ttl-seconds"),
-        Some("21600")
-    );
-    assert_eq!(answer.header("missing"), None);
+fn the_answer_gives_the_header_asked_for_by_name_in_any_case() {
+    let (transport, server) = scripted_server(vec![
+        (
+            "HTTP/1.1 200 OK\r\nX-Aws-Ec2-Metadata-Token-Ttl-Seconds: 21600\r\ncontent-length: 5\r\n\r\ntoken",
+            false,
+        ),
+        ("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", false),
+    ]);
+    let wanted = Some("x-aws-ec2-metadata-token-ttl-seconds");
+    let answer = transport
+        .send(Method::Put, "/t", None, wanted)
+        .expect("answer");
+    assert_eq!(answer.header(), Some("21600"));
     assert_eq!(answer.text(), "token");
+    let answer = transport.send(Method::Get, "/t", None, Some("missing"));
+    assert_eq!(answer.expect("answer").header(), None);
     drop(transport);
     server.join().expect("server");
 }
@@ -271,7 +279,7 @@ fn a_path_or_header_that_would_break_the_head_is_refused_before_sending() {
         ("/x", Some(("bad name", &b"v"[..]))),
     ] {
         let error = transport
-            .send(Method::Get, path, header)
+            .send(Method::Get, path, header, None)
             .expect_err("refused");
         assert!(error.starts_with("invalid"), "{error}");
     }
