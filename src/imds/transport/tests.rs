@@ -103,44 +103,67 @@ fn body(transport: &Transport) -> Result<String, String> {
     Ok(String::from_utf8_lossy(answer.body()).into_owned())
 }
 
-#[test]
-fn a_kept_connection_closed_while_idle_is_replaced_without_a_failed_read() {
-    let (transport, server) = scripted_server(vec![
-        ("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst", true),
-        ("HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond", false),
-    ]);
-    assert_eq!(body(&transport).as_deref(), Ok("first"));
-    // The server closed the kept connection after its answer, as IMDS may when idle.
-    assert_eq!(body(&transport).as_deref(), Ok("second"));
+/// One GET per scripted answer: the bodies read, and how many connections they took.
+fn bodies(answers: Vec<(&'static str, bool)>) -> (Vec<Result<String, String>>, u32) {
+    let reads = answers.len();
+    let (transport, server) = scripted_server(answers);
+    let bodies = (0..reads).map(|_| body(&transport)).collect();
     drop(transport);
-    assert_eq!(server.join().expect("server"), 2);
+    (bodies, server.join().expect("server"))
 }
 
 #[test]
-fn chunked_and_close_delimited_answers_are_read_whole() {
-    let (transport, server) = scripted_server(vec![
+fn a_connection_the_server_ends_is_replaced_without_a_failed_read() {
+    for (ended_by, first) in [
+        // Closed after its answer, as IMDS may close an idle connection.
+        (
+            "a close",
+            ("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst", true),
+        ),
+        // HTTP/1.0 without keep-alive: the server may close it at any time.
+        (
+            "HTTP/1.0",
+            ("HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\nfirst", false),
+        ),
+    ] {
+        let (bodies, connections) = bodies(vec![
+            first,
+            ("HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond", false),
+        ]);
+        let expected = [Ok("first".to_string()), Ok("second".to_string())];
+        assert_eq!(bodies, expected, "ended by {ended_by}");
+        assert_eq!(connections, 2, "ended by {ended_by}");
+    }
+}
+
+#[test]
+fn bodies_are_framed_as_rfc_9112_says() {
+    let (bodies, connections) = bodies(vec![
         (
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
             false,
         ),
+        // An interim answer is read past.
+        (
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            false,
+        ),
+        // Trailers after the last chunk.
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nwith\r\n0\r\nx-trailer: 1\r\n\r\n",
+            false,
+        ),
+        ("HTTP/1.1 204 No Content\r\n\r\n", false),
+        ("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", false),
         (
             "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end",
             true,
         ),
-        ("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", false),
     ]);
-    assert_eq!(body(&transport).as_deref(), Ok("abcde"));
-    assert_eq!(body(&transport).as_deref(), Ok("until the end"));
-    let answer = transport
-        .send(Method::Get, "/x", None, None)
-        .expect("answer");
-    assert_eq!(answer.status, StatusCode::NOT_FOUND);
-    drop(transport);
-    assert_eq!(
-        server.join().expect("server"),
-        2,
-        "one connection per close"
-    );
+    let expected =
+        ["abcde", "ok", "with", "", "", "until the end"].map(|body| Ok(body.to_string()));
+    assert_eq!(bodies, expected);
+    assert_eq!(connections, 1, "kept until the close");
 }
 
 #[test]
@@ -182,42 +205,6 @@ fn socket_timeouts_follow_the_deadline_within_the_slack() {
     let passed = Instant::now() - Duration::from_millis(1);
     let error = bound(passed, &mut current, |_| Ok(())).expect_err("past the deadline");
     assert_eq!(io_message(&error), "timed out");
-}
-
-#[test]
-fn interim_answers_are_read_past_and_trailers_after_the_last_chunk() {
-    let (transport, server) = scripted_server(vec![
-        (
-            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-            false,
-        ),
-        (
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nwith\r\n0\r\nx-trailer: 1\r\n\r\n",
-            false,
-        ),
-        ("HTTP/1.1 204 No Content\r\n\r\n", false),
-    ]);
-    assert_eq!(body(&transport).as_deref(), Ok("ok"));
-    assert_eq!(body(&transport).as_deref(), Ok("with"));
-    let answer = transport
-        .send(Method::Get, "/x", None, None)
-        .expect("answer");
-    assert_eq!(answer.status, StatusCode::NO_CONTENT);
-    assert!(answer.body().is_empty());
-    drop(transport);
-    assert_eq!(server.join().expect("server"), 1, "all on one connection");
-}
-
-#[test]
-fn an_http_1_0_answer_without_keep_alive_ends_its_connection() {
-    let (transport, server) = scripted_server(vec![
-        ("HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\nold", false),
-        ("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nnew", false),
-    ]);
-    assert_eq!(body(&transport).as_deref(), Ok("old"));
-    assert_eq!(body(&transport).as_deref(), Ok("new"));
-    drop(transport);
-    assert_eq!(server.join().expect("server"), 2);
 }
 
 #[test]
