@@ -7,9 +7,10 @@
 //! A request head is a few fixed lines, written straight into the connection's buffer;
 //! answers are parsed by `httparse` (hyper's parser), and their bodies framed as RFC 9112
 //! §6.3 says: Content-Length, chunked (`httparse::parse_chunk_size`), or until the
-//! connection closes. A general HTTP client builds header maps and URIs for every
-//! request, and that code, cold after two idle seconds, cost a poll more than its three
-//! round trips (docs/PERFORMANCE.md). The retry policy is the parent's.
+//! connection closes ([`wire`] has those decisions). A general HTTP client builds header
+//! maps and URIs for every request, and that code, cold after two idle seconds, cost a
+//! poll more than its three round trips (docs/PERFORMANCE.md). The retry policy is the
+//! parent's.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -21,33 +22,18 @@ use reqwest::Url;
 use tracing::debug;
 
 use super::ImdsError;
+pub(super) use wire::Method;
+use wire::{BodyEnd, Head, MAX_HEADERS, check_request, head, write_head};
+
+mod wire;
 
 /// Room for a request head and for the answer bytes read ahead of parsing.
 const BUFFER_BYTES: usize = 8 * 1024;
 /// IMDS answers are a few hundred bytes; a larger one is not IMDS.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
-/// IMDS sends about six headers.
-const MAX_HEADERS: usize = 64;
 /// How far a socket timeout may stray from the request's deadline before it is set
 /// again: most reads and writes then need no `setsockopt` of their own.
 const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
-
-/// The two requests IMDS is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Method {
-    Get,
-    /// Only for the token, with an empty body.
-    Put,
-}
-
-impl Method {
-    fn as_str(self) -> &'static str {
-        match self {
-            Method::Get => "GET",
-            Method::Put => "PUT",
-        }
-    }
-}
 
 /// One answer, read whole.
 #[derive(Debug)]
@@ -148,7 +134,14 @@ impl Transport {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(mut connection) = kept {
-            self.write_head(&mut connection.output, method, path, header);
+            write_head(
+                &mut connection.output,
+                method,
+                &self.host,
+                &self.prefix,
+                path,
+                header,
+            );
             match connection.exchange(deadline, wanted) {
                 Ok((answer, reusable)) => {
                     self.keep(connection, reusable);
@@ -161,7 +154,14 @@ impl Transport {
             }
         }
         let mut connection = Connection::open(&self.address, deadline)?;
-        self.write_head(&mut connection.output, method, path, header);
+        write_head(
+            &mut connection.output,
+            method,
+            &self.host,
+            &self.prefix,
+            path,
+            header,
+        );
         let (answer, reusable) = connection
             .exchange(deadline, wanted)
             .map_err(Failure::into_message)?;
@@ -175,56 +175,6 @@ impl Transport {
             *idle = Some(connection);
         }
     }
-
-    /// The request head in origin form, into `out`.
-    fn write_head(
-        &self,
-        out: &mut Vec<u8>,
-        method: Method,
-        path: &str,
-        header: Option<(&str, &[u8])>,
-    ) {
-        out.clear();
-        for part in [
-            method.as_str(),
-            " ",
-            &self.prefix,
-            path,
-            " HTTP/1.1\r\nhost: ",
-            &self.host,
-            "\r\n",
-        ] {
-            out.extend_from_slice(part.as_bytes());
-        }
-        if method == Method::Put {
-            // An empty body said as such.
-            out.extend_from_slice(b"content-length: 0\r\n");
-        }
-        if let Some((name, value)) = header {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-/// A path and a header that cannot break the request head they go into.
-fn check_request(path: &str, header: Option<(&str, &[u8])>) -> Result<(), String> {
-    if path.as_bytes().first() != Some(&b'/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!("invalid path {path:?}"));
-    }
-    if let Some((name, value)) = header {
-        let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
-        let value_ok = value
-            .iter()
-            .all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f));
-        if !name_ok || !value_ok {
-            return Err(format!("invalid header {name:?}"));
-        }
-    }
-    Ok(())
 }
 
 /// How a request on a connection failed.
@@ -244,24 +194,6 @@ impl Failure {
     fn other(error: impl std::fmt::Display) -> Failure {
         Failure::Other(error.to_string())
     }
-}
-
-/// How an answer's body ends (RFC 9112 §6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyEnd {
-    Length(usize),
-    Chunked,
-    Close,
-}
-
-/// What the head of an answer says.
-struct Head {
-    status: StatusCode,
-    /// The head's length in bytes.
-    length: usize,
-    body: BodyEnd,
-    keep_alive: bool,
-    wanted: Option<String>,
 }
 
 /// One socket to IMDS with its buffers, kept between requests.
@@ -359,7 +291,7 @@ impl Connection {
                         self.consume(length);
                         continue;
                     }
-                    return head(&response, length, wanted);
+                    return head(&response, length, wanted).map_err(Failure::Other);
                 }
                 Ok(httparse::Status::Partial) => {}
                 Err(error) => return Err(Failure::other(format!("malformed answer: {error}"))),
@@ -517,74 +449,6 @@ fn check_size(body: usize) -> Result<(), Failure> {
         )));
     }
     Ok(())
-}
-
-/// The status, body framing and keep-alive of a parsed final answer (RFC 9112 §6.3, §9.3).
-fn head(
-    response: &httparse::Response<'_, '_>,
-    length: usize,
-    wanted: Option<&str>,
-) -> Result<Head, Failure> {
-    let code = response.code.unwrap_or_default();
-    let status =
-        StatusCode::from_u16(code).map_err(|_| Failure::other(format!("status {code}")))?;
-    if code == 101 {
-        return Err(Failure::other("IMDS switched protocols"));
-    }
-    let mut content_length: Option<usize> = None;
-    let mut transfer_encoding: Option<&[u8]> = None;
-    let mut keep_alive = response.version == Some(1);
-    let mut wanted_value = None;
-    for header in response.headers.iter() {
-        let name = header.name;
-        if wanted.is_some_and(|wanted| name.eq_ignore_ascii_case(wanted)) && wanted_value.is_none()
-        {
-            wanted_value = std::str::from_utf8(header.value).ok().map(str::to_string);
-        }
-        if name.eq_ignore_ascii_case("content-length") {
-            let digits = header.value.trim_ascii();
-            let value = std::str::from_utf8(digits)
-                .ok()
-                .filter(|_| digits.iter().all(u8::is_ascii_digit))
-                .and_then(|v| v.parse::<usize>().ok())
-                .ok_or_else(|| Failure::other("malformed content-length"))?;
-            if content_length.is_some_and(|known| known != value) {
-                return Err(Failure::other("conflicting content-length headers"));
-            }
-            content_length = Some(value);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_encoding = Some(header.value);
-        } else if name.eq_ignore_ascii_case("connection") {
-            for option in header.value.split(|&b| b == b',') {
-                let option = option.trim_ascii();
-                if option.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if option.eq_ignore_ascii_case(b"keep-alive") && response.version == Some(0)
-                {
-                    keep_alive = true;
-                }
-            }
-        }
-    }
-    let body = if code == 204 || code == 304 {
-        BodyEnd::Length(0)
-    } else if let Some(codings) = transfer_encoding {
-        let last = codings.rsplit(|&b| b == b',').next().unwrap_or_default();
-        if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-            BodyEnd::Chunked
-        } else {
-            BodyEnd::Close
-        }
-    } else {
-        content_length.map_or(BodyEnd::Close, BodyEnd::Length)
-    };
-    Ok(Head {
-        status,
-        length,
-        body,
-        keep_alive,
-        wanted: wanted_value,
-    })
 }
 
 /// Time left before `deadline`, as an I/O error once it has passed (a socket timeout

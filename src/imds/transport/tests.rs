@@ -23,7 +23,14 @@ fn base_url_is_checked_and_trailing_slash_dropped() {
 fn head(transport: &Transport, method: Method, path: &str) -> String {
     check_request(path, None).expect("valid request");
     let mut output = Vec::new();
-    transport.write_head(&mut output, method, path, None);
+    write_head(
+        &mut output,
+        method,
+        &transport.host,
+        &transport.prefix,
+        path,
+        None,
+    );
     String::from_utf8_lossy(&output).into_owned()
 }
 
