@@ -133,16 +133,19 @@ impl Transport {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(mut connection) = kept {
+        let request = |connection: &mut Connection| {
+            let path_and_base = (self.prefix.as_str(), path);
             write_head(
                 &mut connection.output,
                 method,
                 &self.host,
-                &self.prefix,
-                path,
+                path_and_base,
                 header,
             );
-            match connection.exchange(deadline, wanted) {
+            connection.exchange(deadline, wanted)
+        };
+        if let Some(mut connection) = kept {
+            match request(&mut connection) {
                 Ok((answer, reusable)) => {
                     self.keep(connection, reusable);
                     return Ok(answer);
@@ -154,17 +157,7 @@ impl Transport {
             }
         }
         let mut connection = Connection::open(&self.address, deadline)?;
-        write_head(
-            &mut connection.output,
-            method,
-            &self.host,
-            &self.prefix,
-            path,
-            header,
-        );
-        let (answer, reusable) = connection
-            .exchange(deadline, wanted)
-            .map_err(Failure::into_message)?;
+        let (answer, reusable) = request(&mut connection).map_err(Failure::into_message)?;
         self.keep(connection, reusable);
         Ok(answer)
     }

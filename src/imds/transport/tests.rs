@@ -23,14 +23,8 @@ fn base_url_is_checked_and_trailing_slash_dropped() {
 fn head(transport: &Transport, method: Method, path: &str) -> String {
     check_request(path, None).expect("valid request");
     let mut output = Vec::new();
-    write_head(
-        &mut output,
-        method,
-        &transport.host,
-        &transport.prefix,
-        path,
-        None,
-    );
+    let target = (transport.prefix.as_str(), path);
+    write_head(&mut output, method, &transport.host, target, None);
     String::from_utf8_lossy(&output).into_owned()
 }
 

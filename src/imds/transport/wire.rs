@@ -24,14 +24,13 @@ impl Method {
     }
 }
 
-/// The request head in origin form, into `out`: `prefix` (the base URL's path) goes
-/// before `path`.
+/// The request head in origin form, into `out`: the target is the base URL's path
+/// (without its trailing slash) followed by the request's path.
 pub(super) fn write_head(
     out: &mut Vec<u8>,
     method: Method,
     host: &str,
-    prefix: &str,
-    path: &str,
+    (prefix, path): (&str, &str),
     header: Option<(&str, &[u8])>,
 ) {
     out.clear();
