@@ -13,6 +13,7 @@
 //! parent's.
 
 use std::io::{ErrorKind, Read, Write};
+use std::mem::MaybeUninit;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -275,19 +276,30 @@ impl Connection {
     fn read_head(&mut self, deadline: Instant, wanted: Option<&str>) -> Result<Head, Failure> {
         let mut answered = false;
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut response = httparse::Response::new(&mut headers);
-            match response.parse(&self.input[..self.filled]) {
-                Ok(httparse::Status::Complete(length)) => {
-                    let code = response.code.unwrap_or_default();
-                    if (100..200).contains(&code) && code != 101 {
-                        self.consume(length);
-                        continue;
+            if self.filled > 0 {
+                // Left uninitialised: httparse writes the headers it finds, and a poll
+                // reads three heads.
+                let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+                let mut response = httparse::Response::new(&mut []);
+                let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                    &mut response,
+                    &self.input[..self.filled],
+                    &mut headers,
+                );
+                match parsed {
+                    Ok(httparse::Status::Complete(length)) => {
+                        let code = response.code.unwrap_or_default();
+                        if (100..200).contains(&code) && code != 101 {
+                            self.consume(length);
+                            continue;
+                        }
+                        return head(&response, length, wanted).map_err(Failure::Other);
                     }
-                    return head(&response, length, wanted).map_err(Failure::Other);
+                    Ok(httparse::Status::Partial) => {}
+                    Err(error) => {
+                        return Err(Failure::other(format!("malformed answer: {error}")));
+                    }
                 }
-                Ok(httparse::Status::Partial) => {}
-                Err(error) => return Err(Failure::other(format!("malformed answer: {error}"))),
             }
             if self.filled == self.input.len() {
                 if self.input.len() >= MAX_ANSWER_BYTES {
