@@ -114,7 +114,7 @@ fn bodies(answers: Vec<(&'static str, bool)>) -> (Vec<Result<String, String>>, u
 }
 
 #[test]
-fn a_connection_the_server_ends_is_replaced_without_a_failed_read() {
+fn a_connection_that_cannot_carry_another_answer_is_replaced_without_a_failed_read() {
     for (ended_by, first) in [
         // Closed after its answer, as IMDS may close an idle connection.
         (
@@ -125,6 +125,14 @@ fn a_connection_the_server_ends_is_replaced_without_a_failed_read() {
         (
             "HTTP/1.0",
             ("HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\nfirst", false),
+        ),
+        // Both framings at once: read as chunked, the connection not trusted again.
+        (
+            "two framings",
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 99\r\n\r\n5\r\nfirst\r\n0\r\n\r\n",
+                false,
+            ),
         ),
     ] {
         let (bodies, connections) = bodies(vec![

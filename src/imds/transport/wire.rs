@@ -139,6 +139,11 @@ pub(super) fn head(
             }
         }
     }
+    if transfer_encoding.is_some() && content_length.is_some() {
+        // Framing two ways at once is how responses are split: this one is read as
+        // chunked, and the connection is not trusted with another (RFC 9112 §6.3).
+        keep_alive = false;
+    }
     let body = if code == 204 || code == 304 {
         BodyEnd::Length(0)
     } else if let Some(codings) = transfer_encoding {
