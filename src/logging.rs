@@ -28,8 +28,23 @@ pub struct LoggingError {
 /// own code. `RUST_LOG`, when set, replaces that with its `target=level` list (e.g.
 /// `warn,spot_guard=debug,kube_client=info`).
 pub fn init(level: &str, json: bool) -> Result<(), LoggingError> {
-    let rust_log = std::env::var("RUST_LOG").ok();
-    let filter = filter(level, rust_log.as_deref())?;
+    let error = |detail: String| LoggingError {
+        level: level.to_string(),
+        detail,
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => directives
+            .parse::<Targets>()
+            .map_err(|e| error(format!("RUST_LOG '{directives}': {e}")))?,
+        _ => {
+            let own: LevelFilter = level
+                .parse()
+                .map_err(|e: tracing::metadata::ParseLevelFilterError| error(e.to_string()))?;
+            Targets::new()
+                .with_default(LevelFilter::WARN)
+                .with_target("spot_guard", own)
+        }
+    };
     let registry = tracing_subscriber::registry().with(filter);
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
     if json {
@@ -54,33 +69,7 @@ pub fn init(level: &str, json: bool) -> Result<(), LoggingError> {
             )
             .try_init()
     }
-    .map_err(|e| LoggingError {
-        level: level.to_string(),
-        detail: e.to_string(),
-    })
-}
-
-/// Which lines are written: RUST_LOG's `target=level` list when set, else warnings from
-/// every crate and `level` from spot-guard's own code.
-fn filter(level: &str, rust_log: Option<&str>) -> Result<Targets, LoggingError> {
-    let error = |detail: String| LoggingError {
-        level: level.to_string(),
-        detail,
-    };
-    let filter = match rust_log {
-        Some(directives) if !directives.trim().is_empty() => directives
-            .parse::<Targets>()
-            .map_err(|e| error(format!("RUST_LOG '{directives}': {e}")))?,
-        _ => {
-            let own: LevelFilter = level
-                .parse()
-                .map_err(|e: tracing::metadata::ParseLevelFilterError| error(e.to_string()))?;
-            Targets::new()
-                .with_default(LevelFilter::WARN)
-                .with_target("spot_guard", own)
-        }
-    };
-    Ok(filter)
+    .map_err(|e| error(e.to_string()))
 }
 
 /// Hex digits of an event id's hash kept in text logs: enough to tell events apart.
