@@ -135,14 +135,8 @@ impl Transport {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         let request = |connection: &mut Connection| {
-            let path_and_base = (self.prefix.as_str(), path);
-            write_head(
-                &mut connection.output,
-                method,
-                &self.host,
-                path_and_base,
-                header,
-            );
+            let target = (self.prefix.as_str(), path);
+            write_head(&mut connection.output, method, &self.host, target, header);
             connection.exchange(deadline, wanted)
         };
         if let Some(mut connection) = kept {
@@ -301,11 +295,8 @@ impl Connection {
                     }
                 }
             }
-            if self.filled == self.input.len() {
-                if self.input.len() >= MAX_ANSWER_BYTES {
-                    return Err(Failure::other("answer head too large"));
-                }
-                self.input.resize(self.input.len() * 2, 0);
+            if !self.make_room() {
+                return Err(Failure::other("answer head too large"));
             }
             let before = self.filled;
             match self.fill(deadline, false) {
@@ -385,15 +376,23 @@ impl Connection {
 
     /// Reads more, making room first when the buffer is full (a line longer than it).
     fn fill_or_grow(&mut self, deadline: Instant) -> Result<(), Failure> {
-        if self.filled == self.input.len() {
-            if self.input.len() >= MAX_ANSWER_BYTES {
-                return Err(Failure::other(format!(
-                    "answer over {MAX_ANSWER_BYTES} bytes"
-                )));
-            }
-            self.input.resize(self.input.len() * 2, 0);
+        if !self.make_room() {
+            return Err(too_large());
         }
         self.fill(deadline, false).map(|_| ()).map_err(cut)
+    }
+
+    /// Doubles a full input buffer, up to [`MAX_ANSWER_BYTES`]; false when it is full at
+    /// that size.
+    fn make_room(&mut self) -> bool {
+        if self.filled < self.input.len() {
+            return true;
+        }
+        if self.input.len() >= MAX_ANSWER_BYTES {
+            return false;
+        }
+        self.input.resize(self.input.len() * 2, 0);
+        true
     }
 
     fn write(&mut self, deadline: Instant) -> Result<(), Failure> {
@@ -449,11 +448,13 @@ fn cut(failure: Failure) -> Failure {
 
 fn check_size(body: usize) -> Result<(), Failure> {
     if body > MAX_ANSWER_BYTES {
-        return Err(Failure::other(format!(
-            "answer over {MAX_ANSWER_BYTES} bytes"
-        )));
+        return Err(too_large());
     }
     Ok(())
+}
+
+fn too_large() -> Failure {
+    Failure::other(format!("answer over {MAX_ANSWER_BYTES} bytes"))
 }
 
 /// Time left before `deadline`, as an I/O error once it has passed (a socket timeout
